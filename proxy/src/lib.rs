@@ -1,0 +1,230 @@
+//! `switchctl-proxy`: the data plane of switchctl.
+//!
+//! A [`Proxy`] serves HTTP/1.1 and HTTP/2 on its listeners and forwards each
+//! request to the upstream its [`RouteTable`] names. The table lives in an
+//! `ArcSwap`: a request does one `load()`, a flip ([`Proxy::swap`]) is one
+//! `store()`. [`Upstream::drain`] waits for an upstream's in-flight requests
+//! and tunnels to finish. This crate knows nothing of Docker, config files or
+//! the CLI; the controller in the `switchctl` crate drives it.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), switchctl_proxy::ProxyError> {
+//! use switchctl_proxy::{Proxy, ProxyConfig, RouteTable, Upstream};
+//! let blue = Upstream::new("127.0.0.1:9001".parse().unwrap());
+//! let proxy = Proxy::bind(ProxyConfig::default(), &["127.0.0.1:8080".parse().unwrap()],
+//!                         RouteTable::single("web", Some(blue.clone())))?;
+//! let green = Upstream::new("127.0.0.1:9002".parse().unwrap());
+//! proxy.swap(RouteTable::single("web", Some(green)));   // the flip
+//! blue.drain(std::time::Duration::from_secs(30)).await;  // old color idle
+//! proxy.shutdown();
+//! proxy.stopped().await;
+//! # Ok(()) }
+//! ```
+
+mod body;
+mod forward;
+mod listener;
+mod pool;
+mod routes;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use body::ProxyBody;
+pub use routes::{HostPattern, Route, RouteError, RouteTable, Service};
+pub use upstream::{DrainReport, Upstream};
+
+/// Limits and timeouts of the data plane.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Worker threads, each with its own runtime and listener (0: one per core).
+    pub workers: usize,
+    /// Time a client has to send a request head. For HTTP/1.1 hyper also
+    /// applies it to the wait for the next request on a kept-alive connection.
+    pub header_read_timeout: Duration,
+    /// A connection that starts no request for this long is closed gracefully.
+    pub idle_timeout: Duration,
+    /// Largest request head accepted (HTTP/1.1 answers 431 beyond it).
+    pub max_header_bytes: usize,
+    /// Most client connections open at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Time to establish a connection to an upstream (else 504).
+    pub connect_timeout: Duration,
+    /// Time for an upstream to send its response head (else 504).
+    pub response_timeout: Duration,
+    /// On shutdown, how long open requests may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            workers: 0,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another process using the port?)")]
+    Bind {
+        /// the address
+        addr: SocketAddr,
+        /// why
+        source: std::io::Error,
+    },
+    /// A worker thread or its runtime could not be created.
+    #[error("cannot start proxy worker: {0}")]
+    Worker(std::io::Error),
+    /// No listener was given.
+    #[error("the proxy needs at least one listen address")]
+    NoListeners,
+}
+
+/// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
+#[derive(Debug)]
+pub struct Proxy {
+    table: Arc<ArcSwap<RouteTable>>,
+    local_addrs: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+    stopped: CancellationToken,
+}
+
+impl Proxy {
+    /// Bind `addrs` (one `SO_REUSEPORT` socket per worker each) and start.
+    pub fn bind(config: ProxyConfig, addrs: &[SocketAddr], table: RouteTable) -> Result<Proxy, ProxyError> {
+        let workers = worker_count(&config);
+        let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        for addr in addrs {
+            // Bind once to learn the real address (port 0 picks one), then
+            // the other workers bind that same address.
+            let first = listener::bind_reuseport(*addr)?;
+            let bound = first.local_addr().map_err(|source| ProxyError::Bind { addr: *addr, source })?;
+            per_worker[0].push(first);
+            for listeners in per_worker.iter_mut().skip(1) {
+                listeners.push(listener::bind_reuseport(bound)?);
+            }
+        }
+        Self::start(config, per_worker, table)
+    }
+
+    /// Start on listeners that already exist (e.g. from systemd socket
+    /// activation); every worker accepts on each of them.
+    pub fn from_listeners(
+        config: ProxyConfig,
+        listeners: Vec<std::net::TcpListener>,
+        table: RouteTable,
+    ) -> Result<Proxy, ProxyError> {
+        let workers = worker_count(&config);
+        let mut per_worker = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let mut mine = Vec::with_capacity(listeners.len());
+            for l in &listeners {
+                l.set_nonblocking(true).map_err(ProxyError::Worker)?;
+                mine.push(l.try_clone().map_err(ProxyError::Worker)?);
+            }
+            per_worker.push(mine);
+        }
+        Self::start(config, per_worker, table)
+    }
+
+    fn start(
+        config: ProxyConfig,
+        per_worker: Vec<Vec<std::net::TcpListener>>,
+        table: RouteTable,
+    ) -> Result<Proxy, ProxyError> {
+        if per_worker.first().is_none_or(|l| l.is_empty()) {
+            return Err(ProxyError::NoListeners);
+        }
+        let local_addrs = per_worker[0].iter().filter_map(|l| l.local_addr().ok()).collect();
+        let table = Arc::new(ArcSwap::from_pointee(table));
+        let forwarder = Arc::new(forward::Forwarder {
+            table: table.clone(),
+            connect_timeout: config.connect_timeout,
+            response_timeout: config.response_timeout,
+        });
+        let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let shutdown = CancellationToken::new();
+        let stopped = CancellationToken::new();
+        let running = Arc::new(AtomicUsize::new(per_worker.len()));
+        for (i, listeners) in per_worker.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ProxyError::Worker)?;
+            let worker = listener::Worker {
+                listeners,
+                forwarder: forwarder.clone(),
+                config: config.clone(),
+                connections: connections.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let (running, stopped) = (running.clone(), stopped.clone());
+            std::thread::Builder::new()
+                .name(format!("proxy-{i}"))
+                .spawn(move || {
+                    runtime.block_on(worker.run());
+                    // Dropping the runtime closes whatever outlived the drain.
+                    drop(runtime);
+                    if running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        stopped.cancel();
+                    }
+                })
+                .map_err(ProxyError::Worker)?;
+        }
+        Ok(Proxy {
+            table,
+            local_addrs,
+            shutdown,
+            stopped,
+        })
+    }
+
+    /// The addresses being served, in the order given (ports resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Replace the whole route table at once: the flip.
+    pub fn swap(&self, table: RouteTable) {
+        self.table.store(Arc::new(table));
+    }
+
+    /// The table requests are being routed with now.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Stop accepting and let open requests finish within the drain timeout.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Resolves when every worker has stopped.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await
+    }
+}
+
+fn worker_count(config: &ProxyConfig) -> usize {
+    match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}

@@ -1,0 +1,85 @@
+//! Keep-alive connections to upstreams, one pool per worker thread.
+//!
+//! Each worker runs its own single-threaded runtime, so its pool lives in a
+//! thread-local: taking and returning a connection is a `Vec` pop/push with
+//! no lock and no atomic. Connections are plain `hyper::client::conn::http1`
+//! handshakes keyed by upstream address; a connection goes back to the pool
+//! when the response body it carried has ended.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Most idle connections kept per upstream and worker.
+const MAX_IDLE_PER_UPSTREAM: usize = 512;
+
+/// A connection that can carry one request to an upstream.
+pub(crate) type Conn = SendRequest<Incoming>;
+
+thread_local! {
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
+}
+
+/// Why no connection could be had.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// Refused, unreachable, or the handshake failed.
+    Failed,
+    /// No answer within the connect timeout.
+    TimedOut,
+}
+
+/// Take an idle connection to `addr` that is ready for a request, if any.
+pub(crate) async fn take_idle(addr: SocketAddr) -> Option<Conn> {
+    loop {
+        let mut conn = IDLE.with(|idle| idle.borrow_mut().get_mut(&addr)?.pop())?;
+        if conn.is_closed() {
+            continue;
+        }
+        // A connection returned right after its response ended may not have
+        // signalled readiness yet; waiting is cheap, and an error means the
+        // upstream closed it meanwhile.
+        if conn.ready().await.is_ok() {
+            return Some(conn);
+        }
+    }
+}
+
+/// Put a connection back for reuse by later requests on this worker.
+pub(crate) fn put_back(addr: SocketAddr, conn: Conn) {
+    if conn.is_closed() {
+        return;
+    }
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let conns = idle.entry(addr).or_default();
+        if conns.len() < MAX_IDLE_PER_UPSTREAM {
+            conns.push(conn);
+        }
+    });
+}
+
+/// Open a new connection to `addr`.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) => return Err(ConnectError::Failed),
+        Err(_) => return Err(ConnectError::TimedOut),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ConnectError::Failed)?;
+    tokio::spawn(async move {
+        // Errors here (upstream went away) surface on the request using it.
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
