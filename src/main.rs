@@ -1,1 +1,30 @@
-fn main(){}
+//! The `switchctl` binary: parse the command line, run the command on a
+//! single-threaded runtime (the proxy runs its own worker threads), exit with
+//! the command's status.
+
+use clap::Parser;
+use switchctl::cli::{self, Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    if let Command::DemoApp { args } = &cli.command {
+        std::process::exit(switchctl_testapp::main_with_args(args));
+    }
+    let default_level = if matches!(cli.command, Command::Proxy) { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(cli::exit::FAILED);
+        }
+    };
+    let code = runtime.block_on(cli::run(cli));
+    std::process::exit(code);
+}

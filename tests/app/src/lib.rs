@@ -17,6 +17,9 @@
 //! (`BIND`, default 0.0.0.0), `--version V` (`VERSION`, default `dev`),
 //! `--fail-health` (`FAIL_HEALTH=1`), `--healthy-after SECS`
 //! (`HEALTHY_AFTER`), `--exit-at-start` (`EXIT_AT_START=1`: exit 3 at once).
+//! `FAIL_HEALTH_VERSIONS` and `EXIT_AT_START_VERSIONS` (comma-separated)
+//! make only those versions fail health or exit at start, so one command
+//! line can describe good and broken releases alike.
 //! `testapp healthcheck [PORT]` probes `/health` on loopback and exits 0/1:
 //! the Docker HEALTHCHECK of a `FROM scratch` image.
 //!
@@ -84,6 +87,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         healthy_after: env_or("HEALTHY_AFTER", "0").parse().map_err(|_| "HEALTHY_AFTER must be seconds")?,
         exit_at_start: env_or("EXIT_AT_START", "") == "1",
     };
+    let listed = |var: &str, version: &str| env_or(var, "").split(',').any(|v| !v.is_empty() && v.trim() == version);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
@@ -99,6 +103,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    o.fail_health |= listed("FAIL_HEALTH_VERSIONS", &o.version);
+    o.exit_at_start |= listed("EXIT_AT_START_VERSIONS", &o.version);
     Ok(o)
 }
 

@@ -1,0 +1,236 @@
+//! The admin API server: a hyper HTTP/1 server on the daemon's Unix socket
+//! (mode 0660). Operations run as tasks of their own, so a CLI that goes
+//! away (an SSH session dropped mid-deploy) does not stop them; their events
+//! stream back as NDJSON while they run.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiError, DeployRequest, RollbackRequest};
+use crate::config::Config;
+use crate::controller::deploy::validate_tag;
+use crate::controller::event::Reporter;
+use crate::controller::Controller;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Serve the admin API on `listener` until `shutdown`.
+pub async fn serve(listener: UnixListener, controller: Arc<Controller>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let controller = controller.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let controller = controller.clone();
+                async move { Ok::<_, Infallible>(route(controller, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Bind the admin socket at `path`: create its directory, replace a stale
+/// socket file, refuse if another daemon answers there, chmod 0660.
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another switchctl daemon is listening on {}; stop it first (systemctl stop switchctl)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on admin socket {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("static response parts are valid")
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json(
+        status,
+        &ApiError {
+            error: message.into(),
+            holder: None,
+        },
+    )
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
+}
+
+async fn route(controller: Arc<Controller>, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/v1/status") => json(StatusCode::OK, &controller.status().await),
+        (&Method::GET, "/v1/history") => match controller.history().read() {
+            Ok(entries) => json(StatusCode::OK, &entries),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read history: {e}")),
+        },
+        (&Method::POST, "/v1/deploy") => {
+            let body: DeployRequest = match read_json(req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            if let Err(e) = validate_tag(&body.tag) {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+            let config = match load_config(&controller, body.timeout_secs, body.health_check_interval_secs) {
+                Ok(c) => c,
+                Err(resp) => return resp,
+            };
+            let op = match controller.try_begin("deploy", Some(&body.tag)) {
+                Ok(op) => op,
+                Err(holder) => return busy(holder),
+            };
+            stream(move |reporter| async move {
+                controller.deploy(op, config, body.tag, reporter).await;
+            })
+        }
+        (&Method::POST, "/v1/flip-back") => {
+            let op = match controller.try_begin("flip_back", None) {
+                Ok(op) => op,
+                Err(holder) => return busy(holder),
+            };
+            stream(move |reporter| async move {
+                controller.flip_back(op, reporter).await;
+            })
+        }
+        (&Method::POST, "/v1/rollback") => {
+            let body: RollbackRequest = match read_json(req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            if let Some(Err(e)) = body.tag.as_deref().map(validate_tag) {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+            let config = match load_config(&controller, body.timeout_secs, body.health_check_interval_secs) {
+                Ok(c) => c,
+                Err(resp) => return resp,
+            };
+            let op = match controller.try_begin("rollback", body.tag.as_deref()) {
+                Ok(op) => op,
+                Err(holder) => return busy(holder),
+            };
+            stream(move |reporter| async move {
+                controller.rollback(op, config, body.tag, reporter).await;
+            })
+        }
+        (_, "/v1/status" | "/v1/history" | "/v1/deploy" | "/v1/flip-back" | "/v1/rollback") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        (_, path) => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+/// The config for a new operation: re-read from disk, with the client's
+/// timing overrides.
+fn load_config(
+    controller: &Controller,
+    timeout: Option<f64>,
+    interval: Option<f64>,
+) -> Result<Arc<Config>, Response<Body>> {
+    let config = controller
+        .reload_config()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if timeout.is_none() && interval.is_none() {
+        return Ok(config);
+    }
+    let mut config = (*config).clone();
+    let secs = |v: f64, name: &str| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(error(StatusCode::BAD_REQUEST, format!("{name} must be a positive number of seconds")))
+        }
+    };
+    if let Some(t) = timeout {
+        config.deploy.timeout = secs(t, "DEPLOY_TIMEOUT")?;
+    }
+    if let Some(i) = interval {
+        config.deploy.health_check_interval = secs(i, "HEALTH_CHECK_INTERVAL")?;
+    }
+    Ok(Arc::new(config))
+}
+
+fn busy(holder: crate::controller::OperationInfo) -> Response<Body> {
+    let what = match &holder.tag {
+        Some(tag) => format!("{} of {tag}", holder.kind),
+        None => holder.kind.clone(),
+    };
+    json(
+        StatusCode::CONFLICT,
+        &ApiError {
+            error: format!(
+                "another operation is in progress: {what} (phase {}); wait for it to finish and retry",
+                holder.phase
+            ),
+            holder: Some(holder),
+        },
+    )
+}
+
+/// Run `operation` as its own task and stream its events as NDJSON.
+fn stream<F, Fut>(operation: F) -> Response<Body>
+where
+    F: FnOnce(Reporter) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (reporter, events) = Reporter::channel();
+    tokio::spawn(operation(reporter));
+    let lines = futures_util::stream::unfold(events, |mut events| async move {
+        let event = events.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), events))
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(BodyExt::boxed(StreamBody::new(lines)))
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,116 @@
+//! `deploy <tag>`, `flip back` and `rollback [<tag>]`: send the operation to
+//! the daemon, print its events as they stream, exit with its outcome.
+
+use serde::Serialize;
+
+use super::output::Renderer;
+use super::{client, client_failed, exit, Cli};
+use crate::admin::client::{Client, ClientError};
+use crate::admin::{DeployRequest, RollbackRequest};
+use crate::controller::event::Outcome;
+
+/// `DEPLOY_TIMEOUT` / `HEALTH_CHECK_INTERVAL` from the CLI's environment.
+fn env_overrides() -> Result<(Option<f64>, Option<f64>), String> {
+    let read = |name: &str| -> Result<Option<f64>, String> {
+        match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => match v.trim().parse::<f64>() {
+                Ok(s) if s > 0.0 && s.is_finite() => Ok(Some(s)),
+                _ => Err(format!("{name}={v:?} is not a positive number of seconds")),
+            },
+            _ => Ok(None),
+        }
+    };
+    Ok((read("DEPLOY_TIMEOUT")?, read("HEALTH_CHECK_INTERVAL")?))
+}
+
+/// Stream one operation; returns its outcome, or how the request failed.
+pub async fn stream(
+    client: &Client,
+    path: &str,
+    body: &impl Serialize,
+    renderer: Renderer,
+) -> Result<Option<Outcome>, ClientError> {
+    let mut outcome = None;
+    client
+        .stream(path, body, |event| {
+            renderer.event(&event);
+            if event.outcome.is_some() {
+                outcome = event.outcome;
+            }
+        })
+        .await?;
+    Ok(outcome)
+}
+
+async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool) -> i32 {
+    let renderer = Renderer::new(json);
+    let client = match client(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match stream(&client, path, body, renderer).await {
+        Ok(Some(outcome)) => outcome.exit_code(),
+        Ok(None) => {
+            renderer.refusal(
+                "the daemon closed the stream before the operation finished (was it stopped?); check `switchctl status`",
+                Outcome::Failed,
+            );
+            exit::UNREACHABLE
+        }
+        Err(e) => {
+            if json {
+                let outcome = match e {
+                    ClientError::Busy(_) | ClientError::BadRequest(_) => Outcome::Refused,
+                    _ => Outcome::Failed,
+                };
+                renderer.refusal(&e.to_string(), outcome);
+                return match e {
+                    ClientError::Unreachable { .. } => exit::UNREACHABLE,
+                    ClientError::BadRequest(_) => exit::USAGE,
+                    ClientError::Busy(_) => exit::BUSY,
+                    ClientError::Other { .. } => exit::FAILED,
+                };
+            }
+            client_failed(&e)
+        }
+    }
+}
+
+/// `switchctl deploy <tag>`
+pub async fn deploy(cli: &Cli, tag: &str, json: bool) -> i32 {
+    let (timeout_secs, health_check_interval_secs) = match env_overrides() {
+        Ok(o) => o,
+        Err(e) => {
+            Renderer::new(json).refusal(&e, Outcome::Refused);
+            return exit::USAGE;
+        }
+    };
+    let body = DeployRequest {
+        tag: tag.to_string(),
+        timeout_secs,
+        health_check_interval_secs,
+    };
+    run_operation(cli, "/v1/deploy", &body, json).await
+}
+
+/// `switchctl flip back`
+pub async fn flip_back(cli: &Cli, json: bool) -> i32 {
+    run_operation(cli, "/v1/flip-back", &serde_json::json!({}), json).await
+}
+
+/// `switchctl rollback [<tag>]`
+pub async fn rollback(cli: &Cli, tag: Option<String>, json: bool) -> i32 {
+    let (timeout_secs, health_check_interval_secs) = match env_overrides() {
+        Ok(o) => o,
+        Err(e) => {
+            Renderer::new(json).refusal(&e, Outcome::Refused);
+            return exit::USAGE;
+        }
+    };
+    let body = RollbackRequest {
+        tag,
+        timeout_secs,
+        health_check_interval_secs,
+    };
+    run_operation(cli, "/v1/rollback", &body, json).await
+}

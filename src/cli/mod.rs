@@ -1,0 +1,172 @@
+//! The command line: clap definitions and dispatch, one file per command.
+//! Every command returns its exit status (DESIGN.md): 0 done, 1 failed and
+//! rolled back, 2 bad usage or config, 3 daemon unreachable, 4 another
+//! operation in progress.
+
+pub mod check;
+pub mod demo;
+pub mod deploy;
+pub mod history;
+pub mod output;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::admin::client::{Client, ClientError};
+use crate::config::{Config, ConfigError};
+
+/// Exit statuses.
+pub mod exit {
+    /// Done.
+    pub const OK: i32 = 0;
+    /// Failed (and rolled back).
+    pub const FAILED: i32 = 1;
+    /// Bad usage or config.
+    pub const USAGE: i32 = 2;
+    /// The daemon cannot be reached.
+    pub const UNREACHABLE: i32 = 3;
+    /// Another operation is in progress.
+    pub const BUSY: i32 = 4;
+}
+
+/// Zero-downtime blue/green deploys for one host.
+#[derive(Debug, Parser)]
+#[command(name = "switchctl", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (default: $SWITCHCTL_CONFIG, ./switchctl.toml, /etc/switchctl/switchctl.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Admin socket of the daemon (default: the config's proxy.admin_socket).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: proxy, controller and admin API.
+    Proxy,
+    /// Start <tag> on the idle color, health-check it, flip traffic to it.
+    Deploy {
+        /// Image tag / release to deploy.
+        tag: String,
+        /// Print progress as NDJSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch traffic instantly.
+    Flip {
+        #[command(subcommand)]
+        direction: FlipDirection,
+    },
+    /// Return to the previous successful release, or deploy <tag>.
+    Rollback {
+        /// Tag to roll back to (default: the previous successful release).
+        tag: Option<String>,
+        /// Print progress as NDJSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the active color, standby, and each service's upstreams.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show past deploys, flips and rollbacks.
+    History {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the config and the environment.
+    Check,
+    /// A self-contained blue/green demo on loopback (no Docker needed).
+    Demo,
+    /// The demo's upstream app (used by `demo` and the process-driver tests).
+    #[command(hide = true)]
+    DemoApp {
+        /// Arguments for the app.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `flip <direction>`
+#[derive(Debug, Subcommand)]
+pub enum FlipDirection {
+    /// Send traffic back to the warm standby, if it is healthy.
+    Back {
+        /// Print progress as NDJSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Load the config from `--config` or the usual places.
+pub fn load_config(explicit: Option<&Path>) -> Result<(PathBuf, Config), ConfigError> {
+    let path = Config::locate(explicit)?;
+    let config = Config::load(&path)?;
+    Ok((path, config))
+}
+
+/// Print a config error and return exit 2.
+pub fn config_failed(e: &ConfigError) -> i32 {
+    eprintln!("{}", output::error_line(&format!("config: {e}")));
+    exit::USAGE
+}
+
+/// The admin client: `--socket`, else the config's admin socket.
+pub fn client(cli: &Cli) -> Result<Client, i32> {
+    if let Some(socket) = &cli.socket {
+        return Ok(Client::new(socket));
+    }
+    match load_config(cli.config.as_deref()) {
+        Ok((_, config)) => Ok(Client::new(&config.proxy.admin_socket)),
+        Err(e) => Err(config_failed(&e)),
+    }
+}
+
+/// The exit status for a client error, after printing it.
+pub fn client_failed(e: &ClientError) -> i32 {
+    eprintln!("{}", output::error_line(&e.to_string()));
+    match e {
+        ClientError::Unreachable { .. } => exit::UNREACHABLE,
+        ClientError::BadRequest(_) => exit::USAGE,
+        ClientError::Busy(_) => exit::BUSY,
+        ClientError::Other { .. } => exit::FAILED,
+    }
+}
+
+/// Run the parsed command line; returns the exit status.
+pub async fn run(cli: Cli) -> i32 {
+    match &cli.command {
+        Command::Proxy => {
+            let (path, config) = match load_config(cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            match crate::daemon::run(path, config).await {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("{}", output::error_line(&format!("{e:#}")));
+                    exit::FAILED
+                }
+            }
+        }
+        Command::Deploy { tag, json } => deploy::deploy(&cli, tag, *json).await,
+        Command::Flip {
+            direction: FlipDirection::Back { json },
+        } => deploy::flip_back(&cli, *json).await,
+        Command::Rollback { tag, json } => deploy::rollback(&cli, tag.clone(), *json).await,
+        Command::Status { json } => status::run(&cli, *json).await,
+        Command::History { json } => history::run(&cli, *json).await,
+        Command::Check => check::run(&cli).await,
+        Command::Demo => demo::run().await,
+        Command::DemoApp { .. } => unreachable!("demo-app runs before the runtime starts"),
+    }
+}

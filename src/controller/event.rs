@@ -1,0 +1,161 @@
+//! Progress events: the controller's vocabulary for telling what a deploy,
+//! flip or rollback is doing. The admin API streams them as NDJSON and the
+//! CLI renders them; nothing here knows about either.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// How an event should be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Progress.
+    Info,
+    /// A step succeeded.
+    Success,
+    /// Something worth a look, not fatal.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+/// How an operation ended (the last event carries it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The new release serves traffic.
+    Deployed,
+    /// The new release failed before the flip; the old one still serves.
+    RolledBack,
+    /// Traffic moved to the standby color.
+    Flipped,
+    /// The operation was not started (busy, or nothing to flip to).
+    Refused,
+    /// It failed in a way that left nothing to roll back.
+    Failed,
+}
+
+impl Outcome {
+    /// The CLI's exit status for this outcome.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Deployed | Outcome::Flipped => 0,
+            Outcome::RolledBack | Outcome::Failed | Outcome::Refused => 1,
+        }
+    }
+}
+
+/// One line of progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// RFC 3339 time.
+    pub ts: String,
+    /// Severity.
+    pub level: Level,
+    /// Step of the operation (`lock`, `start`, `health`, `flip`, `drain`,
+    /// `standby`, `cleanup`, `done`...).
+    pub phase: String,
+    /// The service concerned, if one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub service: Option<String>,
+    /// Human-readable text.
+    pub message: String,
+    /// Set on the final (`done`) event only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub outcome: Option<Outcome>,
+}
+
+impl Event {
+    /// An event stamped now.
+    pub fn new(level: Level, phase: &str, service: Option<&str>, message: impl Into<String>) -> Self {
+        Event {
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            level,
+            phase: phase.to_string(),
+            service: service.map(String::from),
+            message: message.into(),
+            outcome: None,
+        }
+    }
+
+    /// The final event of an operation.
+    pub fn done(outcome: Outcome, message: impl Into<String>) -> Self {
+        let level = match outcome {
+            Outcome::Deployed | Outcome::Flipped => Level::Success,
+            _ => Level::Error,
+        };
+        Event {
+            outcome: Some(outcome),
+            ..Event::new(level, "done", None, message)
+        }
+    }
+}
+
+/// Where an operation sends its events. Sending never fails: when nobody
+/// listens any more (the CLI went away), the operation carries on.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    tx: Option<mpsc::UnboundedSender<Event>>,
+}
+
+impl Reporter {
+    /// A reporter and the stream of its events.
+    pub fn channel() -> (Reporter, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Reporter { tx: Some(tx) }, rx)
+    }
+
+    /// A reporter that only logs (for work nobody watches).
+    pub fn silent() -> Reporter {
+        Reporter { tx: None }
+    }
+
+    /// Send an event (and log it).
+    pub fn send(&self, event: Event) {
+        match event.level {
+            Level::Error => tracing::error!(phase = %event.phase, service = ?event.service, "{}", event.message),
+            Level::Warn => tracing::warn!(phase = %event.phase, service = ?event.service, "{}", event.message),
+            _ => tracing::info!(phase = %event.phase, service = ?event.service, "{}", event.message),
+        }
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Progress.
+    pub fn info(&self, phase: &str, service: Option<&str>, message: impl Into<String>) {
+        self.send(Event::new(Level::Info, phase, service, message));
+    }
+    /// A step succeeded.
+    pub fn success(&self, phase: &str, service: Option<&str>, message: impl Into<String>) {
+        self.send(Event::new(Level::Success, phase, service, message));
+    }
+    /// Worth a look.
+    pub fn warn(&self, phase: &str, service: Option<&str>, message: impl Into<String>) {
+        self.send(Event::new(Level::Warn, phase, service, message));
+    }
+    /// A failure.
+    pub fn error(&self, phase: &str, service: Option<&str>, message: impl Into<String>) {
+        self.send(Event::new(Level::Error, phase, service, message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_to_the_documented_shape() {
+        let e = Event::new(Level::Info, "health", Some("web"), "probing");
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["level"], "info");
+        assert_eq!(v["phase"], "health");
+        assert_eq!(v["service"], "web");
+        assert!(v.get("outcome").is_none());
+        assert!(humantime::parse_rfc3339(v["ts"].as_str().unwrap()).is_ok());
+        let d = serde_json::to_value(Event::done(Outcome::RolledBack, "x")).unwrap();
+        assert_eq!(d["phase"], "done");
+        assert_eq!(d["outcome"], "rolled_back");
+        assert!(d.get("service").is_none());
+    }
+}

@@ -1,0 +1,134 @@
+//! The history of operations: one JSON object per line in
+//! `<state_dir>/history.jsonl`, appended and fsynced after each deploy, flip
+//! or rollback. Image cleanup reads it to know which releases succeeded.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::event::Outcome;
+use super::state::Color;
+
+/// One finished operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// `deploy`, `flip_back` or `rollback`.
+    pub kind: String,
+    /// The tag that was to be served.
+    pub tag: String,
+    /// Color and tag serving before.
+    pub from: Option<ColorTag>,
+    /// Color the operation moved to (or tried to).
+    pub to: Color,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Total time.
+    pub duration_ms: u64,
+    /// Time to start and health-check the new color.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ready_ms: Option<u64>,
+    /// Time the route swap took, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub flip_us: Option<u64>,
+    /// Time the old color took to drain.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drain_ms: Option<u64>,
+}
+
+/// A color and the tag it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColorTag {
+    /// color
+    pub color: Color,
+    /// tag
+    pub tag: String,
+}
+
+/// The history file.
+#[derive(Debug, Clone)]
+pub struct History {
+    path: PathBuf,
+}
+
+impl History {
+    /// The history at `<state_dir>/history.jsonl`.
+    pub fn new(state_dir: &Path) -> Self {
+        History {
+            path: state_dir.join("history.jsonl"),
+        }
+    }
+
+    /// Append one entry durably.
+    pub fn append(&self, entry: &HistoryEntry) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut line = serde_json::to_vec(entry).expect("history entry serializes");
+        line.push(b'\n');
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        f.write_all(&line)?;
+        f.sync_data()
+    }
+
+    /// Every entry, oldest first. Lines that do not parse (a torn last line
+    /// after a crash) are skipped.
+    pub fn read(&self) -> std::io::Result<Vec<HistoryEntry>> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Tags of successful deploys and rollbacks, newest first, without repeats.
+    pub fn successful_tags(&self) -> std::io::Result<Vec<String>> {
+        let mut tags: Vec<String> = Vec::new();
+        for e in self.read()?.into_iter().rev() {
+            if matches!(e.outcome, Outcome::Deployed | Outcome::Flipped) && !tags.contains(&e.tag) {
+                tags.push(e.tag);
+            }
+        }
+        Ok(tags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(tag: &str, outcome: Outcome) -> HistoryEntry {
+        HistoryEntry {
+            started: "2026-01-01T00:00:00Z".into(),
+            kind: "deploy".into(),
+            tag: tag.into(),
+            from: None,
+            to: Color::Blue,
+            outcome,
+            reason: None,
+            duration_ms: 1,
+            ready_ms: None,
+            flip_us: None,
+            drain_ms: None,
+        }
+    }
+
+    #[test]
+    fn entries_append_and_read_back_skipping_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::new(dir.path());
+        h.append(&entry("v1", Outcome::Deployed)).unwrap();
+        h.append(&entry("v2", Outcome::RolledBack)).unwrap();
+        h.append(&entry("v3", Outcome::Deployed)).unwrap();
+        h.append(&entry("v1", Outcome::Flipped)).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("history.jsonl")).unwrap();
+        f.write_all(b"{\"torn").unwrap();
+        assert_eq!(h.read().unwrap().len(), 4);
+        assert_eq!(h.successful_tags().unwrap(), vec!["v1", "v3"]);
+    }
+}

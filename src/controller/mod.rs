@@ -1,0 +1,382 @@
+//! The controller: owns the persisted [`State`], the operation lock, and the
+//! link between releases and the proxy's route table. Deploy, flip back and
+//! rollback live in [`deploy`]; this file holds what they share, recovery at
+//! daemon start, and the status report.
+
+pub mod deploy;
+pub mod event;
+pub mod health;
+pub mod history;
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use switchctl_proxy::{Proxy, Route, RouteTable, Upstream};
+
+use crate::config::{Config, ConfigError};
+use crate::driver::{Driver, RunState};
+use event::Reporter;
+use history::{ColorTag, History};
+use state::{Color, Release, State, StateError, StateStore};
+
+/// The operation holding the lock, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationInfo {
+    /// `deploy`, `flip_back`, `rollback` or `recover`
+    pub kind: String,
+    /// the tag it works on
+    pub tag: Option<String>,
+    /// its current phase
+    pub phase: String,
+}
+
+/// Upstreams by address, so every route table that names an address shares
+/// one in-flight count.
+#[derive(Debug, Default)]
+pub struct UpstreamSet {
+    by_addr: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+}
+
+impl UpstreamSet {
+    /// The upstream at `addr`, created on first use.
+    pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
+        self.by_addr
+            .lock()
+            .expect("upstream set lock")
+            .entry(addr)
+            .or_insert_with(|| Upstream::new(addr))
+            .clone()
+    }
+
+    /// Forget a stopped upstream.
+    pub fn remove(&self, addr: SocketAddr) {
+        self.by_addr.lock().expect("upstream set lock").remove(&addr);
+    }
+}
+
+/// The route table that sends every configured service to `release`
+/// (services it lacks answer 503).
+pub fn route_table(config: &Config, release: Option<&Release>, upstreams: &UpstreamSet) -> RouteTable {
+    let services = config
+        .services
+        .iter()
+        .map(|s| {
+            let up = release
+                .and_then(|r| r.services.get(&s.name))
+                .map(|rec| upstreams.get(rec.addr));
+            (s.name.clone(), up)
+        })
+        .collect();
+    let routes = config
+        .services
+        .iter()
+        .map(|s| Route {
+            hosts: s
+                .route
+                .hosts
+                .iter()
+                .filter_map(|h| switchctl_proxy::HostPattern::parse(h).ok())
+                .collect(),
+            path_prefix: s.route.path_prefix.clone(),
+            service: s.name.clone(),
+        })
+        .collect();
+    // The config was validated, so the table is valid; an empty table (all
+    // 404) is the safe fallback should that ever not hold.
+    RouteTable::new(services, routes).unwrap_or_default()
+}
+
+/// The controller of one switchctl daemon.
+pub struct Controller {
+    config_path: PathBuf,
+    config: Mutex<Arc<Config>>,
+    proxy: Arc<Proxy>,
+    driver: Driver,
+    store: StateStore,
+    history: History,
+    state: tokio::sync::Mutex<State>,
+    operation: Mutex<Option<OperationInfo>>,
+    upstreams: Arc<UpstreamSet>,
+    problems: Mutex<Vec<String>>,
+}
+
+/// Holds the operation lock; dropping it unlocks.
+pub struct OperationGuard {
+    controller: Arc<Controller>,
+}
+
+impl OperationGuard {
+    /// Record the phase the operation is in (shown by `status`).
+    pub fn phase(&self, phase: &str) {
+        if let Some(op) = self.controller.operation.lock().expect("operation lock").as_mut() {
+            op.phase = phase.to_string();
+        }
+    }
+}
+
+impl Drop for OperationGuard {
+    fn drop(&mut self) {
+        *self.controller.operation.lock().expect("operation lock") = None;
+    }
+}
+
+impl Controller {
+    /// A controller over a running proxy whose table was built from `state`
+    /// with `upstreams`.
+    pub fn new(
+        config_path: PathBuf,
+        config: Config,
+        proxy: Arc<Proxy>,
+        driver: Driver,
+        state: State,
+        upstreams: Arc<UpstreamSet>,
+    ) -> Arc<Self> {
+        Arc::new(Controller {
+            config_path,
+            store: StateStore::new(&config.state_dir),
+            history: History::new(&config.state_dir),
+            config: Mutex::new(Arc::new(config)),
+            proxy,
+            driver,
+            state: tokio::sync::Mutex::new(state),
+            operation: Mutex::new(None),
+            upstreams,
+            problems: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The config in use.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.lock().expect("config lock").clone()
+    }
+
+    /// Re-read the config file (a deploy picks up service changes). Settings
+    /// of `[proxy]` and `state_dir` only change with a daemon restart.
+    pub fn reload_config(&self) -> Result<Arc<Config>, ConfigError> {
+        let fresh = Config::load(&self.config_path)?;
+        let current = self.config();
+        if fresh.state_dir != current.state_dir || fresh.driver != current.driver {
+            return Err(ConfigError::Invalid {
+                path: self.config_path.clone(),
+                key: "state_dir / driver".into(),
+                message: "changed since the daemon started; restart `switchctl proxy` to apply".into(),
+            });
+        }
+        let fresh = Arc::new(fresh);
+        *self.config.lock().expect("config lock") = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// Take the operation lock, or say who holds it.
+    pub fn try_begin(self: &Arc<Self>, kind: &str, tag: Option<&str>) -> Result<OperationGuard, OperationInfo> {
+        let mut op = self.operation.lock().expect("operation lock");
+        if let Some(holder) = op.as_ref() {
+            return Err(holder.clone());
+        }
+        *op = Some(OperationInfo {
+            kind: kind.to_string(),
+            tag: tag.map(String::from),
+            phase: "lock".into(),
+        });
+        Ok(OperationGuard {
+            controller: self.clone(),
+        })
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &Driver {
+        &self.driver
+    }
+
+    /// The history of operations.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    fn save(&self, state: &State) -> Result<(), StateError> {
+        self.store.save(state)
+    }
+
+    /// After a daemon start: finish what an interrupted deploy left (stop the
+    /// color it was starting, remove orphan containers) and note upstreams
+    /// that are gone. The proxy already serves the persisted active color.
+    pub async fn recover(self: &Arc<Self>) {
+        let Ok(_guard) = self.try_begin("recover", None) else { return };
+        let reporter = Reporter::silent();
+        let config = self.config();
+        let mut state = self.state.lock().await;
+        if let Some(pending) = state.pending.take() {
+            if let Some(release) = state.colors.remove(&pending) {
+                reporter.warn(
+                    "recover",
+                    None,
+                    format!("an interrupted deploy of {} left {pending} half-started; stopping it", release.tag),
+                );
+                self.stop_release(&release, &config, &reporter).await;
+            }
+            if let Err(e) = self.save(&state) {
+                reporter.error("recover", None, e.to_string());
+            }
+        }
+        match self.driver.orphans(&state).await {
+            Ok(orphans) => {
+                for handle in orphans {
+                    reporter.warn("recover", None, format!("removing orphan upstream {handle:?}"));
+                    let _ = self.driver.stop(&handle, config.deploy.stop_timeout).await;
+                }
+            }
+            Err(e) => reporter.warn("recover", None, format!("cannot look for orphans: {e}")),
+        }
+        let mut problems = Vec::new();
+        for (color, release) in &state.colors {
+            for (service, rec) in &release.services {
+                match self.driver.state(&rec.handle).await {
+                    RunState::Running { .. } => {}
+                    RunState::Exited { reason } => {
+                        problems.push(format!("{service} ({color}, {}): {reason}", release.tag))
+                    }
+                    RunState::Missing => problems.push(format!(
+                        "{service} ({color}, {}): upstream is gone; deploy again to replace it",
+                        release.tag
+                    )),
+                    RunState::Unknown { reason } => {
+                        problems.push(format!("{service} ({color}, {}): {reason}", release.tag))
+                    }
+                }
+            }
+        }
+        for p in &problems {
+            reporter.warn("recover", None, p.clone());
+        }
+        *self.problems.lock().expect("problems lock") = problems;
+    }
+
+    /// Stop every upstream of `release` (best effort, reported).
+    async fn stop_release(&self, release: &Release, config: &Config, reporter: &Reporter) {
+        let stops = release.services.iter().map(|(service, rec)| async move {
+            if let Err(e) = self.driver.stop(&rec.handle, config.deploy.stop_timeout).await {
+                reporter.warn("stop", Some(service), format!("could not stop cleanly: {e}"));
+            }
+            self.upstreams.remove(rec.addr);
+        });
+        futures_util::future::join_all(stops).await;
+    }
+
+    /// What `status` shows.
+    pub async fn status(&self) -> Status {
+        let config = self.config();
+        let state = self.state.lock().await.clone();
+        let operation = self.operation.lock().expect("operation lock").clone();
+        let driver = match self.driver.ping().await {
+            Ok(()) => DriverStatus { kind: config.driver, ok: true, error: None },
+            Err(e) => DriverStatus { kind: config.driver, ok: false, error: Some(e.to_string()) },
+        };
+        let mut names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
+        for release in state.colors.values() {
+            for name in release.services.keys() {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        let mut services = Vec::new();
+        for name in names {
+            let health = config.service(&name).map(|s| s.health.clone()).unwrap_or_default();
+            let mut per_color = HashMap::new();
+            for (color, release) in &state.colors {
+                let Some(rec) = release.services.get(&name) else { continue };
+                let quick = crate::config::HealthConfig {
+                    timeout: health.timeout.min(std::time::Duration::from_secs(1)),
+                    ..health.clone()
+                };
+                let run = match self.driver.state(&rec.handle).await {
+                    RunState::Running { .. } => "running".to_string(),
+                    RunState::Exited { reason } => reason,
+                    RunState::Missing => "missing".into(),
+                    RunState::Unknown { reason } => reason,
+                };
+                per_color.insert(
+                    *color,
+                    ColorStatus {
+                        tag: release.tag.clone(),
+                        upstream: rec.addr.to_string(),
+                        healthy: health::probe(rec.addr, &quick).await.is_ok(),
+                        in_flight: self.upstreams.get(rec.addr).in_flight(),
+                        state: run,
+                    },
+                );
+            }
+            services.push(ServiceStatus {
+                name,
+                blue: per_color.remove(&Color::Blue),
+                green: per_color.remove(&Color::Green),
+            });
+        }
+        Status {
+            active: state.active_release().map(|(c, r)| ColorTag { color: c, tag: r.tag.clone() }),
+            standby: state.standby_release().map(|(c, r)| ColorTag { color: c, tag: r.tag.clone() }),
+            operation,
+            services,
+            driver,
+            problems: self.problems.lock().expect("problems lock").clone(),
+        }
+    }
+}
+
+/// `status --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The color serving traffic, with its tag.
+    pub active: Option<ColorTag>,
+    /// The warm standby, with its tag.
+    pub standby: Option<ColorTag>,
+    /// The operation in progress.
+    pub operation: Option<OperationInfo>,
+    /// Per service: what each color runs.
+    pub services: Vec<ServiceStatus>,
+    /// Whether the driver's runtime is reachable.
+    pub driver: DriverStatus,
+    /// Problems found at start (upstreams gone...).
+    pub problems: Vec<String>,
+}
+
+/// One service in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// name
+    pub name: String,
+    /// the blue upstream
+    pub blue: Option<ColorStatus>,
+    /// the green upstream
+    pub green: Option<ColorStatus>,
+}
+
+/// One upstream in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColorStatus {
+    /// its tag
+    pub tag: String,
+    /// its address
+    pub upstream: String,
+    /// did it answer its health check just now
+    pub healthy: bool,
+    /// requests and tunnels in flight
+    pub in_flight: usize,
+    /// `running`, or how it ended
+    pub state: String,
+}
+
+/// The driver in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriverStatus {
+    /// which driver
+    pub kind: crate::config::DriverKind,
+    /// reachable
+    pub ok: bool,
+    /// why not
+    pub error: Option<String>,
+}

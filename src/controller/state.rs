@@ -1,0 +1,247 @@
+//! What the daemon must remember across restarts: which color is active,
+//! which release each color runs (tag, upstream address, process or
+//! container), and which color a deploy was starting when it was
+//! interrupted. Written atomically: temp file, fsync, rename, fsync dir.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One of the two slots a release can run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    /// blue
+    Blue,
+    /// green
+    Green,
+}
+
+impl Color {
+    /// The other color.
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    /// `"blue"` or `"green"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+}
+
+impl std::fmt::Display for Color {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a driver finds an upstream again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Handle {
+    /// A process group led by `pid`; `start_time` (from /proc) guards
+    /// against the pid having been reused.
+    Process {
+        /// process id (also the process group id)
+        pid: i32,
+        /// clock ticks since boot when it started
+        start_time: u64,
+    },
+    /// A Docker container.
+    Container {
+        /// container id
+        id: String,
+    },
+}
+
+/// One service of one color.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamRecord {
+    /// Where the proxy sends its requests.
+    pub addr: SocketAddr,
+    /// How to find it again.
+    pub handle: Handle,
+}
+
+/// A release running in one color.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The deployed tag.
+    pub tag: String,
+    /// Service name → upstream.
+    pub services: BTreeMap<String, UpstreamRecord>,
+}
+
+/// The persisted state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The color traffic goes to.
+    pub active: Option<Color>,
+    /// A deploy was starting this color and had not flipped yet.
+    #[serde(default)]
+    pub pending: Option<Color>,
+    /// What runs in each color.
+    #[serde(default)]
+    pub colors: BTreeMap<Color, Release>,
+}
+
+impl State {
+    /// The active color and its release.
+    pub fn active_release(&self) -> Option<(Color, &Release)> {
+        let c = self.active?;
+        self.colors.get(&c).map(|r| (c, r))
+    }
+
+    /// The warm standby: the inactive color, if it holds a finished release.
+    pub fn standby_release(&self) -> Option<(Color, &Release)> {
+        let c = self.active.map_or(Color::Green, Color::other);
+        if self.pending == Some(c) {
+            return None;
+        }
+        self.colors.get(&c).map(|r| (c, r))
+    }
+}
+
+/// The state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// I/O on the state file or its directory.
+    #[error("cannot {action} state file {path}: {source}")]
+    Io {
+        /// read / write
+        action: &'static str,
+        /// file
+        path: PathBuf,
+        /// why
+        source: std::io::Error,
+    },
+    /// The file exists but is not valid.
+    #[error("state file {path} is corrupt ({source}); move it away to start with no active release")]
+    Corrupt {
+        /// file
+        path: PathBuf,
+        /// why
+        source: serde_json::Error,
+    },
+}
+
+/// The state file in `state_dir`.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    path: PathBuf,
+}
+
+impl StateStore {
+    /// The store at `<state_dir>/state.json`.
+    pub fn new(state_dir: &Path) -> Self {
+        StateStore {
+            path: state_dir.join("state.json"),
+        }
+    }
+
+    /// Read the state; a missing file is the empty state.
+    pub fn load(&self) -> Result<State, StateError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+                path: self.path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(source) => Err(StateError::Io {
+                action: "read",
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Replace the state on disk atomically.
+    pub fn save(&self, state: &State) -> Result<(), StateError> {
+        let io = |source| StateError::Io {
+            action: "write",
+            path: self.path.clone(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(state).expect("state serializes");
+        write_atomic(&self.path, &json).map_err(io)
+    }
+}
+
+/// Write `bytes` to `path` so a crash leaves either the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(tag: &str, port: u16) -> Release {
+        let mut services = BTreeMap::new();
+        services.insert(
+            "web".to_string(),
+            UpstreamRecord {
+                addr: ([127, 0, 0, 1], port).into(),
+                handle: Handle::Process { pid: 42, start_time: 7 },
+            },
+        );
+        Release {
+            tag: tag.into(),
+            services,
+        }
+    }
+
+    #[test]
+    fn state_round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        assert_eq!(store.load().unwrap(), State::default());
+        let mut s = State {
+            active: Some(Color::Blue),
+            ..State::default()
+        };
+        s.colors.insert(Color::Blue, release("v1", 4000));
+        s.colors.insert(Color::Green, release("v0", 4001));
+        store.save(&s).unwrap();
+        assert_eq!(store.load().unwrap(), s);
+        assert_eq!(s.active_release().unwrap().1.tag, "v1");
+        assert_eq!(s.standby_release().unwrap().0, Color::Green);
+    }
+
+    #[test]
+    fn a_pending_color_is_no_standby() {
+        let mut s = State {
+            active: Some(Color::Blue),
+            pending: Some(Color::Green),
+            ..State::default()
+        };
+        s.colors.insert(Color::Green, release("v2", 1));
+        assert!(s.standby_release().is_none());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_reported_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.json"), "{not json").unwrap();
+        let err = StateStore::new(dir.path()).load().unwrap_err().to_string();
+        assert!(err.contains("corrupt") && err.contains("move it away"), "{err}");
+    }
+}

@@ -1,0 +1,84 @@
+//! `switchctl proxy`: the daemon. Starts the data plane on the configured
+//! (or systemd-provided) listeners with the route table of the persisted
+//! active color, then the controller and the admin API; tells systemd it is
+//! ready; on SIGTERM/SIGINT stops accepting, drains, and exits 0. Upstreams
+//! are left running: a restart of the daemon is not a deploy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use switchctl_proxy::Proxy;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin;
+use crate::config::Config;
+use crate::controller::state::StateStore;
+use crate::controller::{route_table, Controller, UpstreamSet};
+use crate::driver::Driver;
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+    let state = StateStore::new(&config.state_dir).load()?;
+    let upstreams = Arc::new(UpstreamSet::default());
+    let table = route_table(&config, state.active_release().map(|(_, r)| r), &upstreams);
+
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut inherited = Vec::new();
+    for i in 0..fds.len() {
+        if let Some(l) = fds.take_tcp_listener(i).context("systemd passed a socket that is not TCP")? {
+            inherited.push(l);
+        }
+    }
+    let proxy = if inherited.is_empty() {
+        Proxy::bind(config.proxy.proxy_config(), &config.proxy.listen, table)?
+    } else {
+        Proxy::from_listeners(config.proxy.proxy_config(), inherited, table)?
+    };
+    let proxy = Arc::new(proxy);
+
+    let admin_listener = admin::server::bind(&config.proxy.admin_socket).await?;
+    let socket_path = config.proxy.admin_socket.clone();
+    let drain_timeout = config.proxy.drain_timeout;
+    let driver = Driver::new(&config);
+    let active = state.active_release().map(|(c, r)| format!("{c} ({})", r.tag));
+    let controller = Controller::new(config_path, config, proxy.clone(), driver, state, upstreams);
+
+    let shutdown = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::server::serve(admin_listener, controller.clone(), shutdown.clone()));
+    tokio::spawn({
+        let controller = controller.clone();
+        async move { controller.recover().await }
+    });
+
+    let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        listen = %addrs.join(", "),
+        admin = %socket_path.display(),
+        active = %active.as_deref().unwrap_or("none (every request gets 503 until the first deploy)"),
+        "switchctl proxy ready"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining and stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: draining and stopping"),
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
+    proxy.shutdown();
+    if tokio::time::timeout(drain_timeout + Duration::from_secs(5), proxy.stopped())
+        .await
+        .is_err()
+    {
+        tracing::warn!("proxy workers did not stop in time");
+    }
+    admin_task.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Drivers start, watch and stop the upstreams of one color: local
+//! processes ([`process`]) or Docker containers ([`docker`]). The controller
+//! only sees the [`Driver`] enum; each variant owns everything about how its
+//! upstreams live.
+
+pub mod docker;
+pub mod process;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{Config, DriverKind, ServiceConfig};
+use crate::controller::state::{Color, Handle, State, UpstreamRecord};
+
+/// What a driver knows about a running upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Running; `health` is the container's own HEALTHCHECK status, if it has one.
+    Running {
+        /// Docker's health status
+        health: Option<ContainerHealth>,
+    },
+    /// It stopped; `reason` says how ("exited with status 3", "restarting").
+    Exited {
+        /// how it ended
+        reason: String,
+    },
+    /// Nothing by that handle exists any more.
+    Missing,
+    /// The runtime could not be asked (Docker down).
+    Unknown {
+        /// why
+        reason: String,
+    },
+}
+
+/// Docker's HEALTHCHECK status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerHealth {
+    /// still in its start period or not yet checked
+    Starting,
+    /// passing
+    Healthy,
+    /// failing
+    Unhealthy,
+}
+
+/// A driver operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The upstream could not be started.
+    #[error("cannot start {service} ({color}): {message}")]
+    Start {
+        /// service
+        service: String,
+        /// color
+        color: Color,
+        /// why, and what to do
+        message: String,
+    },
+    /// A release cannot be deployed as asked (missing image or tag...).
+    #[error("{0}")]
+    Preflight(String),
+    /// The container runtime cannot be reached.
+    #[error("Docker is unreachable: {0}; the proxy keeps serving the active color. Start Docker (systemctl start docker) and retry")]
+    Unreachable(String),
+    /// Anything else the runtime reported.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What to start: one service of one color at one tag.
+#[derive(Debug, Clone)]
+pub struct StartSpec<'a> {
+    /// the service's config
+    pub service: &'a ServiceConfig,
+    /// color slot
+    pub color: Color,
+    /// release tag
+    pub tag: &'a str,
+    /// the whole config (for paths and timeouts)
+    pub config: &'a Config,
+}
+
+impl StartSpec<'_> {
+    /// `{port}`, `{tag}` and `{color}` substituted into `s`.
+    pub fn substitute(&self, s: &str, port: u16) -> String {
+        s.replace("{port}", &port.to_string())
+            .replace("{tag}", self.tag)
+            .replace("{color}", self.color.as_str())
+    }
+
+    /// The service's environment: env_file first, then `env` (which wins),
+    /// with placeholders substituted.
+    pub fn environment(&self, port: u16) -> Result<Vec<(String, String)>, DriverError> {
+        let mut vars = Vec::new();
+        if let Some(f) = &self.service.env_file {
+            let path = self.config.resolve(f);
+            vars = crate::config::read_env_file(&path).map_err(|message| DriverError::Start {
+                service: self.service.name.clone(),
+                color: self.color,
+                message,
+            })?;
+        }
+        for (k, v) in &self.service.env {
+            vars.retain(|(existing, _)| existing != k);
+            vars.push((k.clone(), self.substitute(v, port)));
+        }
+        Ok(vars)
+    }
+}
+
+/// The driver chosen by the config.
+#[derive(Debug)]
+pub enum Driver {
+    /// local processes
+    Process(process::ProcessDriver),
+    /// Docker containers
+    Docker(docker::DockerDriver),
+}
+
+impl Driver {
+    /// The driver for `config`. Docker is connected lazily: a daemon that
+    /// cannot reach it still serves, and every operation says why it fails.
+    pub fn new(config: &Config) -> Driver {
+        match config.driver {
+            DriverKind::Process => Driver::Process(process::ProcessDriver::new(logs_dir(config))),
+            DriverKind::Docker => Driver::Docker(docker::DockerDriver::new(config.state_dir.display().to_string())),
+        }
+    }
+
+    /// Check that a deploy of `tag` can start (runtime reachable, images present).
+    pub async fn preflight(&self, services: &[ServiceConfig], tag: &str, config: &Config) -> Result<(), DriverError> {
+        match self {
+            Driver::Process(d) => d.preflight(services, config),
+            Driver::Docker(d) => d.preflight(services, tag).await,
+        }
+    }
+
+    /// Start one upstream; returns where it listens and how to find it.
+    pub async fn start(&self, spec: &StartSpec<'_>) -> Result<UpstreamRecord, DriverError> {
+        match self {
+            Driver::Process(d) => d.start(spec),
+            Driver::Docker(d) => d.start(spec).await,
+        }
+    }
+
+    /// Is it still running (and healthy, as far as the runtime knows)?
+    pub async fn state(&self, handle: &Handle) -> RunState {
+        match self {
+            Driver::Process(d) => d.state(handle),
+            Driver::Docker(d) => d.state(handle).await,
+        }
+    }
+
+    /// Stop and remove it: SIGTERM, then SIGKILL after `timeout`.
+    pub async fn stop(&self, handle: &Handle, timeout: Duration) -> Result<(), DriverError> {
+        match self {
+            Driver::Process(d) => d.stop(handle, timeout).await,
+            Driver::Docker(d) => d.stop(handle, timeout).await,
+        }
+    }
+
+    /// Its last `lines` lines of output.
+    pub async fn logs(&self, handle: &Handle, service: &str, color: Color, lines: usize) -> Vec<String> {
+        match self {
+            Driver::Process(d) => d.logs(service, color, lines),
+            Driver::Docker(d) => d.logs(handle, lines).await,
+        }
+    }
+
+    /// Upstreams the runtime knows of that `state` does not: leftovers of an
+    /// interrupted deploy.
+    pub async fn orphans(&self, state: &State) -> Result<Vec<Handle>, DriverError> {
+        match self {
+            Driver::Process(_) => Ok(Vec::new()),
+            Driver::Docker(d) => d.orphans(state).await,
+        }
+    }
+
+    /// Remove images no color uses beyond the `keep` newest successful tags.
+    pub async fn cleanup_images(
+        &self,
+        services: &[ServiceConfig],
+        in_use: &[String],
+        keep: &[String],
+    ) -> Result<Vec<String>, DriverError> {
+        match self {
+            Driver::Process(_) => Ok(Vec::new()),
+            Driver::Docker(d) => d.cleanup_images(services, in_use, keep).await,
+        }
+    }
+
+    /// Can the runtime be reached? (`status` and `check` report it.)
+    pub async fn ping(&self) -> Result<(), DriverError> {
+        match self {
+            Driver::Process(_) => Ok(()),
+            Driver::Docker(d) => d.ping().await,
+        }
+    }
+}
+
+/// Per-upstream log files of the process driver.
+pub fn logs_dir(config: &Config) -> PathBuf {
+    config.state_dir.join("logs")
+}

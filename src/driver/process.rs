@@ -1,0 +1,296 @@
+//! The process driver: each upstream is a local process group, started from
+//! the service's `command` with `{port}`, `{tag}` and `{color}` filled in, on
+//! a free loopback port switchctl picks. Output goes to
+//! `<state_dir>/logs/<service>-<color>.log`. Processes run in their own group
+//! so they outlive a daemon restart and are stopped as a whole (SIGTERM,
+//! then SIGKILL).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use super::{DriverError, RunState, StartSpec};
+use crate::config::{Config, ServiceConfig};
+use crate::controller::state::{Color, Handle, UpstreamRecord};
+
+/// Runs upstreams as local processes.
+#[derive(Debug)]
+pub struct ProcessDriver {
+    logs: PathBuf,
+    /// Processes this daemon started, kept so their exit status can be
+    /// collected (and they do not linger as zombies).
+    children: Mutex<HashMap<i32, Child>>,
+}
+
+impl ProcessDriver {
+    /// A driver writing logs under `logs`.
+    pub fn new(logs: PathBuf) -> Self {
+        ProcessDriver {
+            logs,
+            children: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(super) fn preflight(&self, services: &[ServiceConfig], config: &Config) -> Result<(), DriverError> {
+        for s in services {
+            if let Some(cwd) = &s.cwd {
+                let cwd = config.resolve(cwd);
+                if !cwd.is_dir() {
+                    return Err(DriverError::Preflight(format!(
+                        "service {}: cwd {} is not a directory",
+                        s.name,
+                        cwd.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn log_path(&self, service: &str, color: Color) -> PathBuf {
+        self.logs.join(format!("{service}-{color}.log"))
+    }
+
+    pub(super) fn start(&self, spec: &StartSpec<'_>) -> Result<UpstreamRecord, DriverError> {
+        let fail = |message: String| DriverError::Start {
+            service: spec.service.name.clone(),
+            color: spec.color,
+            message,
+        };
+        let port = free_port().map_err(|e| fail(format!("no free loopback port: {e}")))?;
+        let argv: Vec<String> = spec
+            .service
+            .command
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| spec.substitute(a, port))
+            .collect();
+        let Some((program, args)) = argv.split_first() else {
+            return Err(fail("no command configured".into()));
+        };
+        let cwd = spec
+            .service
+            .cwd
+            .as_deref()
+            .map(|c| spec.config.resolve(c))
+            .unwrap_or_else(|| spec.config.resolve(Path::new(".")));
+        // A relative program path ("./bin/app") means relative to cwd.
+        let program = if program.contains('/') && !program.starts_with('/') {
+            cwd.join(program)
+        } else {
+            PathBuf::from(program)
+        };
+        std::fs::create_dir_all(&self.logs).map_err(|e| fail(format!("cannot create {}: {e}", self.logs.display())))?;
+        let log_path = self.log_path(&spec.service.name, spec.color);
+        let log = std::fs::File::create(&log_path).map_err(|e| fail(format!("cannot create {}: {e}", log_path.display())))?;
+        let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+
+        let mut cmd = Command::new(&program);
+        cmd.args(args)
+            .current_dir(&cwd)
+            .envs(spec.environment(port)?)
+            .env("SWITCHCTL_COLOR", spec.color.as_str())
+            .env("SWITCHCTL_TAG", spec.tag)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("{}: {e}", program.display())))?;
+        let pid = child.id() as i32;
+        let start_time = proc_start_time(pid).unwrap_or(0);
+        self.children.lock().expect("children lock").insert(pid, child);
+        Ok(UpstreamRecord {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            handle: Handle::Process { pid, start_time },
+        })
+    }
+
+    pub(super) fn state(&self, handle: &Handle) -> RunState {
+        let Handle::Process { pid, start_time } = *handle else {
+            return RunState::Missing;
+        };
+        if let Some(child) = self.children.lock().expect("children lock").get_mut(&pid) {
+            return match child.try_wait() {
+                Ok(None) => RunState::Running { health: None },
+                Ok(Some(status)) => RunState::Exited {
+                    reason: describe_exit(status),
+                },
+                Err(e) => RunState::Exited {
+                    reason: format!("cannot be waited for: {e}"),
+                },
+            };
+        }
+        // Adopted from an earlier daemon: not our child, so look in /proc.
+        match proc_stat(pid) {
+            Some((state, started)) if started == start_time && state != 'Z' => RunState::Running { health: None },
+            Some((_, started)) if started == start_time => RunState::Exited {
+                reason: "exited".into(),
+            },
+            _ => RunState::Missing,
+        }
+    }
+
+    pub(super) async fn stop(&self, handle: &Handle, timeout: Duration) -> Result<(), DriverError> {
+        let Handle::Process { pid, .. } = *handle else {
+            return Err(DriverError::Other("not a process handle".into()));
+        };
+        if self.state(handle) == RunState::Missing {
+            return Ok(());
+        }
+        let group = Pid::from_raw(pid);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            // The leader may be gone while others in its group live on.
+            let group_alive = killpg(group, None).is_ok();
+            if !matches!(self.state(handle), RunState::Running { .. }) && !group_alive {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = killpg(group, Signal::SIGKILL);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = self.state(handle);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.children.lock().expect("children lock").remove(&pid);
+        Ok(())
+    }
+
+    pub(super) fn logs(&self, service: &str, color: Color, lines: usize) -> Vec<String> {
+        let Ok(text) = std::fs::read_to_string(self.log_path(service, color)) else {
+            return Vec::new();
+        };
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].iter().map(|l| l.to_string()).collect()
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "exited".into(),
+    }
+}
+
+/// `(state, start_time)` from `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields resume
+    // after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn proc_start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, t)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(dir: &Path, command: &[&str]) -> Config {
+        let text = format!(
+            "driver = \"process\"\nstate_dir = {:?}\n[[service]]\nname = \"web\"\ncommand = {:?}\n",
+            dir.display().to_string(),
+            command
+        );
+        Config::parse(&dir.join("switchctl.toml"), &text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn starts_with_placeholders_logs_output_and_stops_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(
+            dir.path(),
+            &["sh", "-c", "echo port={port} tag={tag} color={color}; sleep 30 & wait"],
+        );
+        let driver = ProcessDriver::new(dir.path().join("logs"));
+        let spec = StartSpec {
+            service: &cfg.services[0],
+            color: Color::Green,
+            tag: "v7",
+            config: &cfg,
+        };
+        let rec = driver.start(&spec).unwrap();
+        assert_eq!(driver.state(&rec.handle), RunState::Running { health: None });
+        let port = rec.addr.port();
+        let expected = format!("port={port} tag=v7 color=green");
+        let mut logs = Vec::new();
+        for _ in 0..200 {
+            logs = driver.logs("web", Color::Green, 50);
+            if !logs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(logs, vec![expected]);
+        driver.stop(&rec.handle, Duration::from_secs(5)).await.unwrap();
+        let Handle::Process { pid, .. } = rec.handle else { unreachable!() };
+        assert!(killpg(Pid::from_raw(pid), None).is_err(), "the whole group is gone");
+    }
+
+    #[tokio::test]
+    async fn an_exit_is_reported_with_its_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &["sh", "-c", "echo {port}; exit 3"]);
+        let driver = ProcessDriver::new(dir.path().join("logs"));
+        let spec = StartSpec {
+            service: &cfg.services[0],
+            color: Color::Blue,
+            tag: "v1",
+            config: &cfg,
+        };
+        let rec = driver.start(&spec).unwrap();
+        let mut state = driver.state(&rec.handle);
+        for _ in 0..500 {
+            if state != (RunState::Running { health: None }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            state = driver.state(&rec.handle);
+        }
+        assert_eq!(
+            state,
+            RunState::Exited {
+                reason: "exited with status 3".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_program_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &["./no-such-app", "{port}"]);
+        let driver = ProcessDriver::new(dir.path().join("logs"));
+        let spec = StartSpec {
+            service: &cfg.services[0],
+            color: Color::Blue,
+            tag: "v1",
+            config: &cfg,
+        };
+        let err = driver.start(&spec).unwrap_err().to_string();
+        assert!(err.contains("cannot start web (blue)") && err.contains("no-such-app"), "{err}");
+    }
+}
