@@ -17,9 +17,10 @@
 //! (`BIND`, default 0.0.0.0), `--version V` (`VERSION`, default `dev`),
 //! `--fail-health` (`FAIL_HEALTH=1`), `--healthy-after SECS`
 //! (`HEALTHY_AFTER`), `--exit-at-start` (`EXIT_AT_START=1`: exit 3 at once).
-//! `FAIL_HEALTH_VERSIONS` and `EXIT_AT_START_VERSIONS` (comma-separated)
-//! make only those versions fail health or exit at start, so one command
-//! line can describe good and broken releases alike.
+//! `FAIL_HEALTH_VERSIONS`, `HANG_HEALTH_VERSIONS` and `EXIT_AT_START_VERSIONS`
+//! (comma-separated) make only those versions answer `/health` with 503,
+//! never answer it, or exit at start, so one command line can describe good
+//! and broken releases alike.
 //! `testapp healthcheck [PORT]` probes `/health` on loopback and exits 0/1:
 //! the Docker HEALTHCHECK of a `FROM scratch` image.
 //!
@@ -50,6 +51,7 @@ type Body = BoxBody<Bytes, Infallible>;
 pub struct App {
     version: String,
     failing: AtomicBool,
+    hang_health: AtomicBool,
     healthy_at: Instant,
 }
 
@@ -60,6 +62,7 @@ impl App {
         Arc::new(App {
             version: version.to_string(),
             failing: AtomicBool::new(fail_health),
+            hang_health: AtomicBool::new(false),
             healthy_at: Instant::now() + healthy_after,
         })
     }
@@ -71,6 +74,7 @@ struct Opts {
     version: String,
     fail_health: bool,
     healthy_after: u64,
+    hang_health: bool,
     exit_at_start: bool,
 }
 
@@ -86,6 +90,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         fail_health: env_or("FAIL_HEALTH", "") == "1",
         healthy_after: env_or("HEALTHY_AFTER", "0").parse().map_err(|_| "HEALTHY_AFTER must be seconds")?,
         exit_at_start: env_or("EXIT_AT_START", "") == "1",
+        hang_health: false,
     };
     let listed = |var: &str, version: &str| env_or(var, "").split(',').any(|v| !v.is_empty() && v.trim() == version);
     let mut it = args.iter();
@@ -105,6 +110,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     }
     o.fail_health |= listed("FAIL_HEALTH_VERSIONS", &o.version);
     o.exit_at_start |= listed("EXIT_AT_START_VERSIONS", &o.version);
+    o.hang_health = listed("HANG_HEALTH_VERSIONS", &o.version);
     Ok(o)
 }
 
@@ -153,6 +159,7 @@ async fn run(args: &[String]) -> i32 {
     };
     println!("testapp {} listening on {addr}", opts.version);
     let app = App::new(&opts.version, opts.fail_health, Duration::from_secs(opts.healthy_after));
+    app.hang_health.store(opts.hang_health, Ordering::SeqCst);
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
         eprintln!("testapp: cannot handle SIGTERM");
         return 1;
@@ -203,6 +210,9 @@ async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Bo
     let version_line = format!("{}\n", app.version);
     let resp = match (req.method().as_str(), req.uri().path()) {
         ("GET", "/health") => {
+            if app.hang_health.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             if app.failing.load(Ordering::SeqCst) || Instant::now() < app.healthy_at {
                 text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
             } else {

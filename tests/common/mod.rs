@@ -1,0 +1,406 @@
+//! Shared harness for the end-to-end tests: a real `switchctl proxy` daemon
+//! in a temporary directory, the real CLI binary, and a load loop through the
+//! proxy that counts failures. Everything started is stopped on drop, even
+//! when a test fails.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// The CLI binary under test.
+pub fn switchctl() -> &'static str {
+    env!("CARGO_BIN_EXE_switchctl")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `[[service]]` running the demo app with the process driver. `env` is a
+/// TOML inline table body, e.g. `FAIL_HEALTH_VERSIONS = "v3"`.
+pub fn process_service(name: &str, env: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "{name}"
+command = ["{exe}", "demo-app", "--bind", "127.0.0.1", "--port", "{{port}}", "--version", "{{tag}}"]
+env = {{ {env} }}
+health = {{ path = "/health", timeout = "1s" }}
+"#,
+        exe = switchctl()
+    )
+}
+
+/// A daemon under test.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub proxy: SocketAddr,
+    child: Option<Child>,
+    /// Process groups seen in the state file, stopped on drop.
+    seen_pids: Mutex<Vec<i32>>,
+}
+
+impl Daemon {
+    /// Write a config (`driver`, `[deploy]` body, services) and start the daemon.
+    pub fn start(driver: &str, deploy: &str, services: &str) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("switchctl-test-").tempdir().unwrap();
+        let port = free_port();
+        let socket = dir.path().join("admin.sock");
+        let config = dir.path().join("switchctl.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"driver = "{driver}"
+state_dir = "{state}"
+
+[proxy]
+listen = ["127.0.0.1:{port}"]
+admin_socket = "{socket}"
+drain_timeout = "10s"
+workers = 2
+
+[deploy]
+health_check_interval = "100ms"
+stop_timeout = "3s"
+{deploy}
+{services}"#,
+                state = dir.path().join("state").display(),
+                socket = socket.display(),
+            ),
+        )
+        .unwrap();
+        let mut d = Daemon {
+            dir,
+            config,
+            socket,
+            proxy: ([127, 0, 0, 1], port).into(),
+            child: None,
+            seen_pids: Mutex::new(Vec::new()),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Start (again) the daemon process and wait until its admin API answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(switchctl())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("proxy")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("daemon exited at start ({status}):\n{}", self.log());
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "daemon not up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL the daemon (upstreams survive, as after a crash).
+    pub fn kill9(&mut self) {
+        self.remember_pids();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM the daemon and wait for it; returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.remember_pids();
+        let mut c = self.child.take()?;
+        signal(c.id() as i32, libc_sigterm());
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Run the CLI with this daemon's config.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        self.cli_env(args, &[]).await
+    }
+
+    /// Run the CLI with extra environment variables.
+    pub async fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.remember_pids();
+        let out = tokio::process::Command::new(switchctl())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("DEPLOY_TIMEOUT")
+            .env_remove("HEALTH_CHECK_INTERVAL")
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        self.remember_pids();
+        out
+    }
+
+    /// `status --json`
+    pub async fn status(&self) -> Value {
+        let out = self.cli(&["status", "--json"]).await;
+        assert_eq!(out.status.code(), Some(0), "status failed: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The state file as JSON.
+    pub fn state(&self) -> Value {
+        let path = self.dir.path().join("state").join("state.json");
+        std::fs::read(path).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or(Value::Null)
+    }
+
+    /// Pids of the process-driver upstreams in the state file.
+    pub fn pids(&self) -> Vec<i32> {
+        let state = self.state();
+        let mut pids = Vec::new();
+        if let Some(colors) = state["colors"].as_object() {
+            for release in colors.values() {
+                if let Some(services) = release["services"].as_object() {
+                    for up in services.values() {
+                        if let Some(pid) = up["handle"]["pid"].as_i64() {
+                            pids.push(pid as i32);
+                        }
+                    }
+                }
+            }
+        }
+        pids
+    }
+
+    fn remember_pids(&self) {
+        let mut seen = self.seen_pids.lock().unwrap();
+        for pid in self.pids() {
+            if !seen.contains(&pid) {
+                seen.push(pid);
+            }
+        }
+    }
+
+    /// GET `path` through the proxy; `(status, body)`.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        get(self.proxy, path).await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Upstreams live in their own process groups: stop every group seen.
+        for pid in self.seen_pids.lock().unwrap().iter() {
+            signal(-pid, 9);
+        }
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+/// kill(2) through the `kill` command, so the harness needs no extra crate.
+pub fn signal(pid: i32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg("--")
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+pub fn alive(pid: i32) -> bool {
+    // A zombie has been stopped already; only count live processes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 2..].chars().next()) != Some('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// One GET through the proxy on a new connection.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(path).header("host", "test.local").body(Empty::<Bytes>::new()).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A load loop: `clients` keep-alive connections sending GET / through the
+/// proxy, bounded in requests and time.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    bodies: Arc<Mutex<BTreeMap<String, u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the load loop saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub sent: u64,
+    pub failed: usize,
+    pub failures: Vec<String>,
+    pub bodies: BTreeMap<String, u64>,
+}
+
+const LOAD_MAX_REQUESTS: u64 = 3_000_000;
+const LOAD_MAX_TIME: Duration = Duration::from_secs(240);
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        let mut load = Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            sent: Arc::new(AtomicU64::new(0)),
+            failures: Arc::new(Mutex::new(Vec::new())),
+            bodies: Arc::new(Mutex::new(BTreeMap::new())),
+            tasks: Vec::new(),
+        };
+        let started = Instant::now();
+        for _ in 0..clients {
+            let (stop, sent, failures, bodies) =
+                (load.stop.clone(), load.sent.clone(), load.failures.clone(), load.bodies.clone());
+            load.tasks.push(tokio::spawn(async move {
+                let fail = |why: String| failures.lock().unwrap().push(why);
+                'connect: while !stop.load(Ordering::Relaxed) {
+                    let stream = match tokio::net::TcpStream::connect(addr).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            fail(format!("connect: {e}"));
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                    else {
+                        continue;
+                    };
+                    tokio::spawn(conn);
+                    while !stop.load(Ordering::Relaxed)
+                        && started.elapsed() < LOAD_MAX_TIME
+                        && sent.load(Ordering::Relaxed) < LOAD_MAX_REQUESTS
+                    {
+                        if sender.ready().await.is_err() {
+                            // The proxy closed an idle keep-alive connection: reconnect.
+                            continue 'connect;
+                        }
+                        let req = http::Request::get("/").header("host", "test.local").body(Empty::<Bytes>::new()).unwrap();
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match sender.send_request(req).await {
+                            Ok(resp) => {
+                                let status = resp.status();
+                                match resp.into_body().collect().await {
+                                    Ok(b) if status.is_success() => {
+                                        let body = String::from_utf8_lossy(&b.to_bytes()).trim().to_string();
+                                        *bodies.lock().unwrap().entry(body).or_default() += 1;
+                                    }
+                                    Ok(b) => fail(format!("{status}: {}", String::from_utf8_lossy(&b.to_bytes()))),
+                                    Err(e) => fail(format!("body: {e}")),
+                                }
+                            }
+                            Err(e) => {
+                                fail(format!("request: {e}"));
+                                continue 'connect;
+                            }
+                        }
+                    }
+                    return;
+                }
+            }));
+        }
+        load
+    }
+
+    /// Stop the loop and report.
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        LoadReport {
+            sent: self.sent.load(Ordering::Relaxed),
+            failed: failures.len(),
+            failures: failures.into_iter().take(10).collect(),
+            bodies: self.bodies.lock().unwrap().clone(),
+        }
+    }
+}
+
+/// Wait until `cond` holds, polling; panics after `limit` with `what`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Parse NDJSON output into events.
+pub fn events(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,379 @@
+//! End to end with the process driver: the real daemon, the real CLI, the
+//! demo app as upstream, and a load loop through the proxy that must see
+//! zero failed requests.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{alive, events, process_service, text, wait_for, Daemon, Load};
+
+const BROKEN: &str = r#"FAIL_HEALTH_VERSIONS = "v3", EXIT_AT_START_VERSIONS = "v4", HANG_HEALTH_VERSIONS = "v5""#;
+
+fn daemon() -> Daemon {
+    Daemon::start("process", "timeout = \"30s\"", &process_service("web", BROKEN))
+}
+
+async fn deploy_ok(d: &Daemon, tag: &str) {
+    let out = d.cli(&["deploy", tag]).await;
+    assert_eq!(out.status.code(), Some(0), "deploy {tag}: {}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_switches_versions_with_zero_failed_requests() {
+    let d = daemon();
+    assert_eq!(d.get("/").await, (503, "no active release\n".into()));
+    deploy_ok(&d, "v1").await;
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+
+    let load = Load::start(d.proxy, 20);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    deploy_ok(&d, "v2").await;
+    // Every request that starts after `deploy` returned sees v2.
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.bodies.contains_key("v1") && report.bodies.contains_key("v2"), "{report:?}");
+
+    let status = d.status().await;
+    assert_eq!(status["active"]["color"], "green");
+    assert_eq!(status["active"]["tag"], "v2");
+    assert_eq!(status["standby"]["color"], "blue");
+    assert_eq!(status["standby"]["tag"], "v1");
+    assert!(status["operation"].is_null());
+    let web = &status["services"][0];
+    assert_eq!(web["name"], "web");
+    assert_eq!(web["green"]["tag"], "v2");
+    assert_eq!(web["green"]["healthy"], true);
+    assert_eq!(web["green"]["in_flight"], 0);
+    assert!(web["blue"]["upstream"].as_str().unwrap().starts_with("127.0.0.1:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_health_rolls_back_and_keeps_the_old_version_serving() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let load = Load::start(d.proxy, 20);
+    let out = d.cli_env(&["deploy", "v3"], &[("DEPLOY_TIMEOUT", "2")]).await;
+    let report = load.stop().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("answered 503"), "{stdout}");
+    assert!(stdout.contains("rolled back"), "{stdout}");
+    assert!(stdout.contains("blue (v1) keeps serving"), "{stdout}");
+    assert!(stdout.contains("testapp v3 listening"), "the failed upstream's log is shown: {stdout}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.bodies.keys().collect::<Vec<_>>(), ["v1"], "{report:?}");
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+    let status = d.status().await;
+    assert_eq!(status["active"]["tag"], "v1");
+    assert!(status["services"][0]["green"].is_null(), "the new color was removed");
+
+    let history = d.cli(&["history", "--json"]).await;
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let last = history.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["tag"], "v3");
+    assert_eq!(last["outcome"], "rolled_back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_that_exits_at_start_fails_without_waiting_for_the_timeout() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let load = Load::start(d.proxy, 20);
+    // A deadline far beyond the test's patience: only exit detection ends it.
+    let out = d.cli_env(&["deploy", "v4", "--json"], &[("DEPLOY_TIMEOUT", "3600")]).await;
+    let report = load.stop().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let evs = events(&out);
+    let done = evs.last().unwrap();
+    assert_eq!(done["phase"], "done");
+    assert_eq!(done["outcome"], "rolled_back");
+    let msg = done["message"].as_str().unwrap();
+    assert!(msg.contains("exited with status 3"), "{msg}");
+    assert!(!msg.contains("timeout"), "{msg}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deploy_that_never_becomes_healthy_times_out() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let load = Load::start(d.proxy, 20);
+    let out = d.cli_env(&["deploy", "v5"], &[("DEPLOY_TIMEOUT", "3"), ("HEALTH_CHECK_INTERVAL", "0.5")]).await;
+    let report = load.stop().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("timeout 3s, health check every 500ms"), "env overrides apply: {stdout}");
+    assert!(stdout.contains("not healthy before the deploy timeout"), "{stdout}");
+    assert!(stdout.contains("no answer within 1s"), "{stdout}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flip_back_returns_to_the_standby_with_zero_failed_requests() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let load = Load::start(d.proxy, 20);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let out = d.cli(&["flip", "back", "--json"]).await;
+    let took = t.elapsed();
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = load.stop().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(events(&out).last().unwrap()["outcome"], "flipped");
+    assert_eq!(report.failed, 0, "{report:?}");
+    println!("flip back end to end: {:.1} ms", took.as_secs_f64() * 1000.0);
+    let status = d.status().await;
+    assert_eq!(status["active"]["tag"], "v1");
+    assert_eq!(status["standby"]["tag"], "v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flip_back_to_an_unhealthy_standby_is_refused() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let status = d.status().await;
+    let standby = status["services"][0]["blue"]["upstream"].as_str().unwrap().to_string();
+    // Tell the standby to fail its health check from now on.
+    let stream = tokio::net::TcpStream::connect(&standby).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/health/fail")
+        .header("host", "x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert!(sender.send_request(req).await.unwrap().status().is_success());
+
+    let load = Load::start(d.proxy, 20);
+    let out = d.cli(&["flip", "back"]).await;
+    let report = load.stop().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("is not healthy, traffic stays where it is"), "{stdout}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollback_deploys_a_named_tag_or_returns_to_the_previous_release() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let load = Load::start(d.proxy, 20);
+    let out = d.cli(&["rollback", "v0"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(d.get("/").await, (200, "v0\n".into()));
+    // No tag: the previous successful release (v2, the warm standby) by a flip.
+    let out = d.cli(&["rollback", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(events(&out).last().unwrap()["outcome"], "flipped");
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_operation_is_refused_with_exit_4() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let load = Load::start(d.proxy, 20);
+    let first = {
+        let cmd = tokio::process::Command::new(common::switchctl())
+            .arg("--config")
+            .arg(&d.config)
+            .args(["deploy", "v5"])
+            .env("DEPLOY_TIMEOUT", "4")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        cmd
+    };
+    wait_for("the first deploy to hold the lock", Duration::from_secs(30), || async {
+        !d.status().await["operation"].is_null()
+    })
+    .await;
+    let status = d.status().await;
+    assert_eq!(status["operation"]["kind"], "deploy");
+    assert_eq!(status["operation"]["tag"], "v5");
+    let out = d.cli(&["deploy", "v2"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another operation is in progress: deploy of v5"), "{stderr}");
+    let out = d.cli(&["flip", "back", "--json"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(events(&out).last().unwrap()["outcome"], "refused");
+    let first = first.wait_with_output().await.unwrap();
+    assert_eq!(first.status.code(), Some(1));
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_killed_mid_deploy_restarts_serving_the_last_active_color() {
+    let mut d = daemon();
+    deploy_ok(&d, "v1").await;
+    let load = Load::start(d.proxy, 20);
+    let deploy = tokio::process::Command::new(common::switchctl())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["deploy", "v3"])
+        .env("DEPLOY_TIMEOUT", "600")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the deploy to reach its health phase", Duration::from_secs(30), || async {
+        d.status().await["operation"]["phase"] == "health"
+    })
+    .await;
+    let before = load.stop().await;
+    assert_eq!(before.failed, 0, "{before:?}");
+    let pending = d.state();
+    assert_eq!(pending["pending"], "green");
+    let v3_pid = pending["colors"]["green"]["services"]["web"]["handle"]["pid"].as_i64().unwrap() as i32;
+    assert!(alive(v3_pid));
+
+    d.kill9();
+    let deploy = deploy.wait_with_output().await.unwrap();
+    assert_ne!(deploy.status.code(), Some(0), "the interrupted deploy did not report success");
+    d.spawn();
+    // Served at once from the persisted state, before any recovery finishes.
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+    let load = Load::start(d.proxy, 20);
+    wait_for("the leftover upstream to be reaped", Duration::from_secs(30), || async { !alive(v3_pid) }).await;
+    let status = d.status().await;
+    assert_eq!(status["active"]["tag"], "v1");
+    assert!(status["operation"].is_null());
+    assert!(status["services"][0]["green"].is_null());
+    assert!(d.state()["pending"].is_null());
+    deploy_ok(&d, "v2").await;
+    let after = load.stop().await;
+    assert_eq!(after.failed, 0, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_daemon_adopts_running_upstreams_without_losing_requests_before_or_after() {
+    let mut d = daemon();
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let pids = d.pids();
+    assert_eq!(d.terminate(), Some(0), "SIGTERM exits 0:\n{}", d.log());
+    for pid in &pids {
+        assert!(alive(*pid), "upstreams outlive the daemon");
+    }
+    d.spawn();
+    let load = Load::start(d.proxy, 20);
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(0), "adopted standby can be flipped to: {}", text(&out));
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_stop_stops_the_old_color() {
+    let d = Daemon::start("process", "standby = \"stop\"", &process_service("web", ""));
+    deploy_ok(&d, "v1").await;
+    let v1 = d.pids();
+    deploy_ok(&d, "v2").await;
+    wait_for("v1 to stop", Duration::from_secs(30), || async { !alive(v1[0]) }).await;
+    let status = d.status().await;
+    assert!(status["standby"].is_null());
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no standby to flip back to"));
+}
+
+#[tokio::test]
+async fn a_malformed_config_exits_2_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchctl.toml");
+    std::fs::write(&path, "driver = \"process\"\n\n[deploy]\ntimeout = \"30s\"\nhealth_interval = \"1s\"\n").unwrap();
+    for args in [&["deploy", "v1"][..], &["check"], &["proxy"], &["status"]] {
+        let out = tokio::process::Command::new(common::switchctl())
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("{}:5:", path.display())), "{args:?}: {stderr}");
+        assert!(stderr.contains("unknown field `health_interval`"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_daemon_exits_3() {
+    let out = tokio::process::Command::new(common::switchctl())
+        .args(["--socket", "/nonexistent/switchctl.sock", "deploy", "v1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the switchctl daemon"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_exit_2_and_changes_nothing() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let out = d.cli(&["deploy", "../etc"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid tag"));
+    let out = d.cli_env(&["deploy", "v2"], &[("DEPLOY_TIMEOUT", "soon")]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEPLOY_TIMEOUT"));
+    assert_eq!(d.status().await["active"]["tag"], "v1");
+    // The admin API rejects malformed requests with a precise 400.
+    let stream = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/v1/deploy")
+        .header("host", "switchctl")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{\"tagg\": 1}")))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("malformed request") && body.contains("tagg"), "{body}");
+    assert_eq!(d.status().await["active"]["tag"], "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_json_is_ndjson_ending_in_done() {
+    let d = daemon();
+    let out = d.cli(&["deploy", "v1", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let evs = events(&out);
+    for e in &evs {
+        assert!(e["ts"].is_string() && e["phase"].is_string() && e["message"].is_string(), "{e}");
+        assert!(["info", "success", "warn", "error"].contains(&e["level"].as_str().unwrap()), "{e}");
+    }
+    assert!(evs.iter().any(|e| e["phase"] == "health" && e["service"] == "web"));
+    let done = evs.last().unwrap();
+    assert_eq!(done["phase"], "done");
+    assert_eq!(done["outcome"], "deployed");
+    assert_eq!(evs.iter().filter(|e| e["phase"] == "done").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_validates_config_and_environment() {
+    let d = daemon();
+    let out = d.cli(&["check"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("served by the running daemon"), "{stdout}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
