@@ -530,7 +530,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        let mut c = Config::parse(Path::new("/etc/switchctl.toml"), text)?;
+        let c = Config::parse(Path::new("/etc/switchctl.toml"), text)?;
         c.validate(text)?;
         Ok(c)
     }

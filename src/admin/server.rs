@@ -106,6 +106,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 }
 
 async fn route(controller: Arc<Controller>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() == Method::POST {
+        controller.recovered().await;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/v1/status") => json(StatusCode::OK, &controller.status().await),
         (&Method::GET, "/v1/history") => match controller.history().read() {

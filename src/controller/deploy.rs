@@ -355,25 +355,44 @@ impl Controller {
         self.finish(rec, Outcome::RolledBack, Some(reason), msg, reporter)
     }
 
-    /// Remove images beyond those in use and the newest `keep_images`
-    /// earlier successful releases.
+    /// Remove images of earlier releases beyond those in use and the newest
+    /// `keep_images` successful ones; failed releases' images go first. Tags
+    /// switchctl never deployed (images built for a later release) are left.
     async fn cleanup_images(&self, config: &Config, tag: &str, reporter: &Reporter) {
         let in_use: Vec<String> = {
             let state = self.state.lock().await;
             state.colors.values().map(|r| r.tag.clone()).chain([tag.to_string()]).collect()
         };
-        let keep: Vec<String> = match self.history.successful_tags() {
-            Ok(tags) => tags
-                .into_iter()
-                .filter(|t| !in_use.contains(t))
-                .take(config.deploy.keep_images)
-                .collect(),
-            Err(e) => {
+        let (history, successful) = match (self.history.read(), self.history.successful_tags()) {
+            (Ok(h), Ok(s)) => (h, s),
+            (Err(e), _) | (_, Err(e)) => {
                 reporter.warn("cleanup", None, format!("history unreadable, no image removed: {e}"));
                 return;
             }
         };
-        match self.driver.cleanup_images(&config.services, &in_use, &keep).await {
+        let keep: Vec<String> = successful
+            .into_iter()
+            .filter(|t| !in_use.contains(t))
+            .take(config.deploy.keep_images)
+            .collect();
+        let mut removable: Vec<(bool, String)> = Vec::new();
+        for e in history {
+            let succeeded = matches!(e.outcome, Outcome::Deployed | Outcome::Flipped);
+            if in_use.contains(&e.tag) || keep.contains(&e.tag) {
+                continue;
+            }
+            match removable.iter_mut().find(|(_, t)| *t == e.tag) {
+                Some(entry) => entry.0 |= succeeded,
+                None => removable.push((succeeded, e.tag)),
+            }
+        }
+        // Failed releases first (false sorts before true).
+        removable.sort_by_key(|(succeeded, _)| *succeeded);
+        let removable: Vec<String> = removable.into_iter().map(|(_, t)| t).collect();
+        if removable.is_empty() {
+            return;
+        }
+        match self.driver.cleanup_images(&config.services, &removable).await {
             Ok(removed) if removed.is_empty() => {}
             Ok(removed) => reporter.info("cleanup", None, format!("removed old images: {}", removed.join(", "))),
             Err(e) => reporter.warn("cleanup", None, format!("image cleanup failed: {e}")),

@@ -102,6 +102,8 @@ pub struct Controller {
     operation: Mutex<Option<OperationInfo>>,
     upstreams: Arc<UpstreamSet>,
     problems: Mutex<Vec<String>>,
+    /// Cancelled once start-up recovery has finished.
+    recovered: tokio_util::sync::CancellationToken,
 }
 
 /// Holds the operation lock; dropping it unlocks.
@@ -146,6 +148,7 @@ impl Controller {
             operation: Mutex::new(None),
             upstreams,
             problems: Mutex::new(Vec::new()),
+            recovered: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -169,6 +172,12 @@ impl Controller {
         let fresh = Arc::new(fresh);
         *self.config.lock().expect("config lock") = fresh.clone();
         Ok(fresh)
+    }
+
+    /// Resolves once start-up recovery is done; operations wait for it
+    /// rather than being refused because of it.
+    pub async fn recovered(&self) {
+        self.recovered.cancelled().await
     }
 
     /// Take the operation lock, or say who holds it.
@@ -205,6 +214,7 @@ impl Controller {
     /// color it was starting, remove orphan containers) and note upstreams
     /// that are gone. The proxy already serves the persisted active color.
     pub async fn recover(self: &Arc<Self>) {
+        let _done = self.recovered.clone().drop_guard();
         let Ok(_guard) = self.try_begin("recover", None) else { return };
         let reporter = Reporter::silent();
         let config = self.config();

@@ -11,7 +11,7 @@ use bollard::container::{
     Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
     StartContainerOptions, StopContainerOptions,
 };
-use bollard::image::{CreateImageOptions, ListImagesOptions, RemoveImageOptions};
+use bollard::image::{CreateImageOptions, RemoveImageOptions};
 use bollard::models::{HealthConfig, HealthStatusEnum, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
 use bollard::network::ConnectNetworkOptions;
 use bollard::Docker;
@@ -362,43 +362,23 @@ impl DockerDriver {
             .collect())
     }
 
-    pub(super) async fn cleanup_images(
-        &self,
-        services: &[ServiceConfig],
-        in_use: &[String],
-        keep: &[String],
-    ) -> Result<Vec<String>, DriverError> {
+    pub(super) async fn cleanup_images(&self, services: &[ServiceConfig], tags: &[String]) -> Result<Vec<String>, DriverError> {
         let docker = self.client().await?;
         let mut removed = Vec::new();
-        for s in services {
-            let Some(repo) = s.image.as_deref() else { continue };
-            let filters = HashMap::from([("reference".to_string(), vec![repo.to_string()])]);
-            let images = match docker
-                .list_images(Some(ListImagesOptions {
-                    filters,
-                    ..Default::default()
-                }))
-                .await
-            {
-                Ok(i) => i,
-                Err(e) => return Err(self.api_error(e).await),
-            };
-            for image in images {
-                for reference in image.repo_tags {
-                    let Some(tag) = reference.strip_prefix(repo).and_then(|t| t.strip_prefix(':')) else {
-                        continue;
-                    };
-                    if in_use.iter().any(|t| t == tag) || keep.iter().any(|t| t == tag) {
-                        continue;
+        for tag in tags {
+            for s in services {
+                let Some(repo) = s.image.as_deref() else { continue };
+                let reference = format!("{repo}:{tag}");
+                match docker
+                    .remove_image(&reference, Some(RemoveImageOptions { force: false, noprune: false }), None)
+                    .await
+                {
+                    Ok(_) => removed.push(reference),
+                    Err(e) if is_not_found(&e) => {}
+                    Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                        tracing::warn!(image = %reference, error = %message, "could not remove old image")
                     }
-                    match docker
-                        .remove_image(&reference, Some(RemoveImageOptions { force: false, noprune: false }), None)
-                        .await
-                    {
-                        Ok(_) => removed.push(reference),
-                        Err(e) if is_not_found(&e) => {}
-                        Err(e) => tracing::warn!(image = %reference, error = %e, "could not remove old image"),
-                    }
+                    Err(e) => return Err(self.api_error(e).await),
                 }
             }
         }

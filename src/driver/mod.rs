@@ -83,10 +83,11 @@ pub struct StartSpec<'a> {
 }
 
 impl StartSpec<'_> {
-    /// `{port}`, `{tag}` and `{color}` substituted into `s`.
+    /// `{port}`, `{tag}` (or Compose's `${TAG}`) and `{color}` substituted into `s`.
     pub fn substitute(&self, s: &str, port: u16) -> String {
         s.replace("{port}", &port.to_string())
             .replace("{tag}", self.tag)
+            .replace("${TAG}", self.tag)
             .replace("{color}", self.color.as_str())
     }
 
@@ -178,16 +179,12 @@ impl Driver {
         }
     }
 
-    /// Remove images no color uses beyond the `keep` newest successful tags.
-    pub async fn cleanup_images(
-        &self,
-        services: &[ServiceConfig],
-        in_use: &[String],
-        keep: &[String],
-    ) -> Result<Vec<String>, DriverError> {
+    /// Remove the images of `tags` (in that order) for every service;
+    /// returns the references removed.
+    pub async fn cleanup_images(&self, services: &[ServiceConfig], tags: &[String]) -> Result<Vec<String>, DriverError> {
         match self {
             Driver::Process(_) => Ok(Vec::new()),
-            Driver::Docker(d) => d.cleanup_images(services, in_use, keep).await,
+            Driver::Docker(d) => d.cleanup_images(services, tags).await,
         }
     }
 

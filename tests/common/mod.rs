@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,11 +53,18 @@ pub struct Daemon {
     child: Option<Child>,
     /// Process groups seen in the state file, stopped on drop.
     seen_pids: Mutex<Vec<i32>>,
+    /// Extra environment for the daemon (e.g. a dead DOCKER_HOST).
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Write a config (`driver`, `[deploy]` body, services) and start the daemon.
     pub fn start(driver: &str, deploy: &str, services: &str) -> Daemon {
+        Daemon::start_with("", driver, deploy, services)
+    }
+
+    /// As [`Daemon::start`], with extra top-level keys (e.g. `compose = ...`).
+    pub fn start_with(top: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
         let dir = tempfile::Builder::new().prefix("switchctl-test-").tempdir().unwrap();
         let port = free_port();
         let socket = dir.path().join("admin.sock");
@@ -65,6 +74,7 @@ impl Daemon {
             format!(
                 r#"driver = "{driver}"
 state_dir = "{state}"
+{top}
 
 [proxy]
 listen = ["127.0.0.1:{port}"]
@@ -89,6 +99,7 @@ stop_timeout = "3s"
             proxy: ([127, 0, 0, 1], port).into(),
             child: None,
             seen_pids: Mutex::new(Vec::new()),
+            daemon_env: Vec::new(),
         };
         d.spawn();
         d
@@ -105,6 +116,7 @@ stop_timeout = "3s"
             .arg("--config")
             .arg(&self.config)
             .arg("proxy")
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -122,6 +134,14 @@ stop_timeout = "3s"
             assert!(start.elapsed() < Duration::from_secs(30), "daemon not up:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config).unwrap_or_default()
     }
 
     pub fn log(&self) -> String {
@@ -231,6 +251,9 @@ impl Drop for Daemon {
         // Upstreams live in their own process groups: stop every group seen.
         for pid in self.seen_pids.lock().unwrap().iter() {
             signal(-pid, 9);
+        }
+        if self.config_text().contains("driver = \"docker\"") {
+            docker::remove_containers(&self.state_dir());
         }
     }
 }

@@ -1,0 +1,274 @@
+//! End to end with the Docker driver on the real engine. Each test builds
+//! its own FROM-scratch images from `tests/app`, runs the real daemon and
+//! CLI, keeps a load loop through the proxy (0 failed requests), and removes
+//! its containers and images afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use common::docker::{self, Images};
+use common::{events, text, wait_for, Daemon, Load};
+
+fn docker_service(name: &str, images: &Images, extra: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "{name}"
+image = "{repo}"
+port = 8000
+health = {{ path = "/health", timeout = "1s" }}
+{extra}
+"#,
+        repo = images.repo
+    )
+}
+
+async fn deploy(d: &Daemon, tag: &str) -> std::process::Output {
+    d.cli(&["deploy", tag]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_deploy_fail_rollback_and_flip_back() {
+    if !docker::available() {
+        return;
+    }
+    let images = Images::new("cycle");
+    images.build("v1", "");
+    images.build("v2", "");
+    images.build("v3", "ENV FAIL_HEALTH=1");
+    images.build("v4", "ENV EXIT_AT_START=1");
+    let d = Daemon::start("docker", "timeout = \"20s\"", &docker_service("dcycle", &images, ""));
+
+    let out = deploy(&d, "v1").await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), d.log());
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+    let containers = docker::containers(&d.state_dir());
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert!(containers[0].starts_with("switchctl-dcycle-blue blue v1 127.0.0.1:"), "published on loopback only: {containers:?}");
+
+    let load = Load::start(d.proxy, 20);
+    let out = deploy(&d, "v2").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+
+    // Health fails: rolled back, with the container's logs shown.
+    let out = d.cli_env(&["deploy", "v3"], &[("DEPLOY_TIMEOUT", "3")]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("testapp v3 listening"), "{stdout}");
+    assert!(stdout.contains("green (v2) keeps serving"), "{stdout}");
+
+    // Exits at start: fails on the exit, not the (long) timeout.
+    let out = d.cli_env(&["deploy", "v4", "--json"], &[("DEPLOY_TIMEOUT", "3600")]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let done = events(&out).pop().unwrap();
+    assert_eq!(done["outcome"], "rolled_back");
+    let msg = done["message"].as_str().unwrap();
+    assert!(msg.contains("exited with status 3") || msg.contains("restart"), "{msg}");
+
+    // A missing tag is refused before anything is stopped.
+    let out = deploy(&d, "v9").await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("image {}:v9", images.repo)), "{stdout}");
+
+    // Deploy v1 again, then flip back to v2 kept warm.
+    let out = deploy(&d, "v1").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+
+    let status = d.status().await;
+    assert_eq!(status["active"]["tag"], "v2");
+    assert_eq!(status["standby"]["tag"], "v1");
+    assert_eq!(status["driver"]["ok"], true);
+    let names: Vec<String> = docker::containers(&d.state_dir()).iter().map(|c| c.split(' ').next().unwrap().to_string()).collect();
+    assert_eq!(names, ["switchctl-dcycle-blue", "switchctl-dcycle-green"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_healthcheck_must_report_healthy_before_the_flip() {
+    if !docker::available() {
+        return;
+    }
+    let images = Images::new("healthcheck");
+    images.build("v1", "");
+    images.build(
+        "v2",
+        r#"HEALTHCHECK --interval=2s --timeout=2s --retries=3 CMD ["/testapp", "healthcheck"]"#,
+    );
+    let d = Daemon::start("docker", "timeout = \"60s\"", &docker_service("dhc", &images, ""));
+    let out = deploy(&d, "v1").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let load = Load::start(d.proxy, 20);
+    let out = deploy(&d, "v2").await;
+    let report = load.stop().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Docker HEALTHCHECK still starting"),
+        "the HTTP probe passed at once, but the flip waited for Docker: {stdout}"
+    );
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_image_cleanup_keeps_colors_and_recent_releases() {
+    if !docker::available() {
+        return;
+    }
+    let images = Images::new("cleanup");
+    for tag in ["v1", "v2", "v6", "v7"] {
+        images.build(tag, "");
+    }
+    images.build("v3", "ENV FAIL_HEALTH=1");
+    let d = Daemon::start("docker", "timeout = \"20s\"\nkeep_images = 1", &docker_service("dclean", &images, ""));
+    let load = Load::start(d.proxy, 4);
+    for tag in ["v1", "v2"] {
+        let out = deploy(&d, tag).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let out = d.cli_env(&["deploy", "v3"], &[("DEPLOY_TIMEOUT", "2")]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for tag in ["v6", "v7"] {
+        let out = deploy(&d, tag).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let report = load.stop().await;
+    // In use: v7 (active), v6 (standby); kept: the newest earlier release, v2;
+    // removed: v1 and the failed v3.
+    assert_eq!(images.tags(), ["v2", "v6", "v7"]);
+    assert!(report.failed == 0 || report.failures.iter().all(|f| f.starts_with("503")), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_daemon_killed_mid_deploy_adopts_containers_and_removes_leftovers() {
+    if !docker::available() {
+        return;
+    }
+    let images = Images::new("adopt");
+    images.build("v1", "");
+    images.build("v2", "");
+    images.build("v3", "ENV FAIL_HEALTH=1");
+    let mut d = Daemon::start("docker", "timeout = \"20s\"", &docker_service("dadopt", &images, ""));
+    for tag in ["v1", "v2"] {
+        let out = deploy(&d, tag).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let deploying = tokio::process::Command::new(common::switchctl())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["deploy", "v3"])
+        .env("DEPLOY_TIMEOUT", "600")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the deploy's health phase", Duration::from_secs(60), || async {
+        d.status().await["operation"]["phase"] == "health"
+    })
+    .await;
+    assert_eq!(docker::containers(&d.state_dir()).len(), 2, "v2 active, v3 starting");
+    d.kill9();
+    let _ = deploying.wait_with_output().await;
+    d.spawn();
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+    let load = Load::start(d.proxy, 20);
+    wait_for("the leftover container to be removed", Duration::from_secs(60), || async {
+        docker::containers(&d.state_dir()).len() == 1
+    })
+    .await;
+    let out = deploy(&d, "v1").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(0), "the adopted container takes traffic again: {}", text(&out));
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_unreachable_is_reported_while_the_proxy_keeps_serving() {
+    if !docker::available() {
+        return;
+    }
+    let images = Images::new("down");
+    images.build("v1", "");
+    let mut d = Daemon::start("docker", "timeout = \"20s\"", &docker_service("ddown", &images, ""));
+    let out = deploy(&d, "v1").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Restart the daemon pointed at a Docker that is not there.
+    d.kill9();
+    d.daemon_env = vec![("DOCKER_HOST".into(), format!("unix://{}/no-docker.sock", d.dir.path().display()))];
+    d.spawn();
+    let load = Load::start(d.proxy, 20);
+    let status = d.status().await;
+    assert_eq!(status["driver"]["ok"], false);
+    assert!(status["driver"]["error"].as_str().unwrap().contains("Docker is unreachable"), "{status}");
+    assert_eq!(status["active"]["tag"], "v1");
+    let out = deploy(&d, "v1").await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Docker is unreachable"), "{}", text(&out));
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_compose_services_are_imported() {
+    if !docker::available() {
+        return;
+    }
+    let images = Images::new("compose");
+    images.build("v1", "");
+    images.build("v2", "");
+    let dir = tempfile::tempdir().unwrap();
+    let compose = dir.path().join("docker-compose.yml");
+    std::fs::write(dir.path().join(".env"), "GREETING_SUFFIX=from-dotenv\n").unwrap();
+    std::fs::write(
+        &compose,
+        format!(
+            r#"services:
+  dcompose:
+    image: {repo}:${{TAG}}
+    environment:
+      VERSION: "compose-${{TAG}}-${{GREETING_SUFFIX}}"
+    ports: ["8080:8000"]
+    healthcheck:
+      test: ["CMD", "/testapp", "healthcheck"]
+      interval: 1s
+    restart: always
+  db:
+    image: postgres:16
+"#,
+            repo = images.repo
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(
+        &format!("compose = \"{}\"", compose.display()),
+        "docker",
+        "timeout = \"30s\"",
+        "[[service]]\nname = \"dcompose\"\nhealth = { path = \"/health\" }\n",
+    );
+    let out = deploy(&d, "v1").await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), d.log());
+    let load = Load::start(d.proxy, 20);
+    let out = deploy(&d, "v2").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(d.get("/").await, (200, "compose-v2-from-dotenv\n".into()));
+
+    // An unsupported Compose key is named, and nothing changes.
+    std::fs::write(&compose, std::fs::read_to_string(&compose).unwrap().replace("    restart: always\n", "    restart: always\n    build: .\n")).unwrap();
+    let out = deploy(&d, "v1").await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("services.dcompose.build"), "{}", text(&out));
+    assert_eq!(d.get("/").await, (200, "compose-v2-from-dotenv\n".into()));
+}
