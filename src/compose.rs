@@ -54,13 +54,19 @@ pub fn import(path: &Path, declared: &[ServiceConfig]) -> Result<Vec<ServiceConf
     })?;
     let dotenv = path.parent().map(|d| d.join(".env"));
     let dotenv: BTreeMap<String, String> = match dotenv.filter(|p| p.exists()) {
-        Some(p) => read_env_file(&p).map_err(|m| err(".env".into(), m))?.into_iter().collect(),
+        Some(p) => read_env_file(&p)
+            .map_err(|m| err(".env".into(), m))?
+            .into_iter()
+            .collect(),
         None => BTreeMap::new(),
     };
     let vars = |name: &str| std::env::var(name).ok().or_else(|| dotenv.get(name).cloned());
 
     let Some(services) = doc.get("services").and_then(Value::as_mapping) else {
-        return Err(err("services".into(), "the Compose file has no `services:` mapping".into()));
+        return Err(err(
+            "services".into(),
+            "the Compose file has no `services:` mapping".into(),
+        ));
     };
     let mut wanted: Vec<String> = declared.iter().map(|s| s.name.clone()).collect();
     if wanted.is_empty() {
@@ -75,7 +81,9 @@ pub fn import(path: &Path, declared: &[ServiceConfig]) -> Result<Vec<ServiceConf
             ));
         };
         let at = |key: &str| format!("services.{name}.{key}");
-        let def = def.as_mapping().ok_or_else(|| err(at(""), "must be a mapping".into()))?;
+        let def = def
+            .as_mapping()
+            .ok_or_else(|| err(at(""), "must be a mapping".into()))?;
         for key in def.keys().filter_map(Value::as_str) {
             if !SUPPORTED.contains(&key) {
                 return Err(err(
@@ -104,7 +112,10 @@ pub fn import(path: &Path, declared: &[ServiceConfig]) -> Result<Vec<ServiceConf
                     .map(|v| match v {
                         Value::String(s) => interpolate(s, &vars).map_err(|m| err(at(key), m)),
                         Value::Number(n) => Ok(n.to_string()),
-                        _ => Err(err(at(key), "items must be strings (long syntax is not supported)".into())),
+                        _ => Err(err(
+                            at(key),
+                            "items must be strings (long syntax is not supported)".into(),
+                        )),
                     })
                     .collect(),
                 Some(Value::Mapping(m)) if key == "networks" => {
@@ -114,13 +125,18 @@ pub fn import(path: &Path, declared: &[ServiceConfig]) -> Result<Vec<ServiceConf
             }
         };
 
-        let image = get_str("image")?.map(|i| untag(&i)).transpose().map_err(|m| err(at("image"), m))?;
+        let image = get_str("image")?
+            .map(|i| untag(&i))
+            .transpose()
+            .map_err(|m| err(at("image"), m))?;
         let mut env = BTreeMap::new();
         match def.get("environment") {
             None | Some(Value::Null) => {}
             Some(Value::Mapping(m)) => {
                 for (k, v) in m {
-                    let k = k.as_str().ok_or_else(|| err(at("environment"), "keys must be strings".into()))?;
+                    let k = k
+                        .as_str()
+                        .ok_or_else(|| err(at("environment"), "keys must be strings".into()))?;
                     let v = match v {
                         Value::String(s) => interpolate(s, &vars).map_err(|m| err(at("environment"), m))?,
                         Value::Null => vars(k).unwrap_or_default(),
@@ -141,7 +157,10 @@ pub fn import(path: &Path, declared: &[ServiceConfig]) -> Result<Vec<ServiceConf
         }
         let env_files = strings("env_file")?;
         if env_files.len() > 1 {
-            return Err(err(at("env_file"), "switchctl supports one env_file per service".into()));
+            return Err(err(
+                at("env_file"),
+                "switchctl supports one env_file per service".into(),
+            ));
         }
         let command = match def.get("command") {
             None | Some(Value::Null) => None,
@@ -168,7 +187,9 @@ pub fn import(path: &Path, declared: &[ServiceConfig]) -> Result<Vec<ServiceConf
             command,
             cwd: None,
             env,
-            env_file: env_files.first().map(|f| path.parent().unwrap_or(Path::new(".")).join(f)),
+            env_file: env_files
+                .first()
+                .map(|f| path.parent().unwrap_or(Path::new(".")).join(f)),
             volumes: strings("volumes")?
                 .into_iter()
                 .map(|v| resolve_bind_source(&v, path.parent().unwrap_or(Path::new("."))))
@@ -235,7 +256,11 @@ fn healthcheck(h: &serde_yaml::Mapping, vars: &impl Fn(&str) -> Option<String>) 
         Some(Value::String(s)) => vec!["CMD-SHELL".to_string(), interpolate(s, vars)?],
         Some(Value::Sequence(items)) => items
             .iter()
-            .map(|v| v.as_str().map(String::from).ok_or("test items must be strings".to_string()))
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or("test items must be strings".to_string())
+            })
             .collect::<Result<_, _>>()?,
         None if h.get("disable").and_then(Value::as_bool) == Some(true) => vec!["NONE".into()],
         _ => return Err("needs `test`".into()),
@@ -291,7 +316,10 @@ fn interpolate(s: &str, vars: &impl Fn(&str) -> Option<String>) -> Result<String
                 (None, None) => return Err(format!("variable {name} is not set (in {s:?})")),
             }
         } else {
-            let len = rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+            let len = rest
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
             let name = &rest[..len];
             rest = &rest[len..];
             if name == "TAG" {
@@ -319,7 +347,10 @@ mod tests {
 
     #[test]
     fn variables_resolve_and_tag_is_kept_for_the_deploy() {
-        assert_eq!(interpolate("${REGISTRY}/api:${TAG}", &vars).unwrap(), "reg.example.com/api:${TAG}");
+        assert_eq!(
+            interpolate("${REGISTRY}/api:${TAG}", &vars).unwrap(),
+            "reg.example.com/api:${TAG}"
+        );
         assert_eq!(interpolate("$REGISTRY/x", &vars).unwrap(), "reg.example.com/x");
         assert_eq!(interpolate("${NOPE:-d}", &vars).unwrap(), "d");
         assert_eq!(interpolate("${EMPTY:-d}", &vars).unwrap(), "d");
@@ -329,14 +360,20 @@ mod tests {
 
     #[test]
     fn images_must_leave_the_tag_to_switchctl() {
-        assert_eq!(untag("reg.example.com:5000/api:${TAG}").unwrap(), "reg.example.com:5000/api");
+        assert_eq!(
+            untag("reg.example.com:5000/api:${TAG}").unwrap(),
+            "reg.example.com:5000/api"
+        );
         assert_eq!(untag("reg.example.com:5000/api").unwrap(), "reg.example.com:5000/api");
         assert!(untag("api:1.2").unwrap_err().contains("api:${TAG}"));
     }
 
     #[test]
     fn container_port_comes_from_ports_or_expose() {
-        assert_eq!(container_port(&["127.0.0.1:8080:8000/tcp".into()], &[]).unwrap(), Some(8000));
+        assert_eq!(
+            container_port(&["127.0.0.1:8080:8000/tcp".into()], &[]).unwrap(),
+            Some(8000)
+        );
         assert_eq!(container_port(&[], &["3000".into()]).unwrap(), Some(3000));
         assert_eq!(container_port(&[], &[]).unwrap(), None);
     }
@@ -388,7 +425,10 @@ services:
             env_file: None,
             volumes: vec![],
             networks: vec![],
-            health: HealthConfig { path: "/up".into(), ..HealthConfig::default() },
+            health: HealthConfig {
+                path: "/up".into(),
+                ..HealthConfig::default()
+            },
             route: RouteConfig::default(),
             docker_healthcheck: None,
         };

@@ -336,10 +336,7 @@ impl Config {
     /// Parse TOML text (no environment, no Compose, no validation).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|span| line_col(text, span.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|span| line_col(text, span.start)).unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -391,14 +388,18 @@ impl Config {
             ));
         }
         if self.deploy.health_check_interval.is_zero() {
-            return Err(invalid("deploy.health_check_interval".into(), "must be greater than 0".into()));
+            return Err(invalid(
+                "deploy.health_check_interval".into(),
+                "must be greater than 0".into(),
+            ));
         }
         if self.deploy.timeout.is_zero() {
             return Err(invalid("deploy.timeout".into(), "must be greater than 0".into()));
         }
         for (i, s) in self.services.iter().enumerate() {
             let at = |key: &str| {
-                let line = find_line(text, &format!("\"{}\"", s.name)).map_or(String::new(), |l| format!(" (line {l})"));
+                let line =
+                    find_line(text, &format!("\"{}\"", s.name)).map_or(String::new(), |l| format!(" (line {l})"));
                 format!("service[{i}] {:?}{line}.{key}", s.name)
             };
             let name_ok = !s.name.is_empty()
@@ -409,7 +410,10 @@ impl Config {
                 return Err(invalid(at("name"), "use letters, digits, '-' and '_' only".into()));
             }
             if self.services[..i].iter().any(|o| o.name == s.name) {
-                return Err(invalid(at("name"), "defined twice; service names must be unique".into()));
+                return Err(invalid(
+                    at("name"),
+                    "defined twice; service names must be unique".into(),
+                ));
             }
             match self.driver {
                 DriverKind::Docker => {
@@ -417,7 +421,10 @@ impl Config {
                         return Err(invalid(at("image"), "the docker driver needs an image".into()));
                     }
                     if s.port.is_none() {
-                        return Err(invalid(at("port"), "the docker driver needs the container's port".into()));
+                        return Err(invalid(
+                            at("port"),
+                            "the docker driver needs the container's port".into(),
+                        ));
                     }
                 }
                 DriverKind::Process => {
@@ -431,7 +438,8 @@ impl Config {
                     if !cmd.iter().any(|a| a.contains("{port}")) && !s.env.values().any(|v| v.contains("{port}")) {
                         return Err(invalid(
                             at("command"),
-                            "must pass \"{port}\" (in command or env) so the process listens where switchctl expects".into(),
+                            "must pass \"{port}\" (in command or env) so the process listens where switchctl expects"
+                                .into(),
                         ));
                     }
                 }
@@ -459,7 +467,10 @@ impl Config {
                 if a.route == b.route {
                     return Err(invalid(
                         format!("service {:?}.route", a.name),
-                        format!("same hosts and path_prefix as service {:?}; one of them would never get a request", b.name),
+                        format!(
+                            "same hosts and path_prefix as service {:?}; one of them would never get a request",
+                            b.name
+                        ),
                     ));
                 }
             }
@@ -498,7 +509,11 @@ pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!("{}:{}: expected KEY=value, got {line:?}", path.display(), n + 1));
+            return Err(format!(
+                "{}:{}: expected KEY=value, got {line:?}",
+                path.display(),
+                n + 1
+            ));
         };
         let key = key.trim();
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -586,13 +601,17 @@ health = { path = "/up", healthy_threshold = 2 }
 
     #[test]
     fn process_command_must_carry_the_port() {
-        let err = parse(&GOOD.replace("\"--port\", \"{port}\"", "\"--port\", \"80\"")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("\"--port\", \"{port}\"", "\"--port\", \"80\""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("command") && err.contains("{port}"), "{err}");
     }
 
     #[test]
     fn docker_services_need_image_and_port() {
-        let err = parse(&GOOD.replace("driver = \"process\"", "driver = \"docker\"")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("driver = \"process\"", "driver = \"docker\""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("needs an image"), "{err}");
     }
 
@@ -607,7 +626,9 @@ health = { path = "/up", healthy_threshold = 2 }
         .unwrap();
         assert_eq!(c.deploy.timeout, Duration::from_secs(300));
         assert_eq!(c.deploy.health_check_interval, Duration::from_millis(500));
-        let err = c.apply_env(|k| (k == "DEPLOY_TIMEOUT").then(|| "soon".into())).unwrap_err();
+        let err = c
+            .apply_env(|k| (k == "DEPLOY_TIMEOUT").then(|| "soon".into()))
+            .unwrap_err();
         assert!(err.to_string().contains("DEPLOY_TIMEOUT"), "{err}");
     }
 
@@ -619,7 +640,11 @@ health = { path = "/up", healthy_threshold = 2 }
         let vars = read_env_file(&p).unwrap();
         assert_eq!(
             vars,
-            vec![("A".into(), "1".into()), ("B".into(), "two words".into()), ("C".into(), "x=y".into())]
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x=y".into())
+            ]
         );
         std::fs::write(&p, "oops\n").unwrap();
         assert!(read_env_file(&p).unwrap_err().contains(":1: expected KEY=value"));

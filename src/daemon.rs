@@ -28,7 +28,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut fds = listenfd::ListenFd::from_env();
     let mut inherited = Vec::new();
     for i in 0..fds.len() {
-        if let Some(l) = fds.take_tcp_listener(i).context("systemd passed a socket that is not TCP")? {
+        if let Some(l) = fds
+            .take_tcp_listener(i)
+            .context("systemd passed a socket that is not TCP")?
+        {
             inherited.push(l);
         }
     }
@@ -47,7 +50,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let controller = Controller::new(config_path, config, proxy.clone(), driver, state, upstreams);
 
     let shutdown = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::server::serve(admin_listener, controller.clone(), shutdown.clone()));
+    let admin_task = tokio::spawn(admin::server::serve(
+        admin_listener,
+        controller.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn({
         let controller = controller.clone();
         async move { controller.recover().await }

@@ -10,7 +10,11 @@ fn main() {
     if let Command::DemoApp { args } = &cli.command {
         std::process::exit(switchctl_testapp::main_with_args(args));
     }
-    let default_level = if matches!(cli.command, Command::Proxy) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Proxy) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHCTL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()

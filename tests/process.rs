@@ -34,7 +34,10 @@ async fn deploy_switches_versions_with_zero_failed_requests() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = load.stop().await;
     assert_eq!(report.failed, 0, "{report:?}");
-    assert!(report.bodies.contains_key("v1") && report.bodies.contains_key("v2"), "{report:?}");
+    assert!(
+        report.bodies.contains_key("v1") && report.bodies.contains_key("v2"),
+        "{report:?}"
+    );
 
     let status = d.status().await;
     assert_eq!(status["active"]["color"], "green");
@@ -62,7 +65,10 @@ async fn failed_health_rolls_back_and_keeps_the_old_version_serving() {
     assert!(stdout.contains("answered 503"), "{stdout}");
     assert!(stdout.contains("rolled back"), "{stdout}");
     assert!(stdout.contains("blue (v1) keeps serving"), "{stdout}");
-    assert!(stdout.contains("testapp v3 listening"), "the failed upstream's log is shown: {stdout}");
+    assert!(
+        stdout.contains("testapp v3 listening"),
+        "the failed upstream's log is shown: {stdout}"
+    );
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(report.bodies.keys().collect::<Vec<_>>(), ["v1"], "{report:?}");
     assert_eq!(d.get("/").await, (200, "v1\n".into()));
@@ -83,7 +89,9 @@ async fn an_upstream_that_exits_at_start_fails_without_waiting_for_the_timeout()
     deploy_ok(&d, "v1").await;
     let load = Load::start(d.proxy, 20);
     // A deadline far beyond the test's patience: only exit detection ends it.
-    let out = d.cli_env(&["deploy", "v4", "--json"], &[("DEPLOY_TIMEOUT", "3600")]).await;
+    let out = d
+        .cli_env(&["deploy", "v4", "--json"], &[("DEPLOY_TIMEOUT", "3600")])
+        .await;
     let report = load.stop().await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let evs = events(&out);
@@ -102,11 +110,19 @@ async fn a_deploy_that_never_becomes_healthy_times_out() {
     let d = daemon();
     deploy_ok(&d, "v1").await;
     let load = Load::start(d.proxy, 20);
-    let out = d.cli_env(&["deploy", "v5"], &[("DEPLOY_TIMEOUT", "3"), ("HEALTH_CHECK_INTERVAL", "0.5")]).await;
+    let out = d
+        .cli_env(
+            &["deploy", "v5"],
+            &[("DEPLOY_TIMEOUT", "3"), ("HEALTH_CHECK_INTERVAL", "0.5")],
+        )
+        .await;
     let report = load.stop().await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("timeout 3s, health check every 500ms"), "env overrides apply: {stdout}");
+    assert!(
+        stdout.contains("timeout 3s, health check every 500ms"),
+        "env overrides apply: {stdout}"
+    );
     assert!(stdout.contains("not healthy before the deploy timeout"), "{stdout}");
     assert!(stdout.contains("no answer within 1s"), "{stdout}");
     assert_eq!(report.failed, 0, "{report:?}");
@@ -144,7 +160,9 @@ async fn flip_back_to_an_unhealthy_standby_is_refused() {
     let standby = status["services"][0]["blue"]["upstream"].as_str().unwrap().to_string();
     // Tell the standby to fail its health check from now on.
     let stream = tokio::net::TcpStream::connect(&standby).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = http::Request::post("/health/fail")
         .header("host", "x")
@@ -206,7 +224,10 @@ async fn a_second_operation_is_refused_with_exit_4() {
     let out = d.cli(&["deploy", "v2"]).await;
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("another operation is in progress: deploy of v5"), "{stderr}");
+    assert!(
+        stderr.contains("another operation is in progress: deploy of v5"),
+        "{stderr}"
+    );
     let out = d.cli(&["flip", "back", "--json"]).await;
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert_eq!(events(&out).last().unwrap()["outcome"], "refused");
@@ -230,25 +251,38 @@ async fn a_daemon_killed_mid_deploy_restarts_serving_the_last_active_color() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the deploy to reach its health phase", Duration::from_secs(30), || async {
-        d.status().await["operation"]["phase"] == "health"
-    })
+    wait_for(
+        "the deploy to reach its health phase",
+        Duration::from_secs(30),
+        || async { d.status().await["operation"]["phase"] == "health" },
+    )
     .await;
     let before = load.stop().await;
     assert_eq!(before.failed, 0, "{before:?}");
     let pending = d.state();
     assert_eq!(pending["pending"], "green");
-    let v3_pid = pending["colors"]["green"]["services"]["web"]["handle"]["pid"].as_i64().unwrap() as i32;
+    let v3_pid = pending["colors"]["green"]["services"]["web"]["handle"]["pid"]
+        .as_i64()
+        .unwrap() as i32;
     assert!(alive(v3_pid));
 
     d.kill9();
     let deploy = deploy.wait_with_output().await.unwrap();
-    assert_ne!(deploy.status.code(), Some(0), "the interrupted deploy did not report success");
+    assert_ne!(
+        deploy.status.code(),
+        Some(0),
+        "the interrupted deploy did not report success"
+    );
     d.spawn();
     // Served at once from the persisted state, before any recovery finishes.
     assert_eq!(d.get("/").await, (200, "v1\n".into()));
     let load = Load::start(d.proxy, 20);
-    wait_for("the leftover upstream to be reaped", Duration::from_secs(30), || async { !alive(v3_pid) }).await;
+    wait_for(
+        "the leftover upstream to be reaped",
+        Duration::from_secs(30),
+        || async { !alive(v3_pid) },
+    )
+    .await;
     let status = d.status().await;
     assert_eq!(status["active"]["tag"], "v1");
     assert!(status["operation"].is_null());
@@ -273,7 +307,12 @@ async fn a_restarted_daemon_adopts_running_upstreams_without_losing_requests_bef
     let load = Load::start(d.proxy, 20);
     assert_eq!(d.get("/").await, (200, "v2\n".into()));
     let out = d.cli(&["flip", "back"]).await;
-    assert_eq!(out.status.code(), Some(0), "adopted standby can be flipped to: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "adopted standby can be flipped to: {}",
+        text(&out)
+    );
     assert_eq!(d.get("/").await, (200, "v1\n".into()));
     let report = load.stop().await;
     assert_eq!(report.failed, 0, "{report:?}");
@@ -297,7 +336,11 @@ async fn standby_stop_stops_the_old_color() {
 async fn a_malformed_config_exits_2_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchctl.toml");
-    std::fs::write(&path, "driver = \"process\"\n\n[deploy]\ntimeout = \"30s\"\nhealth_interval = \"1s\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "driver = \"process\"\n\n[deploy]\ntimeout = \"30s\"\nhealth_interval = \"1s\"\n",
+    )
+    .unwrap();
     for args in [&["deploy", "v1"][..], &["check"], &["proxy"], &["status"]] {
         let out = tokio::process::Command::new(common::switchctl())
             .arg("--config")
@@ -337,7 +380,9 @@ async fn bad_input_is_refused_with_exit_2_and_changes_nothing() {
     assert_eq!(d.status().await["active"]["tag"], "v1");
     // The admin API rejects malformed requests with a precise 400.
     let stream = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = http::Request::post("/v1/deploy")
         .header("host", "switchctl")
@@ -345,7 +390,10 @@ async fn bad_input_is_refused_with_exit_2_and_changes_nothing() {
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 400);
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     let body = String::from_utf8_lossy(&body);
     assert!(body.contains("malformed request") && body.contains("tagg"), "{body}");
     assert_eq!(d.status().await["active"]["tag"], "v1");
@@ -358,8 +406,14 @@ async fn deploy_json_is_ndjson_ending_in_done() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let evs = events(&out);
     for e in &evs {
-        assert!(e["ts"].is_string() && e["phase"].is_string() && e["message"].is_string(), "{e}");
-        assert!(["info", "success", "warn", "error"].contains(&e["level"].as_str().unwrap()), "{e}");
+        assert!(
+            e["ts"].is_string() && e["phase"].is_string() && e["message"].is_string(),
+            "{e}"
+        );
+        assert!(
+            ["info", "success", "warn", "error"].contains(&e["level"].as_str().unwrap()),
+            "{e}"
+        );
     }
     assert!(evs.iter().any(|e| e["phase"] == "health" && e["service"] == "web"));
     let done = evs.last().unwrap();

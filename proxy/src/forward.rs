@@ -67,8 +67,8 @@ pub(crate) struct ClientConn {
 
 impl ClientConn {
     pub(crate) fn new(forwarder: Arc<Forwarder>, peer: SocketAddr, tls: bool) -> Self {
-        let client_ip = HeaderValue::try_from(peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let client_ip =
+            HeaderValue::try_from(peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ClientConn {
             forwarder,
             client_ip,

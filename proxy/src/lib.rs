@@ -115,7 +115,9 @@ impl Proxy {
             // Bind once to learn the real address (port 0 picks one), then
             // the other workers bind that same address.
             let first = listener::bind_reuseport(*addr)?;
-            let bound = first.local_addr().map_err(|source| ProxyError::Bind { addr: *addr, source })?;
+            let bound = first
+                .local_addr()
+                .map_err(|source| ProxyError::Bind { addr: *addr, source })?;
             per_worker[0].push(first);
             for listeners in per_worker.iter_mut().skip(1) {
                 listeners.push(listener::bind_reuseport(bound)?);

@@ -23,11 +23,7 @@ impl HostPattern {
     /// Parse `name` or `*.name`.
     pub fn parse(pattern: &str) -> Result<Self, RouteError> {
         let p = pattern.trim().to_ascii_lowercase();
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        };
+        let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
         if let Some(rest) = p.strip_prefix("*.") {
             if valid(rest) {
                 return Ok(HostPattern::Suffix(format!(".{rest}")));
@@ -43,8 +39,7 @@ impl HostPattern {
             HostPattern::Exact(name) => host.eq_ignore_ascii_case(name),
             HostPattern::Suffix(suffix) => {
                 host.len() > suffix.len()
-                    && host.as_bytes()[host.len() - suffix.len()..]
-                        .eq_ignore_ascii_case(suffix.as_bytes())
+                    && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
             }
         }
     }
@@ -129,10 +124,7 @@ impl RouteTable {
     /// upstream (or `None`: requests get 503). Routes may come in any order;
     /// the table orders them so the longest prefix wins, then the most
     /// specific host.
-    pub fn new(
-        services: Vec<(String, Option<Arc<Upstream>>)>,
-        routes: Vec<Route>,
-    ) -> Result<Self, RouteError> {
+    pub fn new(services: Vec<(String, Option<Arc<Upstream>>)>, routes: Vec<Route>) -> Result<Self, RouteError> {
         let mut svc: Vec<Service> = Vec::with_capacity(services.len());
         for (name, upstream) in services {
             if svc.iter().any(|s| s.name == name) {
@@ -145,12 +137,13 @@ impl RouteTable {
             if !route.path_prefix.starts_with('/') {
                 return Err(RouteError::BadPrefix(route.path_prefix));
             }
-            let service = svc.iter().position(|s| s.name == route.service).ok_or_else(|| {
-                RouteError::UnknownService {
-                    prefix: route.path_prefix.clone(),
-                    service: route.service.clone(),
-                }
-            })?;
+            let service =
+                svc.iter()
+                    .position(|s| s.name == route.service)
+                    .ok_or_else(|| RouteError::UnknownService {
+                        prefix: route.path_prefix.clone(),
+                        service: route.service.clone(),
+                    })?;
             let prefix = route.path_prefix.trim_end_matches('/').to_string();
             compiled.push(CompiledRoute {
                 hosts: route.hosts,
@@ -159,12 +152,7 @@ impl RouteTable {
             });
         }
         let spec = |r: &CompiledRoute| r.hosts.iter().map(|h| h.specificity()).max().unwrap_or(0);
-        compiled.sort_by(|a, b| {
-            b.prefix
-                .len()
-                .cmp(&a.prefix.len())
-                .then_with(|| spec(b).cmp(&spec(a)))
-        });
+        compiled.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()).then_with(|| spec(b).cmp(&spec(a))));
         Ok(RouteTable {
             routes: compiled,
             services: svc,
@@ -196,8 +184,7 @@ impl RouteTable {
             .iter()
             .find(|r| {
                 prefix_matches(&r.prefix, path)
-                    && (r.hosts.is_empty()
-                        || host.is_some_and(|h| r.hosts.iter().any(|p| p.matches(h))))
+                    && (r.hosts.is_empty() || host.is_some_and(|h| r.hosts.iter().any(|p| p.matches(h))))
             })
             .map(|r| &self.services[r.service])
     }

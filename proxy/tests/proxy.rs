@@ -91,7 +91,10 @@ async fn routes_by_host_and_longest_prefix() {
 
 #[tokio::test]
 async fn forwarded_headers_are_set_and_hop_by_hop_stripped() {
-    let (proxy, base) = start(config(), RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, base) = start(
+        config(),
+        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
+    );
     let req = Request::get(format!("{base}/headers"))
         .header("host", "shop.example.com")
         .header("connection", "keep-alive, x-private")
@@ -116,7 +119,10 @@ async fn forwarded_headers_are_set_and_hop_by_hop_stripped() {
 
 #[tokio::test]
 async fn http2_prior_knowledge_is_served() {
-    let (proxy, base) = start(config(), RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, base) = start(
+        config(),
+        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
+    );
     let h2: Http = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     let resp = h2
         .request(Request::get(format!("{base}/")).body(Full::default()).unwrap())
@@ -136,21 +142,30 @@ fn rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_streams_both_ways_with_flat_memory() {
     const GIB: u64 = 1 << 30;
-    let (proxy, base) = start(config(), RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, base) = start(
+        config(),
+        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
+    );
     let before = rss_kib();
     let client: Client<HttpConnector, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
     let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
     let chunks = futures_util::stream::iter(
         (0..GIB / chunk.len() as u64).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))),
     );
-    let req = Request::post(format!("{base}/upload")).body(StreamBody::new(chunks)).unwrap();
+    let req = Request::post(format!("{base}/upload"))
+        .body(StreamBody::new(chunks))
+        .unwrap();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, format!("{GIB}\n"));
 
     let resp = crate::client()
-        .request(Request::get(format!("{base}/stream?bytes={GIB}")).body(Full::default()).unwrap())
+        .request(
+            Request::get(format!("{base}/stream?bytes={GIB}"))
+                .body(Full::default())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let mut body = resp.into_body();
@@ -166,12 +181,17 @@ async fn one_gib_streams_both_ways_with_flat_memory() {
 
 #[tokio::test]
 async fn websocket_echo_is_tunnelled() {
-    let (proxy, _) = start(config(), RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, _) = start(
+        config(),
+        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
+    );
     let url = format!("ws://{}/ws", proxy.local_addrs()[0]);
     let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     for msg in ["hello", "blue", "green"] {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(msg)).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(msg))
+            .await
+            .unwrap();
         let echo = ws.next().await.unwrap().unwrap();
         assert_eq!(echo.into_text().unwrap(), msg);
     }
@@ -181,17 +201,19 @@ async fn websocket_echo_is_tunnelled() {
 
 #[tokio::test]
 async fn no_route_is_404_and_no_active_release_is_503() {
-    let table = RouteTable::new(
-        vec![("api".into(), None)],
-        vec![route(&["api.test"], "/", "api")],
-    )
-    .unwrap();
+    let table = RouteTable::new(vec![("api".into(), None)], vec![route(&["api.test"], "/", "api")]).unwrap();
     let (proxy, base) = start(config(), table);
     let c = client();
     let (status, body) = get(&c, &format!("{base}/"), Some("other.test")).await;
-    assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, "no route for this host and path\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::NOT_FOUND, "no route for this host and path\n")
+    );
     let (status, body) = get(&c, &format!("{base}/"), Some("api.test")).await;
-    assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "no active release\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no active release\n")
+    );
     proxy.shutdown();
 }
 
@@ -280,7 +302,10 @@ async fn slowloris_connections_are_closed_after_the_header_timeout() {
 
     // Sends half a request head and stops.
     let mut partial = TcpStream::connect(addr).await.unwrap();
-    partial.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
+    partial
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .await
+        .unwrap();
     // Sends nothing at all.
     let mut silent = TcpStream::connect(addr).await.unwrap();
     // Dribbles a byte at a time, more slowly than the timeout allows.
@@ -294,11 +319,19 @@ async fn slowloris_connections_are_closed_after_the_header_timeout() {
         }
         false
     };
-    let dribble_cut = tokio::time::timeout(Duration::from_secs(20), dribbler).await.unwrap_or(false);
+    let dribble_cut = tokio::time::timeout(Duration::from_secs(20), dribbler)
+        .await
+        .unwrap_or(false);
 
     assert!(closed_by_proxy(&mut partial).await.is_some(), "partial head left open");
-    assert!(closed_by_proxy(&mut silent).await.is_some(), "silent connection left open");
-    assert!(dribble_cut || closed_by_proxy(&mut dribble).await.is_some(), "dribbler left open");
+    assert!(
+        closed_by_proxy(&mut silent).await.is_some(),
+        "silent connection left open"
+    );
+    assert!(
+        dribble_cut || closed_by_proxy(&mut dribble).await.is_some(),
+        "dribbler left open"
+    );
     proxy.shutdown();
 }
 
@@ -352,7 +385,9 @@ async fn swap_under_load_loses_no_request() {
         clients.push(tokio::spawn(async move {
             let c: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
             for _ in 0..400 {
-                let resp = c.request(Request::get(format!("{base}/")).body(Empty::new()).unwrap()).await;
+                let resp = c
+                    .request(Request::get(format!("{base}/")).body(Empty::new()).unwrap())
+                    .await;
                 let good = match resp {
                     Ok(r) if r.status() == StatusCode::OK => {
                         let body = r.into_body().collect().await.map(|b| b.to_bytes());
@@ -369,7 +404,7 @@ async fn swap_under_load_loses_no_request() {
         async move {
             let mut swaps = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                let next = if swaps % 2 == 0 { &green } else { &blue };
+                let next = if swaps.is_multiple_of(2) { &green } else { &blue };
                 proxy.swap(RouteTable::single("web", Some(next.clone())));
                 swaps += 1;
                 tokio::time::sleep(Duration::from_millis(3)).await;
@@ -391,7 +426,10 @@ async fn swap_under_load_loses_no_request() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let (proxy, base) = start(config(), RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, base) = start(
+        config(),
+        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
+    );
     let slow = tokio::spawn({
         let base = base.clone();
         async move { get(&client(), &format!("{base}/slow?ms=300"), None).await }
@@ -400,6 +438,11 @@ async fn shutdown_lets_in_flight_requests_finish() {
     proxy.shutdown();
     let (status, body) = slow.await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "v1\n"));
-    tokio::time::timeout(Duration::from_secs(20), proxy.stopped()).await.unwrap();
-    assert!(TcpStream::connect(proxy.local_addrs()[0]).await.is_err(), "still accepting");
+    tokio::time::timeout(Duration::from_secs(20), proxy.stopped())
+        .await
+        .unwrap();
+    assert!(
+        TcpStream::connect(proxy.local_addrs()[0]).await.is_err(),
+        "still accepting"
+    );
 }

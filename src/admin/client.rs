@@ -61,7 +61,12 @@ impl Client {
         }
     }
 
-    async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<http::Response<Incoming>, ClientError> {
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<http::Response<Incoming>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -81,7 +86,12 @@ impl Client {
             return Ok(resp);
         }
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(e))?
+            .to_bytes();
         let message = serde_json::from_slice::<ApiError>(&bytes)
             .map(|e| e.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
@@ -95,7 +105,12 @@ impl Client {
     /// GET a JSON document.
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let resp = self.request(Method::GET, path, None).await?;
-        let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(e))?
+            .to_bytes();
         serde_json::from_slice(&bytes).map_err(|e| self.unreachable(format!("unreadable answer: {e}")))
     }
 

@@ -20,7 +20,7 @@ use super::{ApiError, DeployRequest, RollbackRequest};
 use crate::config::Config;
 use crate::controller::deploy::validate_tag;
 use crate::controller::event::Reporter;
-use crate::controller::Controller;
+use crate::controller::{Controller, OperationInfo};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -70,7 +70,8 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on admin socket {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on admin socket {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
@@ -86,101 +87,117 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    json(
-        status,
-        &ApiError {
-            error: message.into(),
-            holder: None,
-        },
-    )
+/// A request answered with an error instead of an operation.
+struct Refusal {
+    status: StatusCode,
+    body: ApiError,
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            body: ApiError {
+                error: message.into(),
+                holder: None,
+            },
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Refusal::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 409: another operation holds the lock.
+    fn busy(holder: OperationInfo) -> Self {
+        let what = match &holder.tag {
+            Some(tag) => format!("{} of {tag}", holder.kind),
+            None => holder.kind.clone(),
+        };
+        Refusal {
+            status: StatusCode::CONFLICT,
+            body: ApiError {
+                error: format!(
+                    "another operation is in progress: {what} (phase {}); wait for it to finish and retry",
+                    holder.phase
+                ),
+                holder: Some(holder),
+            },
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        json(self.status, &self.body)
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Refusal> {
     let bytes = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}")))?
+        .map_err(|e| Refusal::bad_request(format!("cannot read request body: {e}")))?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed request: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| Refusal::bad_request(format!("malformed request: {e}")))
 }
 
 async fn route(controller: Arc<Controller>, req: Request<Incoming>) -> Response<Body> {
     if req.method() == Method::POST {
         controller.recovered().await;
     }
+    handle(controller, req).await.unwrap_or_else(Refusal::into_response)
+}
+
+async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/v1/status") => json(StatusCode::OK, &controller.status().await),
+        (&Method::GET, "/v1/status") => Ok(json(StatusCode::OK, &controller.status().await)),
         (&Method::GET, "/v1/history") => match controller.history().read() {
-            Ok(entries) => json(StatusCode::OK, &entries),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read history: {e}")),
+            Ok(entries) => Ok(json(StatusCode::OK, &entries)),
+            Err(e) => Err(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read history: {e}"),
+            )),
         },
         (&Method::POST, "/v1/deploy") => {
-            let body: DeployRequest = match read_json(req).await {
-                Ok(b) => b,
-                Err(resp) => return resp,
-            };
-            if let Err(e) = validate_tag(&body.tag) {
-                return error(StatusCode::BAD_REQUEST, e);
-            }
-            let config = match load_config(&controller, body.timeout_secs, body.health_check_interval_secs) {
-                Ok(c) => c,
-                Err(resp) => return resp,
-            };
-            let op = match controller.try_begin("deploy", Some(&body.tag)) {
-                Ok(op) => op,
-                Err(holder) => return busy(holder),
-            };
-            stream(move |reporter| async move {
+            let body: DeployRequest = read_json(req).await?;
+            validate_tag(&body.tag).map_err(Refusal::bad_request)?;
+            let config = load_config(&controller, body.timeout_secs, body.health_check_interval_secs)?;
+            let op = controller.try_begin("deploy", Some(&body.tag)).map_err(Refusal::busy)?;
+            Ok(stream(move |reporter| async move {
                 controller.deploy(op, config, body.tag, reporter).await;
-            })
+            }))
         }
         (&Method::POST, "/v1/flip-back") => {
-            let op = match controller.try_begin("flip_back", None) {
-                Ok(op) => op,
-                Err(holder) => return busy(holder),
-            };
-            stream(move |reporter| async move {
+            let op = controller.try_begin("flip_back", None).map_err(Refusal::busy)?;
+            Ok(stream(move |reporter| async move {
                 controller.flip_back(op, reporter).await;
-            })
+            }))
         }
         (&Method::POST, "/v1/rollback") => {
-            let body: RollbackRequest = match read_json(req).await {
-                Ok(b) => b,
-                Err(resp) => return resp,
-            };
-            if let Some(Err(e)) = body.tag.as_deref().map(validate_tag) {
-                return error(StatusCode::BAD_REQUEST, e);
+            let body: RollbackRequest = read_json(req).await?;
+            if let Some(tag) = &body.tag {
+                validate_tag(tag).map_err(Refusal::bad_request)?;
             }
-            let config = match load_config(&controller, body.timeout_secs, body.health_check_interval_secs) {
-                Ok(c) => c,
-                Err(resp) => return resp,
-            };
-            let op = match controller.try_begin("rollback", body.tag.as_deref()) {
-                Ok(op) => op,
-                Err(holder) => return busy(holder),
-            };
-            stream(move |reporter| async move {
+            let config = load_config(&controller, body.timeout_secs, body.health_check_interval_secs)?;
+            let op = controller
+                .try_begin("rollback", body.tag.as_deref())
+                .map_err(Refusal::busy)?;
+            Ok(stream(move |reporter| async move {
                 controller.rollback(op, config, body.tag, reporter).await;
-            })
+            }))
         }
         (_, "/v1/status" | "/v1/history" | "/v1/deploy" | "/v1/flip-back" | "/v1/rollback") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            Err(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
         }
-        (_, path) => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        (_, path) => Err(Refusal::new(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),
     }
 }
 
 /// The config for a new operation: re-read from disk, with the client's
 /// timing overrides.
-fn load_config(
-    controller: &Controller,
-    timeout: Option<f64>,
-    interval: Option<f64>,
-) -> Result<Arc<Config>, Response<Body>> {
+fn load_config(controller: &Controller, timeout: Option<f64>, interval: Option<f64>) -> Result<Arc<Config>, Refusal> {
     let config = controller
         .reload_config()
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        .map_err(|e| Refusal::bad_request(e.to_string()))?;
     if timeout.is_none() && interval.is_none() {
         return Ok(config);
     }
@@ -189,7 +206,9 @@ fn load_config(
         if v.is_finite() && v > 0.0 {
             Ok(Duration::from_secs_f64(v))
         } else {
-            Err(error(StatusCode::BAD_REQUEST, format!("{name} must be a positive number of seconds")))
+            Err(Refusal::bad_request(format!(
+                "{name} must be a positive number of seconds"
+            )))
         }
     };
     if let Some(t) = timeout {
@@ -199,23 +218,6 @@ fn load_config(
         config.deploy.health_check_interval = secs(i, "HEALTH_CHECK_INTERVAL")?;
     }
     Ok(Arc::new(config))
-}
-
-fn busy(holder: crate::controller::OperationInfo) -> Response<Body> {
-    let what = match &holder.tag {
-        Some(tag) => format!("{} of {tag}", holder.kind),
-        None => holder.kind.clone(),
-    };
-    json(
-        StatusCode::CONFLICT,
-        &ApiError {
-            error: format!(
-                "another operation is in progress: {what} (phase {}); wait for it to finish and retry",
-                holder.phase
-            ),
-            holder: Some(holder),
-        },
-    )
 }
 
 /// Run `operation` as its own task and stream its events as NDJSON.

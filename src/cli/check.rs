@@ -15,7 +15,12 @@ pub async fn run(cli: &Cli) -> i32 {
         Ok(c) => c,
         Err(e) => return config_failed(&e),
     };
-    println!("config {}: ok ({} service(s), driver {:?})", path.display(), config.services.len(), config.driver);
+    println!(
+        "config {}: ok ({} service(s), driver {:?})",
+        path.display(),
+        config.services.len(),
+        config.driver
+    );
     let mut failures = 0;
     let mut report = |what: String, result: Result<String, String>| match result {
         Ok(note) => println!("ok    {what}{note}"),
@@ -24,9 +29,15 @@ pub async fn run(cli: &Cli) -> i32 {
             println!("FAIL  {what}: {why}");
         }
     };
-    report(format!("state_dir {}", config.state_dir.display()), writable(&config.state_dir));
+    report(
+        format!("state_dir {}", config.state_dir.display()),
+        writable(&config.state_dir),
+    );
     let socket_dir = config.proxy.admin_socket.parent().unwrap_or(Path::new("/"));
-    report(format!("admin socket directory {}", socket_dir.display()), writable(socket_dir));
+    report(
+        format!("admin socket directory {}", socket_dir.display()),
+        writable(socket_dir),
+    );
     let daemon_running = Client::new(&config.proxy.admin_socket)
         .get::<serde_json::Value>("/v1/status")
         .await
@@ -42,7 +53,10 @@ pub async fn run(cli: &Cli) -> i32 {
         report(format!("listen {addr}"), result);
     }
     let driver = Driver::new(&config);
-    report(format!("driver {:?}", config.driver).to_lowercase(), driver.ping().await.map(|_| String::new()).map_err(|e| e.to_string()));
+    report(
+        format!("driver {:?}", config.driver).to_lowercase(),
+        driver.ping().await.map(|_| String::new()).map_err(|e| e.to_string()),
+    );
     if config.driver == DriverKind::Process {
         for s in &config.services {
             report(format!("service {} command", s.name), command_exists(&config, s));
@@ -68,9 +82,21 @@ fn writable(dir: &Path) -> Result<String, String> {
 fn command_exists(config: &Config, s: &crate::config::ServiceConfig) -> Result<String, String> {
     let program = s.command.as_ref().and_then(|c| c.first()).ok_or("no command")?;
     if program.contains('/') {
-        let cwd = s.cwd.as_deref().map(|c| config.resolve(c)).unwrap_or_else(|| config.resolve(Path::new(".")));
-        let p = if program.starts_with('/') { Path::new(program).to_path_buf() } else { cwd.join(program) };
-        return if p.is_file() { Ok(String::new()) } else { Err(format!("{} not found", p.display())) };
+        let cwd = s
+            .cwd
+            .as_deref()
+            .map(|c| config.resolve(c))
+            .unwrap_or_else(|| config.resolve(Path::new(".")));
+        let p = if program.starts_with('/') {
+            Path::new(program).to_path_buf()
+        } else {
+            cwd.join(program)
+        };
+        return if p.is_file() {
+            Ok(String::new())
+        } else {
+            Err(format!("{} not found", p.display()))
+        };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     if std::env::split_paths(&path).any(|d| d.join(program).is_file()) {

@@ -50,7 +50,10 @@ struct Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         if let Some(mut daemon) = self.daemon.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(daemon.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline && matches!(daemon.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(20));
@@ -63,9 +66,13 @@ impl Drop for Demo {
         let config_path = self.config_path.clone();
         let stopper = std::thread::spawn(move || {
             let Ok(config) = Config::load(&config_path) else { return };
-            let Ok(state) = StateStore::new(&config.state_dir).load() else { return };
+            let Ok(state) = StateStore::new(&config.state_dir).load() else {
+                return;
+            };
             let driver = Driver::new(&config);
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
             rt.block_on(async {
                 for release in state.colors.values() {
                     for up in release.services.values() {
@@ -136,7 +143,9 @@ async fn load_client(addr: SocketAddr, load: Arc<Load>, started: Instant) {
             if sender.ready().await.is_err() {
                 continue 'reconnect;
             }
-            let req = http::Request::get("/").header("host", "demo.local").body(Empty::<Bytes>::new());
+            let req = http::Request::get("/")
+                .header("host", "demo.local")
+                .body(Empty::<Bytes>::new());
             let Ok(req) = req else { return };
             load.sent.fetch_add(1, Ordering::Relaxed);
             let body = match sender.send_request(req).await {
@@ -201,7 +210,10 @@ async fn demo() -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
-    println!("switchctl demo: daemon up, proxy on http://{proxy}, files in {}", demo.dir.path().display());
+    println!(
+        "switchctl demo: daemon up, proxy on http://{proxy}, files in {}",
+        demo.dir.path().display()
+    );
     let renderer = Renderer::new(false);
     let deploy = |tag: &str| DeployRequest {
         tag: tag.into(),
@@ -260,7 +272,10 @@ async fn demo() -> anyhow::Result<bool> {
     ];
     let as_expected = expected.iter().all(|(got, want)| *got == Some(*want));
     step("summary");
-    println!("requests sent through the proxy: {sent} in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "requests sent through the proxy: {sent} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     println!(
         "answered by v1: {}, v2: {}, v3: {}",
         a.load(Ordering::Relaxed),
@@ -271,12 +286,18 @@ async fn demo() -> anyhow::Result<bool> {
     println!("deploy v2 (start, health, flip, drain): {} ms", v2_took.as_millis());
     println!("failed deploy v3, detected and rolled back: {} ms", v3_took.as_millis());
     println!("rollback to v1 (a health-gated deploy): {} ms", back_took.as_millis());
-    println!("flip back to v2, end to end: {:.1} ms", flip_took.as_secs_f64() * 1000.0);
+    println!(
+        "flip back to v2, end to end: {:.1} ms",
+        flip_took.as_secs_f64() * 1000.0
+    );
     let ok = as_expected && failed == 0 && c.load(Ordering::Relaxed) == 0;
     if ok {
         println!("\nzero failed requests across deploys, a failed deploy, a rollback and a flip back.");
     } else {
-        println!("\nthe demo did not go as expected: outcomes {:?}", expected.map(|(g, _)| g));
+        println!(
+            "\nthe demo did not go as expected: outcomes {:?}",
+            expected.map(|(g, _)| g)
+        );
     }
     drop(demo);
     Ok(ok)

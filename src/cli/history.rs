@@ -29,7 +29,10 @@ pub async fn run(cli: &Cli, json: bool) -> i32 {
             e.kind,
             e.tag,
             format!("{from} → {}", e.to),
-            serde_json::to_value(e.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            serde_json::to_value(e.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
             e.duration_ms,
             e.reason.as_deref().unwrap_or("")
         );

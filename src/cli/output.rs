@@ -83,17 +83,26 @@ mod tests {
 
     #[test]
     fn text_lines_show_time_phase_service_and_message() {
-        let r = Renderer { json: false, color: false };
+        let r = Renderer {
+            json: false,
+            color: false,
+        };
         let mut e = Event::new(Level::Success, "health", Some("web"), "healthy after 12 ms");
         e.ts = "2026-11-25T19:28:24.123Z".into();
         assert_eq!(r.format(&e), "19:28:24 health    [web] healthy after 12 ms");
-        let colored = Renderer { json: false, color: true };
+        let colored = Renderer {
+            json: false,
+            color: true,
+        };
         assert!(colored.format(&e).starts_with("\x1b[32m"));
     }
 
     #[test]
     fn json_lines_are_the_event_itself() {
-        let r = Renderer { json: true, color: false };
+        let r = Renderer {
+            json: true,
+            color: false,
+        };
         let e = Event::done(Outcome::Deployed, "ok");
         let back: Event = serde_json::from_str(&r.format(&e)).unwrap();
         assert_eq!(back, e);

@@ -55,7 +55,11 @@ pub fn render(s: &Status) -> String {
         let rows: [(&str, &Option<ColorStatus>); 2] = [("blue", &svc.blue), ("green", &svc.green)];
         for (color, c) in rows {
             let Some(c) = c else { continue };
-            let marker = if active.map(|a| a.as_str()) == Some(color) { "*" } else { "" };
+            let marker = if active.map(|a| a.as_str()) == Some(color) {
+                "*"
+            } else {
+                ""
+            };
             out.push_str(&format!(
                 "{:<16} {:<7} {:<16} {:<22} {:<8} {:>9}  {}\n",
                 svc.name,

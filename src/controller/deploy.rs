@@ -69,7 +69,14 @@ impl Record {
 
 impl Controller {
     /// Append to history and send the final event.
-    fn finish(&self, rec: Record, outcome: Outcome, reason: Option<String>, message: String, reporter: &Reporter) -> Outcome {
+    fn finish(
+        &self,
+        rec: Record,
+        outcome: Outcome,
+        reason: Option<String>,
+        message: String,
+        reporter: &Reporter,
+    ) -> Outcome {
         let entry = HistoryEntry {
             started: humantime::format_rfc3339_millis(rec.started_at).to_string(),
             kind: rec.kind.to_string(),
@@ -100,7 +107,10 @@ impl Controller {
     ) -> Outcome {
         let (from, idle) = {
             let state = self.state.lock().await;
-            let from = state.active_release().map(|(c, r)| ColorTag { color: c, tag: r.tag.clone() });
+            let from = state.active_release().map(|(c, r)| ColorTag {
+                color: c,
+                tag: r.tag.clone(),
+            });
             (from, state.active.map_or(Color::Blue, Color::other))
         };
         let mut rec = Record::new("deploy", &tag, from.clone(), idle);
@@ -127,7 +137,11 @@ impl Controller {
         {
             let mut state = self.state.lock().await;
             if let Some(old) = state.colors.get(&idle).cloned() {
-                reporter.info("prepare", None, format!("stopping standby {idle} ({}) to make room", old.tag));
+                reporter.info(
+                    "prepare",
+                    None,
+                    format!("stopping standby {idle} ({}) to make room", old.tag),
+                );
                 self.stop_release(&old, &config, &reporter).await;
                 state.colors.remove(&idle);
             }
@@ -155,7 +169,11 @@ impl Controller {
             };
             match self.driver.start(&spec).await {
                 Ok(upstream) => {
-                    reporter.info("start", Some(&service.name), format!("started {idle} on {}", upstream.addr));
+                    reporter.info(
+                        "start",
+                        Some(&service.name),
+                        format!("started {idle} on {}", upstream.addr),
+                    );
                     let mut state = self.state.lock().await;
                     if let Some(release) = state.colors.get_mut(&idle) {
                         release.services.insert(service.name.clone(), upstream);
@@ -173,10 +191,17 @@ impl Controller {
         }
 
         op.phase("health");
-        let release = self.state.lock().await.colors.get(&idle).cloned().unwrap_or_else(|| Release {
-            tag: tag.clone(),
-            services: Default::default(),
-        });
+        let release = self
+            .state
+            .lock()
+            .await
+            .colors
+            .get(&idle)
+            .cloned()
+            .unwrap_or_else(|| Release {
+                tag: tag.clone(),
+                services: Default::default(),
+            });
         let checks = config.services.iter().filter_map(|service| {
             let upstream = release.services.get(&service.name)?;
             let reporter = &reporter;
@@ -208,7 +233,9 @@ impl Controller {
         let results = futures_util::future::join_all(checks).await;
         if let Some((service, why)) = results.into_iter().find_map(|(s, r)| r.err().map(|e| (s, e))) {
             let reason = format!("{service} ({idle}, {tag}) is not healthy: {why}");
-            return self.roll_back(rec, &config, idle, Some(&service), reason, &reporter).await;
+            return self
+                .roll_back(rec, &config, idle, Some(&service), reason, &reporter)
+                .await;
         }
         rec.ready_ms = Some(ms(rec.started.elapsed()));
 
@@ -288,12 +315,19 @@ impl Controller {
                 );
             }
         }
-        reporter.info("drain", None, format!("{color} ({}) drained in {} ms", release.tag, ms(t.elapsed())));
+        reporter.info(
+            "drain",
+            None,
+            format!("{color} ({}) drained in {} ms", release.tag, ms(t.elapsed())),
+        );
         match config.deploy.standby {
             StandbyPolicy::Keep => reporter.info(
                 "standby",
                 None,
-                format!("{color} ({}) kept running as standby: `switchctl flip back` returns to it at once", release.tag),
+                format!(
+                    "{color} ({}) kept running as standby: `switchctl flip back` returns to it at once",
+                    release.tag
+                ),
             ),
             StandbyPolicy::Stop => {
                 self.stop_release(&release, config, reporter).await;
@@ -361,7 +395,12 @@ impl Controller {
     async fn cleanup_images(&self, config: &Config, tag: &str, reporter: &Reporter) {
         let in_use: Vec<String> = {
             let state = self.state.lock().await;
-            state.colors.values().map(|r| r.tag.clone()).chain([tag.to_string()]).collect()
+            state
+                .colors
+                .values()
+                .map(|r| r.tag.clone())
+                .chain([tag.to_string()])
+                .collect()
         };
         let (history, successful) = match (self.history.read(), self.history.successful_tags()) {
             (Ok(h), Ok(s)) => (h, s),
@@ -404,11 +443,15 @@ impl Controller {
         let config = self.config();
         let (standby, from) = {
             let state = self.state.lock().await;
-            let from = state.active_release().map(|(c, r)| ColorTag { color: c, tag: r.tag.clone() });
+            let from = state.active_release().map(|(c, r)| ColorTag {
+                color: c,
+                tag: r.tag.clone(),
+            });
             (state.standby_release().map(|(c, r)| (c, r.clone())), from)
         };
         let Some((color, release)) = standby else {
-            let msg = "no standby to flip back to: the previous color was stopped (standby = \"stop\") or never deployed; \
+            let msg =
+                "no standby to flip back to: the previous color was stopped (standby = \"stop\") or never deployed; \
                        use `switchctl rollback` to redeploy the previous release";
             reporter.send(Event::done(Outcome::Refused, msg));
             return Outcome::Refused;
@@ -472,7 +515,11 @@ impl Controller {
                     return Outcome::Refused;
                 };
                 if standby.as_deref() == Some(previous.as_str()) {
-                    reporter.info("rollback", None, format!("{previous} is the warm standby: flipping back"));
+                    reporter.info(
+                        "rollback",
+                        None,
+                        format!("{previous} is the warm standby: flipping back"),
+                    );
                     return self.flip_back(op, reporter).await;
                 }
                 previous

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use super::event::Reporter;
 use crate::config::HealthConfig;
-use crate::driver::{ContainerHealth, Driver, RunState};
 use crate::controller::state::Handle;
+use crate::driver::{ContainerHealth, Driver, RunState};
 
 /// How often the driver is asked whether the upstream still runs, between probes.
 const EXIT_POLL: Duration = Duration::from_millis(100);
@@ -111,7 +111,9 @@ impl HealthCheck<'_> {
                 RunState::Running { health } => health,
                 RunState::Exited { reason } => return Err(Unhealthy::Exited(reason)),
                 RunState::Missing => return Err(Unhealthy::Exited("disappeared".into())),
-                RunState::Unknown { reason } => return Err(Unhealthy::Exited(format!("cannot be inspected: {reason}"))),
+                RunState::Unknown { reason } => {
+                    return Err(Unhealthy::Exited(format!("cannot be inspected: {reason}")))
+                }
             };
             match probe(self.addr, self.health).await {
                 Ok(status) => {
@@ -197,7 +199,11 @@ mod tests {
 
     #[tokio::test]
     async fn probe_of_a_closed_port_says_so() {
-        let addr = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let err = probe(addr, &HealthConfig::default()).await.unwrap_err();
         assert!(err.starts_with(&format!("connect to {addr}")), "{err}");
     }

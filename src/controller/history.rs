@@ -126,7 +126,10 @@ mod tests {
         h.append(&entry("v2", Outcome::RolledBack)).unwrap();
         h.append(&entry("v3", Outcome::Deployed)).unwrap();
         h.append(&entry("v1", Outcome::Flipped)).unwrap();
-        let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("history.jsonl")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("history.jsonl"))
+            .unwrap();
         f.write_all(b"{\"torn").unwrap();
         assert_eq!(h.read().unwrap().len(), 4);
         assert_eq!(h.successful_tags().unwrap(), vec!["v1", "v3"]);

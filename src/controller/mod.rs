@@ -215,7 +215,9 @@ impl Controller {
     /// that are gone. The proxy already serves the persisted active color.
     pub async fn recover(self: &Arc<Self>) {
         let _done = self.recovered.clone().drop_guard();
-        let Ok(_guard) = self.try_begin("recover", None) else { return };
+        let Ok(_guard) = self.try_begin("recover", None) else {
+            return;
+        };
         let reporter = Reporter::silent();
         let config = self.config();
         let mut state = self.state.lock().await;
@@ -224,7 +226,10 @@ impl Controller {
                 reporter.warn(
                     "recover",
                     None,
-                    format!("an interrupted deploy of {} left {pending} half-started; stopping it", release.tag),
+                    format!(
+                        "an interrupted deploy of {} left {pending} half-started; stopping it",
+                        release.tag
+                    ),
                 );
                 self.stop_release(&release, &config, &reporter).await;
             }
@@ -282,8 +287,16 @@ impl Controller {
         let state = self.state.lock().await.clone();
         let operation = self.operation.lock().expect("operation lock").clone();
         let driver = match self.driver.ping().await {
-            Ok(()) => DriverStatus { kind: config.driver, ok: true, error: None },
-            Err(e) => DriverStatus { kind: config.driver, ok: false, error: Some(e.to_string()) },
+            Ok(()) => DriverStatus {
+                kind: config.driver,
+                ok: true,
+                error: None,
+            },
+            Err(e) => DriverStatus {
+                kind: config.driver,
+                ok: false,
+                error: Some(e.to_string()),
+            },
         };
         let mut names: Vec<String> = config.services.iter().map(|s| s.name.clone()).collect();
         for release in state.colors.values() {
@@ -298,7 +311,9 @@ impl Controller {
             let health = config.service(&name).map(|s| s.health.clone()).unwrap_or_default();
             let mut per_color = HashMap::new();
             for (color, release) in &state.colors {
-                let Some(rec) = release.services.get(&name) else { continue };
+                let Some(rec) = release.services.get(&name) else {
+                    continue;
+                };
                 let quick = crate::config::HealthConfig {
                     timeout: health.timeout.min(std::time::Duration::from_secs(1)),
                     ..health.clone()
@@ -327,8 +342,14 @@ impl Controller {
             });
         }
         Status {
-            active: state.active_release().map(|(c, r)| ColorTag { color: c, tag: r.tag.clone() }),
-            standby: state.standby_release().map(|(c, r)| ColorTag { color: c, tag: r.tag.clone() }),
+            active: state.active_release().map(|(c, r)| ColorTag {
+                color: c,
+                tag: r.tag.clone(),
+            }),
+            standby: state.standby_release().map(|(c, r)| ColorTag {
+                color: c,
+                tag: r.tag.clone(),
+            }),
             operation,
             services,
             driver,

@@ -40,7 +40,10 @@ pub struct DockerDriver {
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+    )
 }
 
 fn secs_nanos(d: Option<Duration>) -> Option<i64> {
@@ -135,15 +138,27 @@ impl DockerDriver {
             color: spec.color,
             message,
         };
-        let port = service.port.ok_or_else(|| fail("no container port configured".into()))?;
+        let port = service
+            .port
+            .ok_or_else(|| fail("no container port configured".into()))?;
         let name = format!("switchctl-{}-{}", service.name, spec.color);
         // A leftover of the same name (an interrupted deploy) goes first.
         let _ = docker
-            .remove_container(&name, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
             .await;
 
         let image = format!("{}:{}", service.image.as_deref().unwrap_or_default(), spec.tag);
-        let env: Vec<String> = spec.environment(port)?.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let env: Vec<String> = spec
+            .environment(port)?
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let exposed = format!("{port}/tcp");
         let binds: Vec<String> = service
             .volumes
@@ -197,13 +212,25 @@ impl DockerDriver {
             ..Default::default()
         };
         let created = docker
-            .create_container(Some(CreateContainerOptions { name: name.clone(), platform: None }), config)
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: name.clone(),
+                    platform: None,
+                }),
+                config,
+            )
             .await
             .map_err(|e| fail(format!("create {name} from {image}: {e}")))?;
         let handle = Handle::Container { id: created.id.clone() };
         let cleanup = |e: String| async {
             let _ = docker
-                .remove_container(&created.id, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+                .remove_container(
+                    &created.id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
                 .await;
             fail(e)
         };
@@ -216,7 +243,10 @@ impl DockerDriver {
                 return Err(cleanup(format!("join network {network}: {e}")).await);
             }
         }
-        if let Err(e) = docker.start_container(&created.id, None::<StartContainerOptions<String>>).await {
+        if let Err(e) = docker
+            .start_container(&created.id, None::<StartContainerOptions<String>>)
+            .await
+        {
             return Err(cleanup(format!("start {name}: {e}")).await);
         }
         let inspect = match docker.inspect_container(&created.id, None).await {
@@ -253,10 +283,16 @@ impl DockerDriver {
         let inspect = match docker.inspect_container(id, None).await {
             Ok(i) => i,
             Err(e) if is_not_found(&e) => return RunState::Missing,
-            Err(e) => return RunState::Unknown { reason: self.api_error(e).await.to_string() },
+            Err(e) => {
+                return RunState::Unknown {
+                    reason: self.api_error(e).await.to_string(),
+                }
+            }
         };
         let Some(state) = inspect.state else {
-            return RunState::Unknown { reason: "Docker reported no state".into() };
+            return RunState::Unknown {
+                reason: "Docker reported no state".into(),
+            };
         };
         let code = state.exit_code.unwrap_or(0);
         if state.restarting == Some(true) {
@@ -265,7 +301,11 @@ impl DockerDriver {
             };
         }
         if state.running != Some(true) {
-            let oom = if state.oom_killed == Some(true) { " (out of memory)" } else { "" };
+            let oom = if state.oom_killed == Some(true) {
+                " (out of memory)"
+            } else {
+                ""
+            };
             return RunState::Exited {
                 reason: format!("exited with status {code}{oom}"),
             };
@@ -273,7 +313,10 @@ impl DockerDriver {
         // A container that already restarted has crashed at least once.
         if inspect.restart_count.unwrap_or(0) > 0 {
             return RunState::Exited {
-                reason: format!("restarted {} time(s) after crashing", inspect.restart_count.unwrap_or(0)),
+                reason: format!(
+                    "restarted {} time(s) after crashing",
+                    inspect.restart_count.unwrap_or(0)
+                ),
             };
         }
         let health = state.health.and_then(|h| h.status).and_then(|s| match s {
@@ -298,7 +341,13 @@ impl DockerDriver {
             Err(e) => return Err(self.api_error(e).await),
         }
         match docker
-            .remove_container(id, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
             .await
         {
             Ok(()) => Ok(()),
@@ -362,7 +411,11 @@ impl DockerDriver {
             .collect())
     }
 
-    pub(super) async fn cleanup_images(&self, services: &[ServiceConfig], tags: &[String]) -> Result<Vec<String>, DriverError> {
+    pub(super) async fn cleanup_images(
+        &self,
+        services: &[ServiceConfig],
+        tags: &[String],
+    ) -> Result<Vec<String>, DriverError> {
         let docker = self.client().await?;
         let mut removed = Vec::new();
         for tag in tags {
@@ -370,7 +423,14 @@ impl DockerDriver {
                 let Some(repo) = s.image.as_deref() else { continue };
                 let reference = format!("{repo}:{tag}");
                 match docker
-                    .remove_image(&reference, Some(RemoveImageOptions { force: false, noprune: false }), None)
+                    .remove_image(
+                        &reference,
+                        Some(RemoveImageOptions {
+                            force: false,
+                            noprune: false,
+                        }),
+                        None,
+                    )
                     .await
                 {
                     Ok(_) => removed.push(reference),

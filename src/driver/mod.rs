@@ -181,7 +181,11 @@ impl Driver {
 
     /// Remove the images of `tags` (in that order) for every service;
     /// returns the references removed.
-    pub async fn cleanup_images(&self, services: &[ServiceConfig], tags: &[String]) -> Result<Vec<String>, DriverError> {
+    pub async fn cleanup_images(
+        &self,
+        services: &[ServiceConfig],
+        tags: &[String],
+    ) -> Result<Vec<String>, DriverError> {
         match self {
             Driver::Process(_) => Ok(Vec::new()),
             Driver::Docker(d) => d.cleanup_images(services, tags).await,

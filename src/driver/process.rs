@@ -89,7 +89,8 @@ impl ProcessDriver {
         };
         std::fs::create_dir_all(&self.logs).map_err(|e| fail(format!("cannot create {}: {e}", self.logs.display())))?;
         let log_path = self.log_path(&spec.service.name, spec.color);
-        let log = std::fs::File::create(&log_path).map_err(|e| fail(format!("cannot create {}: {e}", log_path.display())))?;
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| fail(format!("cannot create {}: {e}", log_path.display())))?;
         let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
 
         let mut cmd = Command::new(&program);
@@ -102,9 +103,7 @@ impl ProcessDriver {
             .stdout(log)
             .stderr(log_err);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| fail(format!("{}: {e}", program.display())))?;
+        let child = cmd.spawn().map_err(|e| fail(format!("{}: {e}", program.display())))?;
         let pid = child.id() as i32;
         let start_time = proc_start_time(pid).unwrap_or(0);
         self.children.lock().expect("children lock").insert(pid, child);
@@ -172,7 +171,10 @@ impl ProcessDriver {
             return Vec::new();
         };
         let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].iter().map(|l| l.to_string()).collect()
+        all[all.len().saturating_sub(lines)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
     }
 }
 
@@ -247,7 +249,9 @@ mod tests {
         }
         assert_eq!(logs, vec![expected]);
         driver.stop(&rec.handle, Duration::from_secs(5)).await.unwrap();
-        let Handle::Process { pid, .. } = rec.handle else { unreachable!() };
+        let Handle::Process { pid, .. } = rec.handle else {
+            unreachable!()
+        };
         assert!(killpg(Pid::from_raw(pid), None).is_err(), "the whole group is gone");
     }
 
@@ -291,6 +295,9 @@ mod tests {
             config: &cfg,
         };
         let err = driver.start(&spec).unwrap_err().to_string();
-        assert!(err.contains("cannot start web (blue)") && err.contains("no-such-app"), "{err}");
+        assert!(
+            err.contains("cannot start web (blue)") && err.contains("no-such-app"),
+            "{err}"
+        );
     }
 }

@@ -35,7 +35,15 @@ pub fn testapp_binary() -> &'static Path {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let target_dir = root.join("target").join("static");
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--offline", "-p", "switchctl-testapp", "--release", "--target", "x86_64-unknown-linux-gnu"])
+            .args([
+                "build",
+                "--offline",
+                "-p",
+                "switchctl-testapp",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+            ])
             .env("CARGO_TARGET_DIR", &target_dir)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
             .current_dir(root)
@@ -68,7 +76,8 @@ impl Images {
 
     /// Build `<repo>:<tag>` answering `version`, with extra Dockerfile lines.
     pub fn build(&self, tag: &str, extra: &str) {
-        let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app/Dockerfile")).unwrap();
+        let dockerfile =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/app/Dockerfile")).unwrap();
         let dockerfile = format!("{dockerfile}\nLABEL {TEST_LABEL}={}\n{extra}\n", self.name);
         std::fs::write(self.context.path().join("Dockerfile"), dockerfile).unwrap();
         let out = Command::new("docker")
@@ -80,7 +89,11 @@ impl Images {
             .env("DOCKER_BUILDKIT", "0")
             .output()
             .unwrap();
-        assert!(out.status.success(), "docker build {tag}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "docker build {tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Tags of this test's repo present now.
@@ -103,7 +116,12 @@ impl Images {
             .unwrap();
         let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
         if !ids.is_empty() {
-            let _ = Command::new("docker").args(["rmi", "-f"]).args(&ids).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = Command::new("docker")
+                .args(["rmi", "-f"])
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -123,14 +141,25 @@ pub fn remove_containers(state_dir: &Path) {
     let Ok(out) = out else { return };
     let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
     if !ids.is_empty() {
-        let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
 /// Containers of `state_dir`'s instance: `(name, labels json)`.
 pub fn containers(state_dir: &Path) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["ps", "-a", "--format", "{{.Names}} {{.Label \"switchctl.color\"}} {{.Label \"switchctl.tag\"}} {{.Ports}}", "--filter"])
+        .args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}} {{.Label \"switchctl.color\"}} {{.Label \"switchctl.tag\"}} {{.Ports}}",
+            "--filter",
+        ])
         .arg(format!("label=switchctl.instance={}", state_dir.display()))
         .output()
         .unwrap();

@@ -26,7 +26,11 @@ pub fn switchctl() -> &'static str {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `[[service]]` running the demo app with the process driver. `env` is a
@@ -131,7 +135,11 @@ stop_timeout = "3s"
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("daemon exited at start ({status}):\n{}", self.log());
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "daemon not up:\n{}", self.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon not up:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -209,7 +217,9 @@ stop_timeout = "3s"
     /// The state file as JSON.
     pub fn state(&self) -> Value {
         let path = self.dir.path().join("state").join("state.json");
-        std::fs::read(path).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or(Value::Null)
+        std::fs::read(path)
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap_or(Value::Null)
     }
 
     /// Pids of the process-driver upstreams in the state file.
@@ -292,9 +302,14 @@ pub fn text(out: &Output) -> String {
 /// One GET through the proxy on a new connection.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get(path).header("host", "test.local").body(Empty::<Bytes>::new()).unwrap();
+    let req = http::Request::get(path)
+        .header("host", "test.local")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -334,8 +349,12 @@ impl Load {
         };
         let started = Instant::now();
         for _ in 0..clients {
-            let (stop, sent, failures, bodies) =
-                (load.stop.clone(), load.sent.clone(), load.failures.clone(), load.bodies.clone());
+            let (stop, sent, failures, bodies) = (
+                load.stop.clone(),
+                load.sent.clone(),
+                load.failures.clone(),
+                load.bodies.clone(),
+            );
             load.tasks.push(tokio::spawn(async move {
                 let fail = |why: String| failures.lock().unwrap().push(why);
                 'connect: while !stop.load(Ordering::Relaxed) {
@@ -360,7 +379,10 @@ impl Load {
                             // The proxy closed an idle keep-alive connection: reconnect.
                             continue 'connect;
                         }
-                        let req = http::Request::get("/").header("host", "test.local").body(Empty::<Bytes>::new()).unwrap();
+                        let req = http::Request::get("/")
+                            .header("host", "test.local")
+                            .body(Empty::<Bytes>::new())
+                            .unwrap();
                         sent.fetch_add(1, Ordering::Relaxed);
                         match sender.send_request(req).await {
                             Ok(resp) => {

@@ -84,11 +84,15 @@ fn env_or(name: &str, default: &str) -> String {
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts {
-        port: env_or("PORT", "8000").parse().map_err(|_| "PORT must be a port number")?,
+        port: env_or("PORT", "8000")
+            .parse()
+            .map_err(|_| "PORT must be a port number")?,
         bind: env_or("BIND", "0.0.0.0"),
         version: env_or("VERSION", "dev"),
         fail_health: env_or("FAIL_HEALTH", "") == "1",
-        healthy_after: env_or("HEALTHY_AFTER", "0").parse().map_err(|_| "HEALTHY_AFTER must be seconds")?,
+        healthy_after: env_or("HEALTHY_AFTER", "0")
+            .parse()
+            .map_err(|_| "HEALTHY_AFTER must be seconds")?,
         exit_at_start: env_or("EXIT_AT_START", "") == "1",
         hang_health: false,
     };
@@ -101,7 +105,9 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--bind" => o.bind = value("--bind")?,
             "--version" => o.version = value("--version")?,
             "--healthy-after" => {
-                o.healthy_after = value("--healthy-after")?.parse().map_err(|_| "--healthy-after must be seconds")?
+                o.healthy_after = value("--healthy-after")?
+                    .parse()
+                    .map_err(|_| "--healthy-after must be seconds")?
             }
             "--fail-health" => o.fail_health = true,
             "--exit-at-start" => o.exit_at_start = true,
@@ -176,7 +182,9 @@ async fn run(args: &[String]) -> i32 {
 /// Serve the app on `listener` forever (in-process use by tests).
 pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let app = app.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(app.clone(), req));
