@@ -92,9 +92,9 @@ impl ClientConn {
         };
         let in_flight = upstream.enter();
         let client_upgrade = prepare_request(&mut req, self);
-        let addr = upstream.addr();
+        let addr = in_flight.upstream().addr();
         match fwd.send(addr, req).await {
-            Ok((resp, conn)) => respond(resp, conn, addr, &upstream, in_flight, client_upgrade),
+            Ok((resp, conn)) => respond(resp, conn, addr, in_flight, client_upgrade),
             Err(failure) => failure.response(),
         }
     }
@@ -222,14 +222,14 @@ fn respond(
     mut resp: Response<Incoming>,
     conn: pool::Conn,
     addr: SocketAddr,
-    upstream: &Arc<Upstream>,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client, upstream_side, upstream.cut_token(), in_flight));
+            let cut = in_flight.upstream().cut_token();
+            tokio::spawn(tunnel(client, upstream_side, cut, in_flight));
             return resp.map(|_| ProxyBody::text(""));
         }
     }

@@ -60,12 +60,11 @@ impl Upstream {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Count one unit of work until the returned guard is dropped.
-    pub(crate) fn enter(self: &Arc<Self>) -> InFlight {
+    /// Count one unit of work until the returned guard (which keeps this
+    /// handle) is dropped.
+    pub(crate) fn enter(self: Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight {
-            upstream: Arc::clone(self),
-        }
+        InFlight { upstream: self }
     }
 
     /// The token that upgraded connections watch; cancelled by a drain that
@@ -117,6 +116,13 @@ pub(crate) struct InFlight {
     upstream: Arc<Upstream>,
 }
 
+impl InFlight {
+    /// The upstream this work goes to.
+    pub(crate) fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         let prev = self.upstream.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -145,8 +151,8 @@ mod tests {
     #[tokio::test]
     async fn drain_waits_for_the_last_request() {
         let up = upstream();
-        let guard = up.enter();
-        let second = up.enter();
+        let guard = up.clone().enter();
+        let second = up.clone().enter();
         assert_eq!(up.in_flight(), 2);
         let drain = tokio::spawn({
             let up = up.clone();
@@ -164,7 +170,7 @@ mod tests {
     #[tokio::test]
     async fn drain_timeout_reports_and_cuts_tunnels() {
         let up = upstream();
-        let _guard = up.enter();
+        let _guard = up.clone().enter();
         let token = up.cut_token();
         let report = up.drain(Duration::from_millis(20)).await;
         assert_eq!(report.cut, 1);
