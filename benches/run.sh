@@ -97,6 +97,7 @@ sed -e "s#$WORK/sc1#$WORK/sc2#g" -e "s/127.0.0.1:$SC1/127.0.0.1:$SC2_PORT/" -e '
 cp "$WORK/sc1/state/state.json" "$WORK/sc2/state/state.json"
 "$BIN" --config "$WORK/sc2/switchctl.toml" proxy >"$WORK/sc2/daemon.log" 2>&1 &
 echo $! > "$WORK/sc2.pid"
+for _ in $(seq 1 100); do [[ -S $WORK/sc2/admin.sock ]] && break; sleep 0.05; done
 SC2=$SC2_PORT
 
 start_nginx() { # workers -> port
@@ -122,7 +123,7 @@ http {
     }
 }
 NGX
-    nginx -e /dev/null -c "$WORK/nginx$w.conf" & echo $! > "$WORK/nginx$w.pid"
+    nginx -e /dev/null -c "$WORK/nginx$w.conf" >/dev/null 2>&1 & echo $! > "$WORK/nginx$w.pid"
     echo "$port"
 }
 start_haproxy() { # threads -> port
@@ -130,7 +131,7 @@ start_haproxy() { # threads -> port
     cat > "$WORK/haproxy$t.cfg" <<HAP
 global
     nbthread $t
-    maxconn 10000
+    maxconn 4096
 defaults
     mode http
     timeout connect 5s
@@ -144,7 +145,7 @@ frontend fe
 backend be
     server up 127.0.0.1:$UP
 HAP
-    haproxy -q -f "$WORK/haproxy$t.cfg" & echo $! > "$WORK/haproxy$t.pid"
+    haproxy -q -f "$WORK/haproxy$t.cfg" >/dev/null 2>&1 & echo $! > "$WORK/haproxy$t.pid"
     echo "$port"
 }
 NG1=$(start_nginx 1); NG2=$(start_nginx 2); HA1=$(start_haproxy 1); HA2=$(start_haproxy 2)
