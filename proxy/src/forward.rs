@@ -34,18 +34,17 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
-fn hop_by_hop() -> [&'static HeaderName; 8] {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-    ]
-}
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
 
 /// What the data plane shares across connections: the table and timeouts.
 #[derive(Debug)]
@@ -179,7 +178,8 @@ impl Forwarder {
 /// Phase 2: make the request fit for the upstream hop. Returns the client's
 /// pending upgrade when the request asks for one.
 fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyper::upgrade::OnUpgrade> {
-    let upgrade = is_upgrade(req.headers());
+    let present = hop_by_hop_present(req.headers());
+    let upgrade = is_upgrade(req.headers(), present);
     // HTTP/2 requests (and absolute-form HTTP/1) carry scheme and authority;
     // the upstream hop wants origin-form and a Host header.
     if let Some(authority) = req.uri().authority() {
@@ -198,7 +198,7 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers, upgrade);
+    strip_hop_by_hop(headers, present, upgrade);
     let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
         None => conn.client_ip.clone(),
         Some(prior) => {
@@ -233,7 +233,8 @@ fn respond(
             return resp.map(|_| ProxyBody::text(""));
         }
     }
-    strip_hop_by_hop(resp.headers_mut(), false);
+    let present = hop_by_hop_present(resp.headers());
+    strip_hop_by_hop(resp.headers_mut(), present, false);
     // The connection is reusable once this body ends (an upgraded one never is).
     resp.map(|body| ProxyBody::upstream(body, Some((addr, conn)), in_flight))
 }
@@ -257,8 +258,10 @@ async fn tunnel(
     }
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+/// Does the request ask for a protocol upgrade? `present` as for [`strip_hop_by_hop`].
+fn is_upgrade(headers: &HeaderMap, present: u16) -> bool {
+    const CONNECTION_AND_UPGRADE: u16 = 1 | 1 << (HOP_BY_HOP.len() - 1);
+    present & CONNECTION_AND_UPGRADE == CONNECTION_AND_UPGRADE
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -272,34 +275,52 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Which of [`HOP_BY_HOP`] a message carries, as a bit mask. One pass over
+/// the (few) headers, so the usual message costs no hash lookup.
+fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present |= 1 << i;
+        }
+    }
+    present
+}
+
 /// Remove hop-by-hop headers, including those the `Connection` header names.
 /// For an upgrade handshake, `Connection: upgrade` and `Upgrade` stay.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Only a `Connection` header naming other headers costs an allocation.
-    let mut named = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            let standard = ["close", "keep-alive", "upgrade"]
-                .iter()
-                .any(|k| token.eq_ignore_ascii_case(k));
-            if !standard {
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    named.push(name);
+/// `present` is [`hop_by_hop_present`] of `headers`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, mut present: u16, keep_upgrade: bool) {
+    if present & 1 != 0 {
+        // Only a `Connection` header naming other headers allocates.
+        let mut named = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                let standard = ["close", "keep-alive", "upgrade"]
+                    .iter()
+                    .any(|k| token.eq_ignore_ascii_case(k));
+                if !standard {
+                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                        named.push(name);
+                    }
                 }
             }
         }
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in named {
-        headers.remove(name);
+    if keep_upgrade {
+        present &= !(1 << (HOP_BY_HOP.len() - 1));
     }
-    for name in hop_by_hop() {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -316,7 +337,7 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, hop_by_hop_present(&h), false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
     }
@@ -326,8 +347,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
+        assert!(is_upgrade(&h, hop_by_hop_present(&h)));
+        strip_hop_by_hop(&mut h, hop_by_hop_present(&h), true);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
     }
