@@ -167,12 +167,14 @@ measure() { # label threads port
     python3 - "$1" "$2" "$out" >> "$RESULTS" <<'PY'
 import re, sys
 label, threads, out = sys.argv[1], sys.argv[2], sys.argv[3]
+if "Requests/sec" not in out or "Latency Distribution" not in out:
+    sys.exit(f"wrk against {label} ({threads} threads) failed:\n{out}")
 def ms(v):
     n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
     return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+p50 = ms(re.search(r"^\s*50%[ \t]+(\S+)", out, re.M).group(1))
+p99 = ms(re.search(r"^\s*99%[ \t]+(\S+)", out, re.M).group(1))
 errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
 m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 errs += int(m.group(1)) if m else 0
