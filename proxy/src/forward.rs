@@ -12,11 +12,12 @@
 //! Nothing here logs per request, locks, or allocates what it can avoid.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -54,14 +55,27 @@ pub(crate) struct Forwarder {
     pub(crate) response_timeout: Duration,
 }
 
-/// Per client connection: who the client is, and a request counter the
-/// connection's idle timer reads.
+/// Per client connection: who the client is, and what the worker's sweeper
+/// needs to close it (a request counter, a close request, a waker).
 #[derive(Debug)]
 pub(crate) struct ClientConn {
-    pub(crate) forwarder: Arc<Forwarder>,
-    pub(crate) client_ip: HeaderValue,
-    pub(crate) proto: HeaderValue,
-    pub(crate) requests: AtomicU64,
+    forwarder: Arc<Forwarder>,
+    client_ip: HeaderValue,
+    proto: HeaderValue,
+    requests: AtomicU64,
+    close: AtomicU8,
+    waker: AtomicWaker,
+}
+
+/// How a connection should close, in increasing urgency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// Keep serving.
+    No = 0,
+    /// Finish the requests in flight, then close.
+    Graceful = 1,
+    /// Drop it now.
+    Now = 2,
 }
 
 impl ClientConn {
@@ -73,7 +87,29 @@ impl ClientConn {
             client_ip,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             requests: AtomicU64::new(0),
+            close: AtomicU8::new(Close::No as u8),
+            waker: AtomicWaker::new(),
         }
+    }
+
+    /// Ask the connection's task to close it, and wake that task.
+    pub(crate) fn close(&self, how: Close) {
+        self.close.fetch_max(how as u8, Ordering::Relaxed);
+        self.waker.wake();
+    }
+
+    /// What [`ClientConn::close`] asked for so far.
+    pub(crate) fn close_requested(&self) -> Close {
+        match self.close.load(Ordering::Relaxed) {
+            0 => Close::No,
+            1 => Close::Graceful,
+            _ => Close::Now,
+        }
+    }
+
+    /// The waker of the task serving this connection.
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
     }
 
     /// Requests started on this connection so far.

@@ -2,13 +2,19 @@
 //! runtime, its own listening socket (`SO_REUSEPORT`, so the kernel spreads
 //! connections) and its own upstream pool.
 //!
-//! A worker accepts connections, serves HTTP/1.1 and HTTP/2 on each through
-//! hyper-util's auto builder with upgrades, enforces the connection limit and
-//! timeouts, and on shutdown stops accepting and lets open connections finish
-//! their requests within the drain timeout.
+//! A worker accepts connections and serves HTTP/1.1 and HTTP/2 on each
+//! through hyper-util's auto builder with upgrades. Connection limits are a
+//! semaphore; timeouts that are per connection (no first request in time,
+//! idle) are enforced by one [`Sweeper`] per worker that looks at every
+//! connection a few times a second, so serving a request polls no timer of
+//! ours. On shutdown a worker stops accepting and lets open connections
+//! finish their requests within the drain timeout.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -17,10 +23,11 @@ use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::forward::{ClientConn, Forwarder};
+use crate::forward::{ClientConn, Close, Forwarder};
 use crate::{ProxyConfig, ProxyError};
 
 /// Bind `addr` with `SO_REUSEPORT`, so every worker can bind it too.
@@ -49,6 +56,16 @@ pub(crate) struct Worker {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// Everything an accept loop hands to the connections it accepts.
+#[derive(Clone)]
+struct Shared {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    forwarder: Arc<Forwarder>,
+    connections: Arc<Semaphore>,
+    sweeper: Arc<Sweeper>,
+    tracker: TaskTracker,
+}
+
 impl Worker {
     /// Run until shutdown, then drain this worker's connections.
     pub(crate) async fn run(self) {
@@ -62,54 +79,54 @@ impl Worker {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(self.config.max_header_bytes as u32);
-        let builder = Arc::new(builder);
-        let tracker = TaskTracker::new();
+        let sweeper = Arc::new(Sweeper {
+            conns: Mutex::new(Vec::new()),
+            first_request: self.config.header_read_timeout,
+            idle: self.config.idle_timeout,
+        });
+        let shared = Shared {
+            builder: Arc::new(builder),
+            forwarder: self.forwarder.clone(),
+            connections: self.connections.clone(),
+            sweeper: sweeper.clone(),
+            tracker: TaskTracker::new(),
+        };
 
         for listener in self.listeners {
-            let listener = match TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot register listener with the runtime");
-                    continue;
+            match TcpListener::from_std(listener) {
+                Ok(l) => {
+                    shared
+                        .tracker
+                        .spawn(accept_loop(l, shared.clone(), self.shutdown.clone()));
                 }
-            };
-            tracker.spawn(accept_loop(
-                listener,
-                builder.clone(),
-                self.forwarder.clone(),
-                self.config.clone(),
-                self.connections.clone(),
-                self.shutdown.clone(),
-                tracker.clone(),
-            ));
+                Err(e) => tracing::error!(error = %e, "cannot register listener with the runtime"),
+            }
         }
+        let sweeping = tokio::spawn({
+            let sweeper = sweeper.clone();
+            async move { sweeper.run().await }
+        });
         self.shutdown.cancelled().await;
-        tracker.close();
-        if tokio::time::timeout(self.config.drain_timeout, tracker.wait())
+        sweeper.close_all(Close::Graceful);
+        shared.tracker.close();
+        if tokio::time::timeout(self.config.drain_timeout, shared.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                open = tracker.len(),
+                open = shared.tracker.len(),
                 "drain timeout passed with connections still open; closing them"
             );
         }
+        sweeping.abort();
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    forwarder: Arc<Forwarder>,
-    config: ProxyConfig,
-    connections: Arc<Semaphore>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
+async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
-            permit = connections.clone().acquire_owned() => match permit {
+            permit = shared.connections.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => return,
             },
@@ -127,25 +144,19 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(ClientConn::new(forwarder.clone(), peer, false));
-        tracker.spawn(serve(
-            stream,
-            client,
-            builder.clone(),
-            config.clone(),
-            shutdown.clone(),
-            permit,
-        ));
+        let client = Arc::new(ClientConn::new(shared.forwarder.clone(), peer, false));
+        shared.sweeper.watch(&client);
+        shared
+            .tracker
+            .spawn(serve(stream, client, shared.builder.clone(), permit));
     }
 }
 
-/// Serve one client connection until it closes, idles out, or shutdown.
+/// Serve one client connection until it closes or is told to close.
 async fn serve(
     stream: TcpStream,
     client: Arc<ClientConn>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    config: ProxyConfig,
-    shutdown: CancellationToken,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let service = {
@@ -155,37 +166,89 @@ async fn serve(
             async move { Ok::<_, std::convert::Infallible>(client.serve(req).await) }
         })
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-
-    // Until the first request arrives, hyper's own header timer is not
-    // running (the auto builder is still sniffing for HTTP/2), so a client
-    // that sends nothing, or dribbles, is dropped here.
-    let first = tokio::time::sleep(config.header_read_timeout);
-    tokio::pin!(first);
-    let mut first_seen = false;
-    let mut seen = 0;
+    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
     let mut closing = false;
-    loop {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = &mut first, if !first_seen => {
-                if client.requests() == 0 {
-                    return;
-                }
-                first_seen = true;
-            }
-            _ = tokio::time::sleep(config.idle_timeout), if !closing => {
-                let now = client.requests();
-                if now == seen {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                seen = now;
-            }
-            _ = shutdown.cancelled(), if !closing => {
+    std::future::poll_fn(|cx| {
+        // The sweeper wakes this task when it wants the connection closed.
+        client.register(cx.waker());
+        match client.close_requested() {
+            Close::Now => return Poll::Ready(()),
+            Close::Graceful if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+            }
+            _ => {}
+        }
+        conn.as_mut().poll(cx).map(|_| ())
+    })
+    .await
+}
+
+/// Closes the connections of one worker that sent no request in time, or
+/// have been idle too long, and all of them at shutdown.
+struct Sweeper {
+    conns: Mutex<Vec<Watched>>,
+    /// A connection must have started its first request within this.
+    first_request: Duration,
+    /// A connection that starts no request for this long is closed.
+    idle: Duration,
+}
+
+struct Watched {
+    conn: Weak<ClientConn>,
+    accepted: Instant,
+    /// Requests seen at the last change, and when that was.
+    requests: u64,
+    since: Instant,
+}
+
+impl Sweeper {
+    fn watch(&self, conn: &Arc<ClientConn>) {
+        let now = Instant::now();
+        self.conns.lock().expect("sweeper lock").push(Watched {
+            conn: Arc::downgrade(conn),
+            accepted: now,
+            requests: 0,
+            since: now,
+        });
+    }
+
+    async fn run(&self) {
+        // Fine enough for timeouts given in seconds, coarse enough to cost nothing.
+        let tick = (self.first_request.min(self.idle) / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            self.sweep(Instant::now());
+        }
+    }
+
+    fn sweep(&self, now: Instant) {
+        self.conns.lock().expect("sweeper lock").retain_mut(|w| {
+            let Some(conn) = w.conn.upgrade() else { return false };
+            let requests = conn.requests();
+            if requests == 0 && now - w.accepted >= self.first_request {
+                // Nothing, or only part of a request head, arrived in time:
+                // hyper's own header timer is not running before the first
+                // request (the auto builder is still sniffing for HTTP/2).
+                conn.close(Close::Now);
+                return false;
+            }
+            if requests != w.requests {
+                w.requests = requests;
+                w.since = now;
+            } else if now - w.since >= self.idle {
+                conn.close(Close::Graceful);
+            }
+            true
+        });
+    }
+
+    fn close_all(&self, how: Close) {
+        for w in self.conns.lock().expect("sweeper lock").iter() {
+            if let Some(conn) = w.conn.upgrade() {
+                conn.close(how);
             }
         }
     }

@@ -336,6 +336,21 @@ async fn slowloris_connections_are_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+    let config = ProxyConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let mut conn = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let seen = closed_by_proxy(&mut conn).await.expect("idle connection left open");
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200 OK") && seen.ends_with("v1\n"), "{seen}");
+    proxy.shutdown();
+}
+
+#[tokio::test]
 async fn drain_waits_for_in_flight_requests() {
     let upstream = Upstream::new(app("v1").await);
     let (proxy, base) = start(config(), RouteTable::single("web", Some(upstream.clone())));
