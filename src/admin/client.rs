@@ -86,12 +86,7 @@ impl Client {
             return Ok(resp);
         }
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(e))?
-            .to_bytes();
+        let bytes = self.body(resp).await?;
         let message = serde_json::from_slice::<ApiError>(&bytes)
             .map(|e| e.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
@@ -102,15 +97,19 @@ impl Client {
         })
     }
 
-    /// GET a JSON document.
-    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let resp = self.request(Method::GET, path, None).await?;
-        let bytes = resp
+    async fn body(&self, resp: http::Response<Incoming>) -> Result<Bytes, ClientError> {
+        Ok(resp
             .into_body()
             .collect()
             .await
             .map_err(|e| self.unreachable(e))?
-            .to_bytes();
+            .to_bytes())
+    }
+
+    /// GET a JSON document.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self.request(Method::GET, path, None).await?;
+        let bytes = self.body(resp).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.unreachable(format!("unreadable answer: {e}")))
     }
 

@@ -9,8 +9,16 @@ use crate::admin::client::{Client, ClientError};
 use crate::admin::{DeployRequest, RollbackRequest};
 use crate::controller::event::Outcome;
 
-/// `DEPLOY_TIMEOUT` / `HEALTH_CHECK_INTERVAL` from the CLI's environment.
-fn env_overrides() -> Result<(Option<f64>, Option<f64>), String> {
+/// `DEPLOY_TIMEOUT` / `HEALTH_CHECK_INTERVAL` from the CLI's environment,
+/// or the exit status after reporting a bad value.
+fn env_overrides(json: bool) -> Result<(Option<f64>, Option<f64>), i32> {
+    read_env_overrides().map_err(|e| {
+        Renderer::new(json).refusal(&e, Outcome::Refused);
+        exit::USAGE
+    })
+}
+
+fn read_env_overrides() -> Result<(Option<f64>, Option<f64>), String> {
     let read = |name: &str| -> Result<Option<f64>, String> {
         match std::env::var(name) {
             Ok(v) if !v.trim().is_empty() => match v.trim().parse::<f64>() {
@@ -78,12 +86,9 @@ async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool)
 
 /// `switchctl deploy <tag>`
 pub async fn deploy(cli: &Cli, tag: &str, json: bool) -> i32 {
-    let (timeout_secs, health_check_interval_secs) = match env_overrides() {
+    let (timeout_secs, health_check_interval_secs) = match env_overrides(json) {
         Ok(o) => o,
-        Err(e) => {
-            Renderer::new(json).refusal(&e, Outcome::Refused);
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     let body = DeployRequest {
         tag: tag.to_string(),
@@ -100,12 +105,9 @@ pub async fn flip_back(cli: &Cli, json: bool) -> i32 {
 
 /// `switchctl rollback [<tag>]`
 pub async fn rollback(cli: &Cli, tag: Option<String>, json: bool) -> i32 {
-    let (timeout_secs, health_check_interval_secs) = match env_overrides() {
+    let (timeout_secs, health_check_interval_secs) = match env_overrides(json) {
         Ok(o) => o,
-        Err(e) => {
-            Renderer::new(json).refusal(&e, Outcome::Refused);
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     let body = RollbackRequest {
         tag,

@@ -212,6 +212,15 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    fn spec<'a>(cfg: &'a Config, color: Color, tag: &'a str) -> StartSpec<'a> {
+        StartSpec {
+            service: &cfg.services[0],
+            color,
+            tag,
+            config: cfg,
+        }
+    }
+
     fn config(dir: &Path, command: &[&str]) -> Config {
         let text = format!(
             "driver = \"process\"\nstate_dir = {:?}\n[[service]]\nname = \"web\"\ncommand = {:?}\n",
@@ -229,13 +238,7 @@ mod tests {
             &["sh", "-c", "echo port={port} tag={tag} color={color}; sleep 30 & wait"],
         );
         let driver = ProcessDriver::new(dir.path().join("logs"));
-        let spec = StartSpec {
-            service: &cfg.services[0],
-            color: Color::Green,
-            tag: "v7",
-            config: &cfg,
-        };
-        let rec = driver.start(&spec).unwrap();
+        let rec = driver.start(&spec(&cfg, Color::Green, "v7")).unwrap();
         assert_eq!(driver.state(&rec.handle), RunState::Running { health: None });
         let port = rec.addr.port();
         let expected = format!("port={port} tag=v7 color=green");
@@ -260,13 +263,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), &["sh", "-c", "echo {port}; exit 3"]);
         let driver = ProcessDriver::new(dir.path().join("logs"));
-        let spec = StartSpec {
-            service: &cfg.services[0],
-            color: Color::Blue,
-            tag: "v1",
-            config: &cfg,
-        };
-        let rec = driver.start(&spec).unwrap();
+        let rec = driver.start(&spec(&cfg, Color::Blue, "v1")).unwrap();
         let mut state = driver.state(&rec.handle);
         for _ in 0..500 {
             if state != (RunState::Running { health: None }) {
@@ -288,13 +285,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), &["./no-such-app", "{port}"]);
         let driver = ProcessDriver::new(dir.path().join("logs"));
-        let spec = StartSpec {
-            service: &cfg.services[0],
-            color: Color::Blue,
-            tag: "v1",
-            config: &cfg,
-        };
-        let err = driver.start(&spec).unwrap_err().to_string();
+        let err = driver.start(&spec(&cfg, Color::Blue, "v1")).unwrap_err().to_string();
         assert!(
             err.contains("cannot start web (blue)") && err.contains("no-such-app"),
             "{err}"
