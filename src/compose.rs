@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde_yaml::Value;
 
-use crate::config::{read_env_file, ConfigError, DockerHealthcheck, HealthConfig, RouteConfig, ServiceConfig};
+use crate::config::{
+    join_relative, read_env_file, ConfigError, DockerHealthcheck, HealthConfig, RouteConfig, ServiceConfig,
+};
 
 /// Compose service keys that are imported or safely ignored.
 const SUPPORTED: &[&str] = &[
@@ -218,10 +220,10 @@ pub fn import(path: &Path, declared: &[ServiceConfig]) -> Result<Vec<ServiceConf
 
 /// A relative bind source (`./data:/data`) is relative to the Compose file.
 fn resolve_bind_source(volume: &str, dir: &Path) -> String {
-    if volume.starts_with("./") || volume.starts_with("../") {
-        return dir.join(volume).display().to_string();
+    match volume.split_once(':') {
+        Some((src, rest)) if src.starts_with('.') => format!("{}:{rest}", join_relative(dir, Path::new(src)).display()),
+        _ => volume.to_string(),
     }
-    volume.to_string()
 }
 
 /// `repo:${TAG}` becomes `repo` (switchctl appends the deployed tag).
@@ -439,7 +441,7 @@ services:
         assert_eq!(web.port, Some(8000));
         assert_eq!(web.command.as_deref().unwrap(), ["./web", "--fast"]);
         assert_eq!(web.env["DB"], "db.internal");
-        assert_eq!(web.volumes, [format!("{}/./data:/data:ro", dir.path().display())]);
+        assert_eq!(web.volumes, [format!("{}/data:/data:ro", dir.path().display())]);
         assert_eq!(web.networks, ["backend"]);
         assert_eq!(web.health.path, "/up");
         let hc = web.docker_healthcheck.as_ref().unwrap();

@@ -361,10 +361,7 @@ impl Config {
 
     /// A path from the config, relative to the config file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            return p.to_path_buf();
-        }
-        self.path.parent().unwrap_or(Path::new(".")).join(p)
+        join_relative(self.path.parent().unwrap_or(Path::new(".")), p)
     }
 
     /// The service named `name`.
@@ -529,6 +526,23 @@ pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
     Ok(vars)
 }
 
+/// `p` relative to `dir` (unless absolute), without `.` and `..` parts, as
+/// Docker wants bind sources.
+pub fn join_relative(dir: &Path, p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in dir.join(p).components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -613,6 +627,22 @@ health = { path = "/up", healthy_threshold = 2 }
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs an image"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        assert_eq!(
+            join_relative(Path::new("/srv/app"), Path::new("./data")),
+            Path::new("/srv/app/data")
+        );
+        assert_eq!(
+            join_relative(Path::new("/srv/app"), Path::new("../x/./y")),
+            Path::new("/srv/x/y")
+        );
+        assert_eq!(
+            join_relative(Path::new("/srv/app"), Path::new("/abs")),
+            Path::new("/abs")
+        );
     }
 
     #[test]

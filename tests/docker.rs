@@ -262,7 +262,9 @@ async fn docker_compose_services_are_imported() {
     let images = Images::new("compose");
     images.build("v1", "");
     images.build("v2", "");
+    let network = docker::Network::new("compose");
     let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
     let compose = dir.path().join("docker-compose.yml");
     std::fs::write(dir.path().join(".env"), "GREETING_SUFFIX=from-dotenv\n").unwrap();
     std::fs::write(
@@ -274,6 +276,8 @@ async fn docker_compose_services_are_imported() {
     environment:
       VERSION: "compose-${{TAG}}-${{GREETING_SUFFIX}}"
     ports: ["8080:8000"]
+    volumes: ["./data:/data:ro"]
+    networks: [{network}]
     healthcheck:
       test: ["CMD", "/testapp", "healthcheck"]
       interval: 1s
@@ -281,7 +285,8 @@ async fn docker_compose_services_are_imported() {
   db:
     image: postgres:16
 "#,
-            repo = images.repo
+            repo = images.repo,
+            network = network.name
         ),
     )
     .unwrap();
@@ -299,6 +304,21 @@ async fn docker_compose_services_are_imported() {
     let report = load.stop().await;
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(d.get("/").await, (200, "compose-v2-from-dotenv\n".into()));
+    let container = "switchctl-dcompose-green";
+    assert!(docker::inspect(container, "{{json .NetworkSettings.Networks}}").contains(&network.name));
+    let mounts = docker::inspect(
+        container,
+        "{{range .Mounts}}{{.Source}}:{{.Destination}}:{{.RW}} {{end}}",
+    );
+    assert!(
+        mounts.contains(&format!("{}/data:/data:false", dir.path().display())),
+        "{mounts}"
+    );
+    assert_eq!(
+        docker::inspect(container, "{{.HostConfig.RestartPolicy.Name}}"),
+        "unless-stopped"
+    );
+    assert!(docker::inspect(container, "{{json .HostConfig.PortBindings}}").contains("\"HostIp\":\"127.0.0.1\""));
 
     // An unsupported Compose key is named, and nothing changes.
     std::fs::write(

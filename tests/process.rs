@@ -425,6 +425,9 @@ async fn deploy_json_is_ndjson_ending_in_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_validates_config_and_environment() {
     let d = daemon();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "the admin socket is group-writable only");
     let out = d.cli(&["check"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -336,6 +336,39 @@ async fn slowloris_connections_are_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let config = ProxyConfig {
+        workers: 1,
+        max_connections: 1,
+        ..config()
+    };
+    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let addr = proxy.local_addrs()[0];
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    let mut buf = [0u8; 512];
+    assert!(
+        first.read(&mut buf).await.unwrap() > 0,
+        "the first connection is served"
+    );
+
+    // The kernel accepts the second connection, the proxy does not serve it
+    // while the first holds the only slot.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(request).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond max_connections");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(20), second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
+    proxy.shutdown();
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     let config = ProxyConfig {
         idle_timeout: Duration::from_millis(300),

@@ -150,8 +150,7 @@ impl ProcessDriver {
         let deadline = Instant::now() + timeout;
         loop {
             // The leader may be gone while others in its group live on.
-            let group_alive = killpg(group, None).is_ok();
-            if !matches!(self.state(handle), RunState::Running { .. }) && !group_alive {
+            if !matches!(self.state(handle), RunState::Running { .. }) && !group_alive(pid) {
                 break;
             }
             if Instant::now() >= deadline {
@@ -189,6 +188,28 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => "exited".into(),
     }
+}
+
+/// Does any live (not zombie) process belong to process group `pgid`?
+fn group_alive(pgid: i32) -> bool {
+    if killpg(Pid::from_raw(pgid), None).is_err() {
+        return false;
+    }
+    // Zombies still count for kill(2); look at /proc for live members.
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = stat.get(stat.rfind(')')? + 2..)?;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let pgrp: i32 = fields.nth(1)?.parse().ok()?;
+            Some((state, pgrp))
+        })
+        .any(|(state, pgrp)| pgrp == pgid && state != 'Z')
 }
 
 /// `(state, start_time)` from `/proc/<pid>/stat`.
@@ -255,7 +276,7 @@ mod tests {
         let Handle::Process { pid, .. } = rec.handle else {
             unreachable!()
         };
-        assert!(killpg(Pid::from_raw(pid), None).is_err(), "the whole group is gone");
+        assert!(!group_alive(pid), "the whole group is gone");
     }
 
     #[tokio::test]
@@ -278,6 +299,47 @@ mod tests {
                 reason: "exited with status 3".into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn env_file_and_env_reach_the_process_and_env_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.env"), "A=from-file\nB=from-file\n").unwrap();
+        let mut cfg = config(dir.path(), &["sh", "-c", "echo $A $B $C {port}; sleep 30"]);
+        cfg.services[0].env_file = Some("app.env".into());
+        cfg.services[0].env.insert("B".into(), "from-env".into());
+        cfg.services[0].env.insert("C".into(), "{color}-{tag}".into());
+        let driver = ProcessDriver::new(dir.path().join("logs"));
+        let rec = driver.start(&spec(&cfg, Color::Blue, "v3")).unwrap();
+        let mut logs = Vec::new();
+        for _ in 0..500 {
+            logs = driver.logs("web", Color::Blue, 50);
+            if !logs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(logs, vec![format!("from-file from-env blue-v3 {}", rec.addr.port())]);
+        driver.stop(&rec.handle, Duration::from_secs(5)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_process_ignoring_sigterm_is_killed_after_the_stop_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(
+            dir.path(),
+            &["sh", "-c", "trap '' TERM; echo {port}; while true; do sleep 1; done"],
+        );
+        let driver = ProcessDriver::new(dir.path().join("logs"));
+        let rec = driver.start(&spec(&cfg, Color::Blue, "v1")).unwrap();
+        while driver.logs("web", Color::Blue, 1).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        driver.stop(&rec.handle, Duration::from_millis(200)).await.unwrap();
+        let Handle::Process { pid, .. } = rec.handle else {
+            unreachable!()
+        };
+        assert!(!group_alive(pid), "SIGKILL ended the group");
     }
 
     #[test]

@@ -167,3 +167,47 @@ pub fn containers(state_dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A Docker network for one test, labelled, removed on drop.
+pub struct Network {
+    pub name: String,
+}
+
+impl Network {
+    pub fn new(test: &str) -> Network {
+        let name = format!("switchctl-test-{test}");
+        let _ = Command::new("docker")
+            .args(["network", "rm", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("docker")
+            .args(["network", "create", "--label"])
+            .arg(format!("{TEST_LABEL}={test}"))
+            .arg(&name)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "docker network create {name}");
+        Network { name }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `docker inspect -f <format> <container>`
+pub fn inspect(container: &str, format: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", format, container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
