@@ -7,7 +7,6 @@
 //! when the response body it carried has ended.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,7 +22,9 @@ const MAX_IDLE_PER_UPSTREAM: usize = 512;
 pub(crate) type Conn = SendRequest<Incoming>;
 
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
+    /// Idle connections by upstream. A worker talks to a handful of
+    /// upstreams (two colors of a few services), so a linear scan beats hashing.
+    static IDLE: RefCell<Vec<(SocketAddr, Vec<Conn>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Why no connection could be had.
@@ -38,7 +39,10 @@ pub(crate) enum ConnectError {
 /// Take an idle connection to `addr` that is ready for a request, if any.
 pub(crate) async fn take_idle(addr: SocketAddr) -> Option<Conn> {
     loop {
-        let mut conn = IDLE.with(|idle| idle.borrow_mut().get_mut(&addr)?.pop())?;
+        let mut conn = IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            idle.iter_mut().find(|(a, _)| *a == addr)?.1.pop()
+        })?;
         if conn.is_closed() {
             continue;
         }
@@ -58,9 +62,18 @@ pub(crate) fn put_back(addr: SocketAddr, conn: Conn) {
     }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let conns = idle.entry(addr).or_default();
-        if conns.len() < MAX_IDLE_PER_UPSTREAM {
-            conns.push(conn);
+        match idle.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, conns)) if conns.len() < MAX_IDLE_PER_UPSTREAM => conns.push(conn),
+            Some(_) => {}
+            None => {
+                // A new upstream (a deploy): forget those whose connections
+                // have all closed (stopped colors) while we are at it.
+                idle.retain_mut(|(_, conns)| {
+                    conns.retain(|c| !c.is_closed());
+                    !conns.is_empty()
+                });
+                idle.push((addr, vec![conn]));
+            }
         }
     });
 }
