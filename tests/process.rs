@@ -318,6 +318,37 @@ async fn a_restarted_daemon_adopts_running_upstreams_without_losing_requests_bef
     assert_eq!(report.failed, 0, "{report:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_socket_activated_daemon_restarts_without_failing_a_request() {
+    let mut d = Daemon::start_socket_activated("process", "timeout = \"30s\"", &process_service("web", BROKEN));
+    deploy_ok(&d, "v1").await;
+    let load = Load::start(d.proxy, 20);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // What `systemctl restart switchctl` does: SIGTERM, wait, start again on
+    // the socket systemd kept open.
+    assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    d.spawn();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    deploy_ok(&d, "v2").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(
+        report.bodies.contains_key("v1") && report.bodies.contains_key("v2"),
+        "{report:?}"
+    );
+    // The upstreams did not inherit the public socket.
+    use std::os::fd::AsRawFd;
+    let fd = d.inherited.as_ref().unwrap().as_raw_fd();
+    let public = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+    for pid in d.pids() {
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+            let target = std::fs::read_link(entry.unwrap().path()).unwrap_or_default();
+            assert_ne!(target, public, "upstream {pid} holds the public socket");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_stop_stops_the_old_color() {
     let d = Daemon::start("process", "standby = \"stop\"", &process_service("web", ""));

@@ -68,14 +68,18 @@ pub(crate) struct ClientConn {
 }
 
 /// How a connection should close, in increasing urgency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Close {
     /// Keep serving.
     No = 0,
-    /// Finish the requests in flight, then close.
-    Graceful = 1,
+    /// Keep serving, but answer each HTTP/1 request with `Connection: close`,
+    /// so the client learns the connection ends from a response instead of
+    /// racing a close with its next request.
+    Drain = 1,
+    /// Finish the requests in flight, then close (HTTP/2: GOAWAY).
+    Graceful = 2,
     /// Drop it now.
-    Now = 2,
+    Now = 3,
 }
 
 impl ClientConn {
@@ -102,7 +106,8 @@ impl ClientConn {
     pub(crate) fn close_requested(&self) -> Close {
         match self.close.load(Ordering::Relaxed) {
             0 => Close::No,
-            1 => Close::Graceful,
+            1 => Close::Drain,
+            2 => Close::Graceful,
             _ => Close::Now,
         }
     }
@@ -126,12 +131,18 @@ impl ClientConn {
             Err(failure) => return failure.response(),
         };
         let in_flight = upstream.enter();
+        let http1 = req.version() <= Version::HTTP_11;
         let client_upgrade = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
-        match fwd.send(addr, req).await {
+        let mut resp = match fwd.send(addr, req).await {
             Ok((resp, conn)) => respond(resp, conn, addr, in_flight, client_upgrade),
             Err(failure) => failure.response(),
+        };
+        if http1 && self.close_requested() == Close::Drain {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        resp
     }
 }
 

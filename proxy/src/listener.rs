@@ -47,6 +47,10 @@ pub(crate) fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, 
     bind().map_err(|source| ProxyError::Bind { addr, source })
 }
 
+/// On shutdown, how long HTTP/1 connections are answered with
+/// `Connection: close` before idle ones are closed outright.
+const DRAIN_NOTICE: Duration = Duration::from_millis(300);
+
 /// What one worker thread needs.
 pub(crate) struct Worker {
     pub(crate) listeners: Vec<std::net::TcpListener>,
@@ -107,12 +111,14 @@ impl Worker {
             async move { sweeper.run().await }
         });
         self.shutdown.cancelled().await;
-        sweeper.close_all(Close::Graceful);
         shared.tracker.close();
-        if tokio::time::timeout(self.config.drain_timeout, shared.tracker.wait())
-            .await
-            .is_err()
-        {
+        // First let busy HTTP/1 clients learn of the close from a response,
+        // then close whatever is left (idle connections, HTTP/2 with GOAWAY).
+        let deadline = Instant::now() + self.config.drain_timeout;
+        sweeper.close_all(Close::Drain);
+        let _ = tokio::time::timeout(DRAIN_NOTICE.min(self.config.drain_timeout), shared.tracker.wait()).await;
+        sweeper.close_all(Close::Graceful);
+        if tokio::time::timeout_at(deadline, shared.tracker.wait()).await.is_err() {
             tracing::warn!(
                 open = shared.tracker.len(),
                 "drain timeout passed with connections still open; closing them"

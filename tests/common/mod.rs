@@ -59,6 +59,9 @@ pub struct Daemon {
     seen_pids: Mutex<Vec<i32>>,
     /// Extra environment for the daemon (e.g. a dead DOCKER_HOST).
     pub daemon_env: Vec<(String, String)>,
+    /// A listening socket handed to every daemon start as systemd would
+    /// (fd 3, `LISTEN_FDS=1`): it outlives the daemon, like a socket unit.
+    pub inherited: Option<std::net::TcpListener>,
 }
 
 impl Daemon {
@@ -104,7 +107,21 @@ stop_timeout = "3s"
             child: None,
             seen_pids: Mutex::new(Vec::new()),
             daemon_env: Vec::new(),
+            inherited: None,
         };
+        d.spawn();
+        d
+    }
+
+    /// As [`Daemon::start`], but the public socket is created here and
+    /// passed in as systemd socket activation does.
+    pub fn start_socket_activated(driver: &str, deploy: &str, services: &str) -> Daemon {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Written so the config's own listen address is free but unused.
+        let mut d = Daemon::start_with("", driver, deploy, services);
+        d.kill9();
+        d.proxy = listener.local_addr().unwrap();
+        d.inherited = Some(listener);
         d.spawn();
         d
     }
@@ -116,16 +133,32 @@ stop_timeout = "3s"
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        let child = Command::new(switchctl())
-            .arg("--config")
+        let mut cmd = Command::new(switchctl());
+        cmd.arg("--config")
             .arg(&self.config)
             .arg("proxy")
             .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some(listener) = &self.inherited {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = listener.as_raw_fd();
+            cmd.env("LISTEN_FDS", "1").env_remove("LISTEN_PID");
+            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+                    if fd != 3 {
+                        nix::unistd::dup2(fd, 3)?;
+                    }
+                    fcntl(3, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
         self.child = Some(child);
         let start = Instant::now();
         loop {
