@@ -112,6 +112,11 @@ impl Proxy {
         let workers = worker_count(&config);
         let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
         for addr in addrs {
+            // SO_REUSEPORT would let us share a port some other process
+            // holds the same way; a plain bind first says if it is taken.
+            if addr.port() != 0 {
+                std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr: *addr, source })?;
+            }
             // Bind once to learn the real address (port 0 picks one), then
             // the other workers bind that same address.
             let first = listener::bind_reuseport(*addr)?;

@@ -200,6 +200,18 @@ async fn websocket_echo_is_tunnelled() {
 }
 
 #[tokio::test]
+async fn a_port_in_use_is_a_clear_error_even_for_reuseport_holders() {
+    let (first, _) = start(config(), RouteTable::default());
+    let taken = first.local_addrs()[0];
+    let err = Proxy::bind(config(), &[taken], RouteTable::default()).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!("cannot listen on {taken}")),
+        "{err}"
+    );
+    first.shutdown();
+}
+
+#[tokio::test]
 async fn no_route_is_404_and_no_active_release_is_503() {
     let table = RouteTable::new(vec![("api".into(), None)], vec![route(&["api.test"], "/", "api")]).unwrap();
     let (proxy, base) = start(config(), table);
