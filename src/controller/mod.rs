@@ -52,6 +52,15 @@ impl UpstreamSet {
             .clone()
     }
 
+    /// Requests and tunnels in flight to `addr` (0 if it never took traffic).
+    pub fn in_flight(&self, addr: SocketAddr) -> usize {
+        self.by_addr
+            .lock()
+            .expect("upstream set lock")
+            .get(&addr)
+            .map_or(0, |u| u.in_flight())
+    }
+
     /// Forget a stopped upstream.
     pub fn remove(&self, addr: SocketAddr) {
         self.by_addr.lock().expect("upstream set lock").remove(&addr);
@@ -330,7 +339,7 @@ impl Controller {
                         tag: release.tag.clone(),
                         upstream: rec.addr.to_string(),
                         healthy: health::probe(rec.addr, &quick).await.is_ok(),
-                        in_flight: self.upstreams.get(rec.addr).in_flight(),
+                        in_flight: self.upstreams.in_flight(rec.addr),
                         state: run,
                     },
                 );
