@@ -47,9 +47,12 @@ pub(crate) fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, 
     bind().map_err(|source| ProxyError::Bind { addr, source })
 }
 
-/// On shutdown, how long HTTP/1 connections are answered with
-/// `Connection: close` before idle ones are closed outright.
-const DRAIN_NOTICE: Duration = Duration::from_millis(300);
+/// On shutdown, a connection still open after sending no request for this
+/// long is closed outright; busy ones close after their next response, which
+/// carries `Connection: close`.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
+/// How often, while shutting down, connections are checked for quiet.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
 
 /// What one worker thread needs.
 pub(crate) struct Worker {
@@ -112,12 +115,15 @@ impl Worker {
         });
         self.shutdown.cancelled().await;
         shared.tracker.close();
-        // First let busy HTTP/1 clients learn of the close from a response,
-        // then close whatever is left (idle connections, HTTP/2 with GOAWAY).
+        // Busy HTTP/1 clients learn of the close from a response; what stays
+        // quiet (idle keep-alive, HTTP/2 with GOAWAY) is closed after a while.
         let deadline = Instant::now() + self.config.drain_timeout;
-        sweeper.close_all(Close::Drain);
-        let _ = tokio::time::timeout(DRAIN_NOTICE.min(self.config.drain_timeout), shared.tracker.wait()).await;
-        sweeper.close_all(Close::Graceful);
+        let quiet = DRAIN_QUIET.min(self.config.drain_timeout);
+        sweeper.drain_start(Instant::now());
+        while !shared.tracker.is_empty() && Instant::now() < deadline {
+            let _ = tokio::time::timeout(DRAIN_TICK, shared.tracker.wait()).await;
+            sweeper.close_quiet(Instant::now(), quiet);
+        }
         if tokio::time::timeout_at(deadline, shared.tracker.wait()).await.is_err() {
             tracing::warn!(
                 open = shared.tracker.len(),
@@ -251,11 +257,30 @@ impl Sweeper {
         });
     }
 
-    fn close_all(&self, how: Close) {
-        for w in self.conns.lock().expect("sweeper lock").iter() {
+    /// Shutdown begins: every connection is told to drain, and its quiet
+    /// time counts from now.
+    fn drain_start(&self, now: Instant) {
+        for w in self.conns.lock().expect("sweeper lock").iter_mut() {
             if let Some(conn) = w.conn.upgrade() {
-                conn.close(how);
+                conn.close(Close::Drain);
+                w.requests = conn.requests();
+                w.since = now;
             }
         }
+    }
+
+    /// While shutting down: close connections that started no request for `quiet`.
+    fn close_quiet(&self, now: Instant, quiet: Duration) {
+        self.conns.lock().expect("sweeper lock").retain_mut(|w| {
+            let Some(conn) = w.conn.upgrade() else { return false };
+            let requests = conn.requests();
+            if requests != w.requests {
+                w.requests = requests;
+                w.since = now;
+            } else if now - w.since >= quiet {
+                conn.close(Close::Graceful);
+            }
+            true
+        });
     }
 }
