@@ -242,6 +242,18 @@ mod tests {
         }
     }
 
+    /// The service's log once it has written something (bounded wait).
+    async fn first_output(driver: &ProcessDriver, color: Color) -> Vec<String> {
+        for _ in 0..500 {
+            let logs = driver.logs("web", color, 50);
+            if !logs.is_empty() {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Vec::new()
+    }
+
     fn config(dir: &Path, command: &[&str]) -> Config {
         let text = format!(
             "driver = \"process\"\nstate_dir = {:?}\n[[service]]\nname = \"web\"\ncommand = {:?}\n",
@@ -263,15 +275,7 @@ mod tests {
         assert_eq!(driver.state(&rec.handle), RunState::Running { health: None });
         let port = rec.addr.port();
         let expected = format!("port={port} tag=v7 color=green");
-        let mut logs = Vec::new();
-        for _ in 0..200 {
-            logs = driver.logs("web", Color::Green, 50);
-            if !logs.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(logs, vec![expected]);
+        assert_eq!(first_output(&driver, Color::Green).await, vec![expected]);
         driver.stop(&rec.handle, Duration::from_secs(5)).await.unwrap();
         let Handle::Process { pid, .. } = rec.handle else {
             unreachable!()
@@ -311,15 +315,10 @@ mod tests {
         cfg.services[0].env.insert("C".into(), "{color}-{tag}".into());
         let driver = ProcessDriver::new(dir.path().join("logs"));
         let rec = driver.start(&spec(&cfg, Color::Blue, "v3")).unwrap();
-        let mut logs = Vec::new();
-        for _ in 0..500 {
-            logs = driver.logs("web", Color::Blue, 50);
-            if !logs.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(logs, vec![format!("from-file from-env blue-v3 {}", rec.addr.port())]);
+        assert_eq!(
+            first_output(&driver, Color::Blue).await,
+            vec![format!("from-file from-env blue-v3 {}", rec.addr.port())]
+        );
         driver.stop(&rec.handle, Duration::from_secs(5)).await.unwrap();
     }
 
@@ -332,9 +331,7 @@ mod tests {
         );
         let driver = ProcessDriver::new(dir.path().join("logs"));
         let rec = driver.start(&spec(&cfg, Color::Blue, "v1")).unwrap();
-        while driver.logs("web", Color::Blue, 1).is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        first_output(&driver, Color::Blue).await;
         driver.stop(&rec.handle, Duration::from_millis(200)).await.unwrap();
         let Handle::Process { pid, .. } = rec.handle else {
             unreachable!()
