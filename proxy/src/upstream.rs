@@ -79,7 +79,10 @@ impl Upstream {
     pub async fn drain(&self, timeout: Duration) -> DrainReport {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
+        // Counted while waiting (also if this future is dropped half way), so
+        // the hot path only notifies when somebody listens.
         self.drainers.fetch_add(1, Ordering::SeqCst);
+        let _drainer = DrainerGuard(&self.drainers);
         let cut = loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
@@ -95,7 +98,6 @@ impl Upstream {
                 }
             }
         };
-        self.drainers.fetch_sub(1, Ordering::SeqCst);
         if cut > 0 {
             // Close the tunnels of this upstream, and arm a fresh token so a
             // later use of the same address (a warm standby flipped back to)
@@ -107,6 +109,14 @@ impl Upstream {
             cut,
             waited: start.elapsed(),
         }
+    }
+}
+
+struct DrainerGuard<'a>(&'a AtomicUsize);
+
+impl Drop for DrainerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -165,6 +175,14 @@ mod tests {
         let report = drain.await.unwrap();
         assert_eq!(report.cut, 0);
         assert_eq!(up.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_drain_stops_counting_as_a_listener() {
+        let up = upstream();
+        let _guard = up.clone().enter();
+        let _ = tokio::time::timeout(Duration::from_millis(10), up.drain(Duration::from_secs(30))).await;
+        assert_eq!(up.drainers.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

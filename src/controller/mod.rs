@@ -315,41 +315,49 @@ impl Controller {
                 }
             }
         }
-        let mut services = Vec::new();
-        for name in names {
-            let health = config.service(&name).map(|s| s.health.clone()).unwrap_or_default();
-            let mut per_color = HashMap::new();
-            for (color, release) in &state.colors {
-                let Some(rec) = release.services.get(&name) else {
-                    continue;
-                };
+        // Every upstream is looked at concurrently: status stays quick with
+        // many services or a slow one.
+        let looks = names.iter().flat_map(|name| {
+            let health = config.service(name).map(|s| s.health.clone()).unwrap_or_default();
+            state.colors.iter().filter_map(move |(color, release)| {
+                let rec = release.services.get(name)?.clone();
                 let quick = crate::config::HealthConfig {
                     timeout: health.timeout.min(std::time::Duration::from_secs(1)),
                     ..health.clone()
                 };
-                let run = match self.driver.state(&rec.handle).await {
-                    RunState::Running { .. } => "running".to_string(),
-                    RunState::Exited { reason } => reason,
-                    RunState::Missing => "missing".into(),
-                    RunState::Unknown { reason } => reason,
-                };
-                per_color.insert(
-                    *color,
-                    ColorStatus {
+                Some(async move {
+                    let run = match self.driver.state(&rec.handle).await {
+                        RunState::Running { .. } => "running".to_string(),
+                        RunState::Exited { reason } => reason,
+                        RunState::Missing => "missing".into(),
+                        RunState::Unknown { reason } => reason,
+                    };
+                    let status = ColorStatus {
                         tag: release.tag.clone(),
                         upstream: rec.addr.to_string(),
                         healthy: health::probe(rec.addr, &quick).await.is_ok(),
                         in_flight: self.upstreams.in_flight(rec.addr),
                         state: run,
-                    },
-                );
-            }
-            services.push(ServiceStatus {
-                name,
-                blue: per_color.remove(&Color::Blue),
-                green: per_color.remove(&Color::Green),
-            });
-        }
+                    };
+                    (name.clone(), *color, status)
+                })
+            })
+        });
+        let mut looked: Vec<(String, Color, ColorStatus)> = futures_util::future::join_all(looks).await;
+        let services = names
+            .into_iter()
+            .map(|name| {
+                let mut take = |color: Color| {
+                    let i = looked.iter().position(|(n, c, _)| *n == name && *c == color)?;
+                    Some(looked.swap_remove(i).2)
+                };
+                ServiceStatus {
+                    blue: take(Color::Blue),
+                    green: take(Color::Green),
+                    name,
+                }
+            })
+            .collect();
         Status {
             active: state.active_release().map(|(c, r)| ColorTag {
                 color: c,
