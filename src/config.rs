@@ -484,14 +484,25 @@ fn env_seconds(
     let Some(raw) = get(name).filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
-    match raw.trim().parse::<f64>() {
-        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Some(Duration::from_secs_f64(secs))),
-        _ => Err(ConfigError::Invalid {
+    match positive_seconds(&raw) {
+        Some(d) => Ok(Some(d)),
+        None => Err(ConfigError::Invalid {
             path: path.to_path_buf(),
             key: format!("environment variable {name}"),
             message: format!("{raw:?} is not a positive number of seconds"),
         }),
     }
+}
+
+/// `"2.5"` → 2.5 s; `None` for anything but a positive, finite number of
+/// seconds (the form of `DEPLOY_TIMEOUT` and `HEALTH_CHECK_INTERVAL`).
+pub fn positive_seconds(raw: &str) -> Option<Duration> {
+    seconds(raw.trim().parse().ok()?)
+}
+
+/// `secs` as a duration, if it is positive and finite.
+pub fn seconds(secs: f64) -> Option<Duration> {
+    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
 }
 
 /// Parse a `KEY=value` env file: `#` comments, blank lines, optional

@@ -203,13 +203,8 @@ fn load_config(controller: &Controller, timeout: Option<f64>, interval: Option<f
     }
     let mut config = (*config).clone();
     let secs = |v: f64, name: &str| {
-        if v.is_finite() && v > 0.0 {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            Err(Refusal::bad_request(format!(
-                "{name} must be a positive number of seconds"
-            )))
-        }
+        crate::config::seconds(v)
+            .ok_or_else(|| Refusal::bad_request(format!("{name} must be a positive number of seconds")))
     };
     if let Some(t) = timeout {
         config.deploy.timeout = secs(t, "DEPLOY_TIMEOUT")?;

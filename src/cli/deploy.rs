@@ -7,6 +7,7 @@ use super::output::Renderer;
 use super::{client, client_failed, exit, Cli};
 use crate::admin::client::{Client, ClientError};
 use crate::admin::{DeployRequest, RollbackRequest};
+use crate::config::positive_seconds;
 use crate::controller::event::Outcome;
 
 /// `DEPLOY_TIMEOUT` / `HEALTH_CHECK_INTERVAL` from the CLI's environment,
@@ -21,9 +22,9 @@ fn env_overrides(json: bool) -> Result<(Option<f64>, Option<f64>), i32> {
 fn read_env_overrides() -> Result<(Option<f64>, Option<f64>), String> {
     let read = |name: &str| -> Result<Option<f64>, String> {
         match std::env::var(name) {
-            Ok(v) if !v.trim().is_empty() => match v.trim().parse::<f64>() {
-                Ok(s) if s > 0.0 && s.is_finite() => Ok(Some(s)),
-                _ => Err(format!("{name}={v:?} is not a positive number of seconds")),
+            Ok(v) if !v.trim().is_empty() => match positive_seconds(&v) {
+                Some(d) => Ok(Some(d.as_secs_f64())),
+                None => Err(format!("{name}={v:?} is not a positive number of seconds")),
             },
             _ => Ok(None),
         }

@@ -105,7 +105,7 @@ impl ProcessDriver {
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().map_err(|e| fail(format!("{}: {e}", program.display())))?;
         let pid = child.id() as i32;
-        let start_time = proc_start_time(pid).unwrap_or(0);
+        let start_time = proc_stat(pid).map_or(0, |s| s.start_time);
         self.children.lock().expect("children lock").insert(pid, child);
         Ok(UpstreamRecord {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -130,8 +130,8 @@ impl ProcessDriver {
         }
         // Adopted from an earlier daemon: not our child, so look in /proc.
         match proc_stat(pid) {
-            Some((state, started)) if started == start_time && state != 'Z' => RunState::Running { health: None },
-            Some((_, started)) if started == start_time => RunState::Exited {
+            Some(stat) if stat.start_time == start_time && stat.state != 'Z' => RunState::Running { health: None },
+            Some(stat) if stat.start_time == start_time => RunState::Exited {
                 reason: "exited".into(),
             },
             _ => RunState::Missing,
@@ -201,31 +201,28 @@ fn group_alive(pgid: i32) -> bool {
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = stat.get(stat.rfind(')')? + 2..)?;
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let pgrp: i32 = fields.nth(1)?.parse().ok()?;
-            Some((state, pgrp))
-        })
-        .any(|(state, pgrp)| pgrp == pgid && state != 'Z')
+        .filter_map(proc_stat)
+        .any(|stat| stat.pgrp == pgid && stat.state != 'Z')
 }
 
-/// `(state, start_time)` from `/proc/<pid>/stat`.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
+/// The fields of `/proc/<pid>/stat` this driver needs.
+struct ProcStat {
+    state: char,
+    pgrp: i32,
+    start_time: u64,
+}
+
+fn proc_stat(pid: i32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses; fields resume
     // after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
-}
-
-fn proc_start_time(pid: i32) -> Option<u64> {
-    proc_stat(pid).map(|(_, t)| t)
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
