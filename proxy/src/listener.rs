@@ -87,7 +87,7 @@ impl Worker {
             .timer(TokioTimer::new())
             .max_header_list_size(self.config.max_header_bytes as u32);
         let sweeper = Arc::new(Sweeper {
-            conns: Mutex::new(Vec::new()),
+            conns: Mutex::new((Vec::new(), false)),
             first_request: self.config.header_read_timeout,
             idle: self.config.idle_timeout,
         });
@@ -136,7 +136,9 @@ impl Worker {
 
 async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
     loop {
+        // `biased`: once shutdown has begun, stop rather than accept more.
         let permit = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             permit = shared.connections.clone().acquire_owned() => match permit {
                 Ok(p) => p,
@@ -144,6 +146,7 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
             },
         };
         let (stream, peer) = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -199,7 +202,9 @@ async fn serve(
 /// Closes the connections of one worker that sent no request in time, or
 /// have been idle too long, and all of them at shutdown.
 struct Sweeper {
-    conns: Mutex<Vec<Watched>>,
+    /// The connections, and whether shutdown has begun (under one lock, so
+    /// a connection accepted as shutdown begins is drained like the rest).
+    conns: Mutex<(Vec<Watched>, bool)>,
     /// A connection must have started its first request within this.
     first_request: Duration,
     /// A connection that starts no request for this long is closed.
@@ -217,7 +222,11 @@ struct Watched {
 impl Sweeper {
     fn watch(&self, conn: &Arc<ClientConn>) {
         let now = Instant::now();
-        self.conns.lock().expect("sweeper lock").push(Watched {
+        let mut conns = self.conns.lock().expect("sweeper lock");
+        if conns.1 {
+            conn.close(Close::Drain);
+        }
+        conns.0.push(Watched {
             conn: Arc::downgrade(conn),
             accepted: now,
             requests: 0,
@@ -237,7 +246,7 @@ impl Sweeper {
     }
 
     fn sweep(&self, now: Instant) {
-        self.conns.lock().expect("sweeper lock").retain_mut(|w| {
+        self.conns.lock().expect("sweeper lock").0.retain_mut(|w| {
             let Some(conn) = w.conn.upgrade() else { return false };
             let requests = conn.requests();
             if requests == 0 && now - w.accepted >= self.first_request {
@@ -260,7 +269,9 @@ impl Sweeper {
     /// Shutdown begins: every connection is told to drain, and its quiet
     /// time counts from now.
     fn drain_start(&self, now: Instant) {
-        for w in self.conns.lock().expect("sweeper lock").iter_mut() {
+        let mut conns = self.conns.lock().expect("sweeper lock");
+        conns.1 = true;
+        for w in conns.0.iter_mut() {
             if let Some(conn) = w.conn.upgrade() {
                 conn.close(Close::Drain);
                 w.requests = conn.requests();
@@ -271,7 +282,7 @@ impl Sweeper {
 
     /// While shutting down: close connections that started no request for `quiet`.
     fn close_quiet(&self, now: Instant, quiet: Duration) {
-        self.conns.lock().expect("sweeper lock").retain_mut(|w| {
+        self.conns.lock().expect("sweeper lock").0.retain_mut(|w| {
             let Some(conn) = w.conn.upgrade() else { return false };
             let requests = conn.requests();
             if requests != w.requests {
