@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Build switchctl's .deb: a static release binary (crt-static on the gnu
+# target, so it runs on any x86_64 Linux), completions and man pages generated
+# from the clap definitions, then `cargo deb --no-build`. Prints the .deb path.
+#   packaging/build-deb.sh [--deb-version VERSION]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=x86_64-unknown-linux-gnu
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --locked --target "$target" -p switchctl >&2
+bin="target/$target/release/switchctl"
+
+assets=target/deb-assets
+rm -rf "$assets" && mkdir -p "$assets/man"
+"$bin" completions bash >"$assets/switchctl.bash"
+"$bin" completions zsh >"$assets/_switchctl"
+"$bin" completions fish >"$assets/switchctl.fish"
+"$bin" man "$assets/man" >&2
+gzip -9n "$assets"/man/*.1
+
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked >&2
+cargo deb --no-build --target "$target" -p switchctl "$@" 2>&1 | tail -n 1
