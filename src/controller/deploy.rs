@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use super::event::{Event, Outcome, Reporter};
 use super::health::{self, HealthCheck};
 use super::history::{ColorTag, HistoryEntry};
-use super::state::{Color, Release};
 use super::{route_table, Controller, OperationGuard};
 use crate::config::{Config, StandbyPolicy};
 use crate::driver::StartSpec;
+use crate::release::{Color, Release};
 
 /// Log lines shown from an upstream that failed.
 const FAILED_LOG_LINES: usize = 50;

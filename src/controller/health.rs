@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use super::event::Reporter;
 use crate::config::HealthConfig;
-use crate::controller::state::Handle;
 use crate::driver::{ContainerHealth, Driver, RunState};
+use crate::release::Handle;
 
 /// How often the driver is asked whether the upstream still runs, between probes.
 const EXIT_POLL: Duration = Duration::from_millis(100);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::event::Outcome;
-use super::state::Color;
+use crate::release::Color;
 
 /// One finished operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,9 +19,10 @@ use switchctl_proxy::{Proxy, Route, RouteTable, Upstream};
 
 use crate::config::{Config, ConfigError};
 use crate::driver::{Driver, RunState};
+use crate::release::{Color, Release};
 use event::Reporter;
 use history::{ColorTag, History};
-use state::{Color, Release, State, StateError, StateStore};
+use state::{State, StateError, StateStore};
 
 /// The operation holding the lock, as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,7 +247,7 @@ impl Controller {
                 reporter.error("recover", None, e.to_string());
             }
         }
-        match self.driver.orphans(&state).await {
+        match self.driver.orphans(&state.handles()).await {
             Ok(orphans) => {
                 for handle in orphans {
                     reporter.warn("recover", None, format!("removing orphan upstream {handle:?}"));

@@ -5,81 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// One of the two slots a release can run in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Color {
-    /// blue
-    Blue,
-    /// green
-    Green,
-}
-
-impl Color {
-    /// The other color.
-    pub fn other(self) -> Color {
-        match self {
-            Color::Blue => Color::Green,
-            Color::Green => Color::Blue,
-        }
-    }
-
-    /// `"blue"` or `"green"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
-        }
-    }
-}
-
-impl std::fmt::Display for Color {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a driver finds an upstream again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Handle {
-    /// A process group led by `pid`; `start_time` (from /proc) guards
-    /// against the pid having been reused.
-    Process {
-        /// process id (also the process group id)
-        pid: i32,
-        /// clock ticks since boot when it started
-        start_time: u64,
-    },
-    /// A Docker container.
-    Container {
-        /// container id
-        id: String,
-    },
-}
-
-/// One service of one color.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpstreamRecord {
-    /// Where the proxy sends its requests.
-    pub addr: SocketAddr,
-    /// How to find it again.
-    pub handle: Handle,
-}
-
-/// A release running in one color.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Release {
-    /// The deployed tag.
-    pub tag: String,
-    /// Service name → upstream.
-    pub services: BTreeMap<String, UpstreamRecord>,
-}
+use crate::release::{Color, Handle, Release};
 
 /// The persisted state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +29,15 @@ impl State {
     pub fn active_release(&self) -> Option<(Color, &Release)> {
         let c = self.active?;
         self.colors.get(&c).map(|r| (c, r))
+    }
+
+    /// The handle of every upstream of every color.
+    pub fn handles(&self) -> Vec<Handle> {
+        self.colors
+            .values()
+            .flat_map(|r| r.services.values())
+            .map(|u| u.handle.clone())
+            .collect()
     }
 
     /// The warm standby: the inactive color, if it holds a finished release.
@@ -193,6 +132,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::release::UpstreamRecord;
 
     fn release(tag: &str, port: u16) -> Release {
         let mut services = BTreeMap::new();

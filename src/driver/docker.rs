@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 
 use super::{ContainerHealth, DriverError, RunState, StartSpec};
 use crate::config::ServiceConfig;
-use crate::controller::state::{Handle, State, UpstreamRecord};
+use crate::release::{Handle, UpstreamRecord};
 
 /// Label naming the service a container runs.
 pub const LABEL_SERVICE: &str = "switchctl.service";
@@ -380,7 +380,7 @@ impl DockerDriver {
         text.lines().map(String::from).collect()
     }
 
-    pub(super) async fn orphans(&self, state: &State) -> Result<Vec<Handle>, DriverError> {
+    pub(super) async fn orphans(&self, known: &[Handle]) -> Result<Vec<Handle>, DriverError> {
         let docker = self.client().await?;
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_INSTANCE}={}", self.instance)])]);
         let containers = match docker
@@ -394,11 +394,9 @@ impl DockerDriver {
             Ok(c) => c,
             Err(e) => return Err(self.api_error(e).await),
         };
-        let known: Vec<&str> = state
-            .colors
-            .values()
-            .flat_map(|r| r.services.values())
-            .filter_map(|u| match &u.handle {
+        let known: Vec<&str> = known
+            .iter()
+            .filter_map(|h| match h {
                 Handle::Container { id } => Some(id.as_str()),
                 Handle::Process { .. } => None,
             })

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{Config, DriverKind, ServiceConfig};
-use crate::controller::state::{Color, Handle, State, UpstreamRecord};
+use crate::release::{Color, Handle, UpstreamRecord};
 
 /// What a driver knows about a running upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,12 +170,13 @@ impl Driver {
         }
     }
 
-    /// Upstreams the runtime knows of that `state` does not: leftovers of an
+    /// Upstreams the runtime knows of that are not among `known` (the
+    /// handles of every release switchctl remembers): leftovers of an
     /// interrupted deploy.
-    pub async fn orphans(&self, state: &State) -> Result<Vec<Handle>, DriverError> {
+    pub async fn orphans(&self, known: &[Handle]) -> Result<Vec<Handle>, DriverError> {
         match self {
             Driver::Process(_) => Ok(Vec::new()),
-            Driver::Docker(d) => d.orphans(state).await,
+            Driver::Docker(d) => d.orphans(known).await,
         }
     }
 

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 
 use super::{DriverError, RunState, StartSpec};
 use crate::config::{Config, ServiceConfig};
-use crate::controller::state::{Color, Handle, UpstreamRecord};
+use crate::release::{Color, Handle, UpstreamRecord};
 
 /// Runs upstreams as local processes.
 #[derive(Debug)]
