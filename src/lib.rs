@@ -8,7 +8,6 @@
 
 pub mod admin;
 pub mod cli;
-pub mod compose;
 pub mod config;
 pub mod controller;
 pub mod daemon;

@@ -1,5 +1,15 @@
-//! `switchctl.toml`: the schema, where the file is found, environment
-//! overrides, and validation whose errors name the file, line and key.
+//! `switchctl.toml`: the schema (this file), where the file is found, and
+//! how it is loaded. Each concern has a room of its own: [`validate`]
+//! (values that parse but make no sense, with the file, line and key),
+//! [`env`] (environment overrides and env files), [`compose`] (services read
+//! from a Compose file). New sections (TLS, notify, hooks) add their schema
+//! here and their checks in `validate.rs`.
+
+pub mod compose;
+pub mod env;
+mod validate;
+
+pub use env::{positive_seconds, read_env_file, seconds};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -325,7 +335,7 @@ impl Config {
         let mut config = Config::parse(path, &text)?;
         if let Some(compose) = config.compose.clone() {
             let compose = config.resolve(&compose);
-            let imported = crate::compose::import(&compose, &config.services)?;
+            let imported = compose::import(&compose, &config.services)?;
             config.services = imported;
         }
         config.apply_env(|k| std::env::var(k).ok())?;
@@ -348,17 +358,6 @@ impl Config {
         Ok(config)
     }
 
-    /// `DEPLOY_TIMEOUT` and `HEALTH_CHECK_INTERVAL` (seconds) override the file.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(d) = env_seconds(&get, "DEPLOY_TIMEOUT", &self.path)? {
-            self.deploy.timeout = d;
-        }
-        if let Some(d) = env_seconds(&get, "HEALTH_CHECK_INTERVAL", &self.path)? {
-            self.deploy.health_check_interval = d;
-        }
-        Ok(())
-    }
-
     /// A path from the config, relative to the config file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         join_relative(self.path.parent().unwrap_or(Path::new(".")), p)
@@ -368,173 +367,6 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
     }
-
-    fn validate(&self, text: &str) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            path: self.path.clone(),
-            key,
-            message,
-        };
-        if self.proxy.listen.is_empty() {
-            return Err(invalid("proxy.listen".into(), "needs at least one address".into()));
-        }
-        if self.services.is_empty() {
-            return Err(invalid(
-                "service".into(),
-                "no [[service]] defined (and no compose file): define at least one".into(),
-            ));
-        }
-        if self.deploy.health_check_interval.is_zero() {
-            return Err(invalid(
-                "deploy.health_check_interval".into(),
-                "must be greater than 0".into(),
-            ));
-        }
-        if self.deploy.timeout.is_zero() {
-            return Err(invalid("deploy.timeout".into(), "must be greater than 0".into()));
-        }
-        for (i, s) in self.services.iter().enumerate() {
-            let at = |key: &str| {
-                let line =
-                    find_line(text, &format!("\"{}\"", s.name)).map_or(String::new(), |l| format!(" (line {l})"));
-                format!("service[{i}] {:?}{line}.{key}", s.name)
-            };
-            let name_ok = !s.name.is_empty()
-                && s.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !name_ok {
-                return Err(invalid(at("name"), "use letters, digits, '-' and '_' only".into()));
-            }
-            if self.services[..i].iter().any(|o| o.name == s.name) {
-                return Err(invalid(
-                    at("name"),
-                    "defined twice; service names must be unique".into(),
-                ));
-            }
-            match self.driver {
-                DriverKind::Docker => {
-                    if s.image.as_deref().is_none_or(str::is_empty) {
-                        return Err(invalid(at("image"), "the docker driver needs an image".into()));
-                    }
-                    if s.port.is_none() {
-                        return Err(invalid(
-                            at("port"),
-                            "the docker driver needs the container's port".into(),
-                        ));
-                    }
-                }
-                DriverKind::Process => {
-                    let cmd = s.command.as_deref().unwrap_or_default();
-                    if cmd.is_empty() {
-                        return Err(invalid(
-                            at("command"),
-                            "the process driver needs a command, e.g. [\"./app\", \"--port\", \"{port}\"]".into(),
-                        ));
-                    }
-                    if !cmd.iter().any(|a| a.contains("{port}")) && !s.env.values().any(|v| v.contains("{port}")) {
-                        return Err(invalid(
-                            at("command"),
-                            "must pass \"{port}\" (in command or env) so the process listens where switchctl expects"
-                                .into(),
-                        ));
-                    }
-                }
-            }
-            if !s.health.path.starts_with('/') {
-                return Err(invalid(at("health.path"), "must start with \"/\"".into()));
-            }
-            if s.health.healthy_threshold == 0 {
-                return Err(invalid(at("health.healthy_threshold"), "must be at least 1".into()));
-            }
-            if !s.route.path_prefix.starts_with('/') {
-                return Err(invalid(at("route.path_prefix"), "must start with \"/\"".into()));
-            }
-            for h in &s.route.hosts {
-                switchctl_proxy::HostPattern::parse(h).map_err(|e| invalid(at("route.hosts"), e.to_string()))?;
-            }
-            if let Some(env_file) = &s.env_file {
-                let p = self.resolve(env_file);
-                read_env_file(&p).map_err(|e| invalid(at("env_file"), e))?;
-            }
-        }
-        // Two services with the same route would make one unreachable.
-        for (i, a) in self.services.iter().enumerate() {
-            for b in &self.services[..i] {
-                if a.route == b.route {
-                    return Err(invalid(
-                        format!("service {:?}.route", a.name),
-                        format!(
-                            "same hosts and path_prefix as service {:?}; one of them would never get a request",
-                            b.name
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn env_seconds(
-    get: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    path: &Path,
-) -> Result<Option<Duration>, ConfigError> {
-    let Some(raw) = get(name).filter(|v| !v.trim().is_empty()) else {
-        return Ok(None);
-    };
-    match positive_seconds(&raw) {
-        Some(d) => Ok(Some(d)),
-        None => Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: format!("environment variable {name}"),
-            message: format!("{raw:?} is not a positive number of seconds"),
-        }),
-    }
-}
-
-/// `"2.5"` → 2.5 s; `None` for anything but a positive, finite number of
-/// seconds (the form of `DEPLOY_TIMEOUT` and `HEALTH_CHECK_INTERVAL`).
-pub fn positive_seconds(raw: &str) -> Option<Duration> {
-    seconds(raw.trim().parse().ok()?)
-}
-
-/// `secs` as a duration, if it is positive and finite.
-pub fn seconds(secs: f64) -> Option<Duration> {
-    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
-}
-
-/// Parse a `KEY=value` env file: `#` comments, blank lines, optional
-/// `export `, optional matching quotes around the value.
-pub fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read env file {}: {e}", path.display()))?;
-    let mut vars = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(format!(
-                "{}:{}: expected KEY=value, got {line:?}",
-                path.display(),
-                n + 1
-            ));
-        };
-        let key = key.trim();
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("{}:{}: invalid variable name {key:?}", path.display(), n + 1));
-        }
-        let value = value.trim();
-        let unquoted = ['"', '\'']
-            .iter()
-            .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
-            .unwrap_or(value);
-        vars.push((key.to_string(), unquoted.to_string()));
-    }
-    Ok(vars)
 }
 
 /// `p` relative to `dir` (unless absolute), without `.` and `..` parts, as
@@ -554,28 +386,26 @@ pub fn join_relative(dir: &Path, p: &Path) -> PathBuf {
     out
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
     (line, column)
 }
 
-fn find_line(text: &str, needle: &str) -> Option<usize> {
-    text.find(needle).map(|off| line_col(text, off).0)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
+    /// Parse and validate `text` as `/etc/switchctl.toml`.
+    pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
         let c = Config::parse(Path::new("/etc/switchctl.toml"), text)?;
         c.validate(text)?;
         Ok(c)
     }
 
-    const GOOD: &str = r#"
+    /// A valid process-driver config.
+    pub(crate) const GOOD: &str = r#"
 driver = "process"
 state_dir = "/tmp/x"
 [proxy]
@@ -625,22 +455,6 @@ health = { path = "/up", healthy_threshold = 2 }
     }
 
     #[test]
-    fn process_command_must_carry_the_port() {
-        let err = parse(&GOOD.replace("\"--port\", \"{port}\"", "\"--port\", \"80\""))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("command") && err.contains("{port}"), "{err}");
-    }
-
-    #[test]
-    fn docker_services_need_image_and_port() {
-        let err = parse(&GOOD.replace("driver = \"process\"", "driver = \"docker\""))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("needs an image"), "{err}");
-    }
-
-    #[test]
     fn relative_paths_resolve_against_the_config_directory() {
         assert_eq!(
             join_relative(Path::new("/srv/app"), Path::new("./data")),
@@ -654,40 +468,5 @@ health = { path = "/up", healthy_threshold = 2 }
             join_relative(Path::new("/srv/app"), Path::new("/abs")),
             Path::new("/abs")
         );
-    }
-
-    #[test]
-    fn environment_overrides_deploy_timings() {
-        let mut c = parse(GOOD).unwrap();
-        c.apply_env(|k| match k {
-            "DEPLOY_TIMEOUT" => Some("300".into()),
-            "HEALTH_CHECK_INTERVAL" => Some("0.5".into()),
-            _ => None,
-        })
-        .unwrap();
-        assert_eq!(c.deploy.timeout, Duration::from_secs(300));
-        assert_eq!(c.deploy.health_check_interval, Duration::from_millis(500));
-        let err = c
-            .apply_env(|k| (k == "DEPLOY_TIMEOUT").then(|| "soon".into()))
-            .unwrap_err();
-        assert!(err.to_string().contains("DEPLOY_TIMEOUT"), "{err}");
-    }
-
-    #[test]
-    fn env_files_parse_comments_quotes_and_export() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join(".env");
-        std::fs::write(&p, "# c\nA=1\nexport B=\"two words\"\n\nC='x=y'\n").unwrap();
-        let vars = read_env_file(&p).unwrap();
-        assert_eq!(
-            vars,
-            vec![
-                ("A".into(), "1".into()),
-                ("B".into(), "two words".into()),
-                ("C".into(), "x=y".into())
-            ]
-        );
-        std::fs::write(&p, "oops\n").unwrap();
-        assert!(read_env_file(&p).unwrap_err().contains(":1: expected KEY=value"));
     }
 }

@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use serde_yaml::Value;
 
-use crate::config::{
-    join_relative, read_env_file, ConfigError, DockerHealthcheck, HealthConfig, RouteConfig, ServiceConfig,
-};
+use super::env::read_env_file;
+use super::{join_relative, ConfigError, DockerHealthcheck, HealthConfig, RouteConfig, ServiceConfig};
 
 /// Compose service keys that are imported or safely ignored.
 const SUPPORTED: &[&str] = &[
