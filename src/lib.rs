@@ -7,6 +7,7 @@
 //! and the CLI ([`cli`]).
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod controller;

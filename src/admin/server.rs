@@ -17,10 +17,11 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, DeployRequest, RollbackRequest};
+use crate::api::OperationInfo;
 use crate::config::Config;
 use crate::controller::deploy::validate_tag;
 use crate::controller::event::Reporter;
-use crate::controller::{Controller, OperationInfo};
+use crate::controller::Controller;
 
 type Body = BoxBody<Bytes, Infallible>;
 

@@ -1,7 +1,7 @@
 //! `history [--json]`: past deploys, flips and rollbacks, oldest first.
 
 use super::{client, client_failed, exit, Cli};
-use crate::controller::history::HistoryEntry;
+use crate::admin::api::HistoryEntry;
 
 /// `switchctl history`
 pub async fn run(cli: &Cli, json: bool) -> i32 {

@@ -2,7 +2,7 @@
 //! in progress, and each service's upstreams with health and in-flight counts.
 
 use super::{client, client_failed, exit, Cli};
-use crate::controller::{ColorStatus, Status};
+use crate::admin::api::{ColorStatus, ColorTag, Status};
 
 /// `switchctl status`
 pub async fn run(cli: &Cli, json: bool) -> i32 {
@@ -25,7 +25,7 @@ pub async fn run(cli: &Cli, json: bool) -> i32 {
 /// The human-readable status.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
-    let ct = |c: &Option<crate::controller::history::ColorTag>| match c {
+    let ct = |c: &Option<ColorTag>| match c {
         Some(c) => format!("{} ({})", c.color, c.tag),
         None => "none".into(),
     };

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::event::{Event, Outcome, Reporter};
 use super::health::{self, HealthCheck};
-use super::history::{ColorTag, HistoryEntry};
 use super::{route_table, Controller, OperationGuard};
+use crate::api::{ColorTag, HistoryEntry};
 use crate::config::{Config, StandbyPolicy};
 use crate::driver::StartSpec;
 use crate::release::{Color, Release};

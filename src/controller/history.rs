@@ -5,50 +5,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::event::Outcome;
-use crate::release::Color;
-
-/// One finished operation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    /// When it started (RFC 3339).
-    pub started: String,
-    /// `deploy`, `flip_back` or `rollback`.
-    pub kind: String,
-    /// The tag that was to be served.
-    pub tag: String,
-    /// Color and tag serving before.
-    pub from: Option<ColorTag>,
-    /// Color the operation moved to (or tried to).
-    pub to: Color,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Why it failed, when it did.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub reason: Option<String>,
-    /// Total time.
-    pub duration_ms: u64,
-    /// Time to start and health-check the new color.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub ready_ms: Option<u64>,
-    /// Time the route swap took, in microseconds.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub flip_us: Option<u64>,
-    /// Time the old color took to drain.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub drain_ms: Option<u64>,
-}
-
-/// A color and the tag it ran.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ColorTag {
-    /// color
-    pub color: Color,
-    /// tag
-    pub tag: String,
-}
+use crate::api::HistoryEntry;
 
 /// The history file.
 #[derive(Debug, Clone)]
@@ -101,6 +59,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::release::Color;
 
     fn entry(tag: &str, outcome: Outcome) -> HistoryEntry {
         HistoryEntry {

@@ -14,26 +14,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
 use switchctl_proxy::{Proxy, Route, RouteTable, Upstream};
 
+use crate::api::{ColorStatus, ColorTag, DriverStatus, OperationInfo, ServiceStatus, Status};
 use crate::config::{Config, ConfigError};
 use crate::driver::{Driver, RunState};
 use crate::release::{Color, Release};
 use event::Reporter;
-use history::{ColorTag, History};
+use history::History;
 use state::{State, StateError, StateStore};
-
-/// The operation holding the lock, as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OperationInfo {
-    /// `deploy`, `flip_back`, `rollback` or `recover`
-    pub kind: String,
-    /// the tag it works on
-    pub tag: Option<String>,
-    /// its current phase
-    pub phase: String,
-}
 
 /// Upstreams by address, so every route table that names an address shares
 /// one in-flight count.
@@ -374,58 +363,4 @@ impl Controller {
             problems: self.problems.lock().expect("problems lock").clone(),
         }
     }
-}
-
-/// `status --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    /// The color serving traffic, with its tag.
-    pub active: Option<ColorTag>,
-    /// The warm standby, with its tag.
-    pub standby: Option<ColorTag>,
-    /// The operation in progress.
-    pub operation: Option<OperationInfo>,
-    /// Per service: what each color runs.
-    pub services: Vec<ServiceStatus>,
-    /// Whether the driver's runtime is reachable.
-    pub driver: DriverStatus,
-    /// Problems found at start (upstreams gone...).
-    pub problems: Vec<String>,
-}
-
-/// One service in `status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServiceStatus {
-    /// name
-    pub name: String,
-    /// the blue upstream
-    pub blue: Option<ColorStatus>,
-    /// the green upstream
-    pub green: Option<ColorStatus>,
-}
-
-/// One upstream in `status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ColorStatus {
-    /// its tag
-    pub tag: String,
-    /// its address
-    pub upstream: String,
-    /// did it answer its health check just now
-    pub healthy: bool,
-    /// requests and tunnels in flight
-    pub in_flight: usize,
-    /// `running`, or how it ended
-    pub state: String,
-}
-
-/// The driver in `status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DriverStatus {
-    /// which driver
-    pub kind: crate::config::DriverKind,
-    /// reachable
-    pub ok: bool,
-    /// why not
-    pub error: Option<String>,
 }

@@ -1,0 +1,160 @@
+//! The admin API's wire format: every JSON document the daemon and the CLI
+//! exchange besides the progress events themselves (requests, `status`,
+//! `history`, refusals). Admin re-exports it as `admin::api`; the controller
+//! fills these types; the CLI reads them. It imports only leaves (the
+//! release vocabulary, the config's driver kind, the controller's progress
+//! vocabulary), never the admin server or the controller's machinery, so
+//! every arrow into it runs one way.
+//!
+//! Field names and shapes here are the `--json` interface of DESIGN.md:
+//! change them and scripts break.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::DriverKind;
+use crate::controller::event::Outcome;
+use crate::release::Color;
+
+/// Body of `POST /v1/deploy`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The tag to deploy.
+    pub tag: String,
+    /// Overrides `deploy.timeout` (the CLI's `DEPLOY_TIMEOUT`), seconds.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// Overrides `deploy.health_check_interval` (`HEALTH_CHECK_INTERVAL`), seconds.
+    #[serde(default)]
+    pub health_check_interval_secs: Option<f64>,
+}
+
+/// Body of `POST /v1/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The tag to return to; none: the previous successful release.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// As in [`DeployRequest`].
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// As in [`DeployRequest`].
+    #[serde(default)]
+    pub health_check_interval_secs: Option<f64>,
+}
+
+/// Body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong and what to do.
+    pub error: String,
+    /// For 409: the operation holding the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<OperationInfo>,
+}
+
+/// The operation holding the lock, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationInfo {
+    /// `deploy`, `flip_back`, `rollback` or `recover`
+    pub kind: String,
+    /// the tag it works on
+    pub tag: Option<String>,
+    /// its current phase
+    pub phase: String,
+}
+
+/// `status --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The color serving traffic, with its tag.
+    pub active: Option<ColorTag>,
+    /// The warm standby, with its tag.
+    pub standby: Option<ColorTag>,
+    /// The operation in progress.
+    pub operation: Option<OperationInfo>,
+    /// Per service: what each color runs.
+    pub services: Vec<ServiceStatus>,
+    /// Whether the driver's runtime is reachable.
+    pub driver: DriverStatus,
+    /// Problems found at start (upstreams gone...).
+    pub problems: Vec<String>,
+}
+
+/// One service in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// name
+    pub name: String,
+    /// the blue upstream
+    pub blue: Option<ColorStatus>,
+    /// the green upstream
+    pub green: Option<ColorStatus>,
+}
+
+/// One upstream in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColorStatus {
+    /// its tag
+    pub tag: String,
+    /// its address
+    pub upstream: String,
+    /// did it answer its health check just now
+    pub healthy: bool,
+    /// requests and tunnels in flight
+    pub in_flight: usize,
+    /// `running`, or how it ended
+    pub state: String,
+}
+
+/// The driver in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriverStatus {
+    /// which driver
+    pub kind: DriverKind,
+    /// reachable
+    pub ok: bool,
+    /// why not
+    pub error: Option<String>,
+}
+
+/// One finished operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// `deploy`, `flip_back` or `rollback`.
+    pub kind: String,
+    /// The tag that was to be served.
+    pub tag: String,
+    /// Color and tag serving before.
+    pub from: Option<ColorTag>,
+    /// Color the operation moved to (or tried to).
+    pub to: Color,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Total time.
+    pub duration_ms: u64,
+    /// Time to start and health-check the new color.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ready_ms: Option<u64>,
+    /// Time the route swap took, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub flip_us: Option<u64>,
+    /// Time the old color took to drain.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drain_ms: Option<u64>,
+}
+
+/// A color and the tag it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColorTag {
+    /// color
+    pub color: Color,
+    /// tag
+    pub tag: String,
+}
