@@ -158,3 +158,10 @@ pub struct ColorTag {
     /// tag
     pub tag: String,
 }
+
+/// Answer of `POST /v1/stop-all`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopAllAnswer {
+    /// The upstreams stopped, as `service (color, tag)`.
+    pub stopped: Vec<String>,
+}

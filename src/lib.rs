@@ -13,4 +13,5 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod driver;
+pub mod probe;
 pub mod release;

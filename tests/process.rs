@@ -465,3 +465,26 @@ async fn check_validates_config_and_environment() {
     assert!(stdout.contains("served by the running daemon"), "{stdout}");
     assert!(stdout.contains("all checks passed"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stop_all_stops_both_colors_and_the_proxy_answers_503() {
+    use switchctl::admin::{api::StopAllAnswer, client::Client};
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let pids = d.pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let answer: StopAllAnswer = Client::new(&d.socket)
+        .post("/v1/stop-all", &serde_json::json!({}))
+        .await
+        .unwrap();
+    let mut stopped = answer.stopped;
+    stopped.sort();
+    assert_eq!(stopped, ["web (blue, v1)", "web (green, v2)"]);
+    for pid in pids {
+        assert!(!alive(pid), "upstream {pid} still runs");
+    }
+    assert_eq!(d.get("/").await.0, 503);
+    let status = d.status().await;
+    assert!(status["active"].is_null() && status["standby"].is_null(), "{status}");
+}

@@ -113,6 +113,18 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| self.unreachable(format!("unreadable answer: {e}")))
     }
 
+    /// POST `body` and read the JSON answer.
+    pub async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| self.unreachable(format!("unwritable request: {e}")))?;
+        let resp = self.request(Method::POST, path, Some(body)).await?;
+        let bytes = self.body(resp).await?;
+        serde_json::from_slice(&bytes).map_err(|e| self.unreachable(format!("unreadable answer: {e}")))
+    }
+
     /// POST `body` and call `on_event` for each event streamed back, until
     /// the stream ends.
     pub async fn stream(

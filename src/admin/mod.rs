@@ -9,6 +9,7 @@
 //! | `POST /v1/deploy`       | [`DeployRequest`] → NDJSON events               |
 //! | `POST /v1/flip-back`    | NDJSON events                                   |
 //! | `POST /v1/rollback`     | [`RollbackRequest`] → NDJSON events             |
+//! | `POST /v1/stop-all`     | [`api::StopAllAnswer`]: every upstream stopped  |
 //!
 //! Refusals before an operation starts: 400 (bad request or config, the CLI
 //! exits 2) and 409 (another operation holds the lock, exit 4), each with an

@@ -186,7 +186,11 @@ async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Result<R
                 controller.rollback(op, config, body.tag, reporter).await;
             }))
         }
-        (_, "/v1/status" | "/v1/history" | "/v1/deploy" | "/v1/flip-back" | "/v1/rollback") => {
+        (&Method::POST, "/v1/stop-all") => match controller.stop_all().await {
+            Ok(answer) => Ok(json(StatusCode::OK, &answer)),
+            Err(holder) => Err(Refusal::busy(holder)),
+        },
+        (_, "/v1/status" | "/v1/history" | "/v1/deploy" | "/v1/flip-back" | "/v1/rollback" | "/v1/stop-all") => {
             Err(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
         }
         (_, path) => Err(Refusal::new(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),

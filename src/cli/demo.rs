@@ -18,12 +18,10 @@ use hyper_util::rt::TokioIo;
 use super::deploy::stream;
 use super::exit;
 use super::output::{error_line, Renderer};
+use crate::admin::api::StopAllAnswer;
 use crate::admin::client::Client;
 use crate::admin::{DeployRequest, RollbackRequest};
-use crate::config::Config;
 use crate::controller::event::Outcome;
-use crate::controller::state::StateStore;
-use crate::driver::Driver;
 
 /// Concurrent keep-alive clients in the load loop.
 const LOAD_CLIENTS: usize = 8;
@@ -43,12 +41,29 @@ struct Load {
 /// What the demo started, removed on drop even when a step fails.
 struct Demo {
     dir: tempfile::TempDir,
-    config_path: PathBuf,
+    socket: PathBuf,
     daemon: Option<std::process::Child>,
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
+        // The daemon leaves upstreams running by design; the demo asks it to
+        // stop them before stopping it, on a thread of its own since this may
+        // run inside the runtime.
+        if self.daemon.is_some() {
+            let socket = self.socket.clone();
+            let stopper = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    return;
+                };
+                let client = Client::new(&socket);
+                let stop = rt.block_on(client.post::<StopAllAnswer>("/v1/stop-all", &serde_json::json!({})));
+                if let Err(e) = stop {
+                    eprintln!("{}", error_line(&format!("demo: could not stop the upstreams: {e}")));
+                }
+            });
+            let _ = stopper.join();
+        }
         if let Some(mut daemon) = self.daemon.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(daemon.id() as i32),
@@ -61,27 +76,6 @@ impl Drop for Demo {
             let _ = daemon.kill();
             let _ = daemon.wait();
         }
-        // The daemon leaves upstreams running by design; the demo stops them,
-        // on a thread of its own since this may run inside the runtime.
-        let config_path = self.config_path.clone();
-        let stopper = std::thread::spawn(move || {
-            let Ok(config) = Config::load(&config_path) else { return };
-            let Ok(state) = StateStore::new(&config.state_dir).load() else {
-                return;
-            };
-            let driver = Driver::new(&config);
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            rt.block_on(async {
-                for release in state.colors.values() {
-                    for up in release.services.values() {
-                        let _ = driver.stop(&up.handle, Duration::from_secs(2)).await;
-                    }
-                }
-            });
-        });
-        let _ = stopper.join();
     }
 }
 
@@ -194,7 +188,7 @@ async fn demo() -> anyhow::Result<bool> {
         .context("cannot start the daemon")?;
     let mut demo = Demo {
         dir,
-        config_path,
+        socket: socket.clone(),
         daemon: Some(daemon),
     };
     let client = Client::new(&socket);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use switchctl_proxy::{Proxy, Route, RouteTable, Upstream};
 
-use crate::api::{ColorStatus, ColorTag, DriverStatus, OperationInfo, ServiceStatus, Status};
+use crate::api::{ColorStatus, ColorTag, DriverStatus, OperationInfo, ServiceStatus, Status, StopAllAnswer};
 use crate::config::{Config, ConfigError};
 use crate::driver::{Driver, RunState};
 use crate::release::{Color, Release};
@@ -278,6 +278,36 @@ impl Controller {
             self.upstreams.remove(rec.addr);
         });
         futures_util::future::join_all(stops).await;
+    }
+
+    /// Stop every upstream of both colors and forget them: the proxy
+    /// answers 503 until the next deploy. For `switchctl demo`, which must
+    /// leave nothing running; refused while another operation runs.
+    pub async fn stop_all(self: &Arc<Self>) -> Result<StopAllAnswer, OperationInfo> {
+        let op = self.try_begin("stop", None)?;
+        op.phase("stop");
+        let config = self.config();
+        let reporter = Reporter::silent();
+        let mut state = self.state.lock().await;
+        self.proxy.swap(route_table(&config, None, &self.upstreams));
+        let mut stopped = Vec::new();
+        for (color, release) in std::mem::take(&mut state.colors) {
+            self.stop_release(&release, &config, &reporter).await;
+            stopped.extend(
+                release
+                    .services
+                    .keys()
+                    .map(|s| format!("{s} ({color}, {})", release.tag)),
+            );
+        }
+        state.active = None;
+        state.pending = None;
+        if let Err(e) = self.save(&state) {
+            // The upstreams are gone whatever the file says; recovery at the
+            // next start reports them missing.
+            tracing::warn!(error = %e, "stopped every upstream but could not save the state");
+        }
+        Ok(StopAllAnswer { stopped })
     }
 
     /// What `status` shows.
