@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod demo_app;
 pub mod driver;
 pub mod probe;
 pub mod release;

@@ -8,7 +8,7 @@ use switchctl::cli::{self, Cli, Command};
 fn main() {
     let cli = Cli::parse();
     if let Command::DemoApp { args } = &cli.command {
-        std::process::exit(switchctl_testapp::main_with_args(args));
+        std::process::exit(switchctl::demo_app::main_with_args(args));
     }
     let default_level = if matches!(cli.command, Command::Proxy) {
         "info"

@@ -1,5 +1,5 @@
 //! End to end with the process driver: the real daemon, the real CLI, the
-//! demo app as upstream, and a load loop through the proxy that must see
+//! testapp as upstream, and a load loop through the proxy that must see
 //! zero failed requests.
 
 mod common;
