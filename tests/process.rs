@@ -488,3 +488,13 @@ async fn stop_all_stops_both_colors_and_the_proxy_answers_503() {
     let status = d.status().await;
     assert!(status["active"].is_null() && status["standby"].is_null(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_daemon_log_is_plain_text_with_fields_as_values() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let log = d.log();
+    assert!(!log.contains('\x1b'), "no colour codes when stderr is a file:\n{log}");
+    assert!(log.contains("service=web"), "{log}");
+    assert!(!log.contains("Some("), "{log}");
+}

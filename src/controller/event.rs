@@ -112,10 +112,11 @@ impl Reporter {
 
     /// Send an event (and log it).
     pub fn send(&self, event: Event) {
+        let service = event.service.as_deref().unwrap_or("-");
         match event.level {
-            Level::Error => tracing::error!(phase = %event.phase, service = ?event.service, "{}", event.message),
-            Level::Warn => tracing::warn!(phase = %event.phase, service = ?event.service, "{}", event.message),
-            _ => tracing::info!(phase = %event.phase, service = ?event.service, "{}", event.message),
+            Level::Error => tracing::error!(phase = %event.phase, service = %service, "{}", event.message),
+            Level::Warn => tracing::warn!(phase = %event.phase, service = %service, "{}", event.message),
+            _ => tracing::info!(phase = %event.phase, service = %service, "{}", event.message),
         }
         if let Some(tx) = &self.tx {
             let _ = tx.send(event);
