@@ -13,3 +13,4 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod driver;
+pub mod notify;
