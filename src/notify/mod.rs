@@ -197,6 +197,18 @@ impl Notification {
         self
     }
 
+    /// The variables DESIGN gives hooks and notifications:
+    /// `SWITCHCTL_TAG`, `SWITCHCTL_PREVIOUS_TAG` (empty when none),
+    /// `SWITCHCTL_COLOR`, `SWITCHCTL_EVENT`.
+    pub fn env_vars(&self) -> [(&'static str, String); 4] {
+        [
+            ("SWITCHCTL_TAG", self.tag.clone()),
+            ("SWITCHCTL_PREVIOUS_TAG", self.previous_tag.clone().unwrap_or_default()),
+            ("SWITCHCTL_COLOR", self.color.clone()),
+            ("SWITCHCTL_EVENT", self.event.as_str().to_string()),
+        ]
+    }
+
     /// `switchctl: deployed v2 on web-1`: an e-mail subject, a chat headline.
     pub fn subject(&self) -> String {
         format!("switchctl: {} {} on {}", self.event.words(), self.tag, self.host)
@@ -1124,6 +1136,22 @@ mod tests {
         assert!(t.starts_with("switchctl: auto-flipped back v3 on web-1\n5xx ratio 0.40 > 0.05\n"));
         assert!(t.contains("event: auto_flipped_back\n"));
         assert!(t.contains("previous tag: (none)\n"));
+    }
+
+    #[test]
+    fn env_vars_for_hooks() {
+        let n = Notification::new(Event::Flipped, "v1", "blue").with_previous_tag(Some("v2"));
+        assert_eq!(
+            n.env_vars(),
+            [
+                ("SWITCHCTL_TAG", "v1".to_string()),
+                ("SWITCHCTL_PREVIOUS_TAG", "v2".to_string()),
+                ("SWITCHCTL_COLOR", "blue".to_string()),
+                ("SWITCHCTL_EVENT", "flipped".to_string()),
+            ]
+        );
+        let first = Notification::new(Event::Deployed, "v1", "blue");
+        assert_eq!(first.env_vars()[1], ("SWITCHCTL_PREVIOUS_TAG", String::new()));
     }
 
     #[test]
