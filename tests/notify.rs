@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -495,6 +495,8 @@ struct Mail {
     from: String,
     rcpt: Vec<String>,
     data: String,
+    /// After STARTTLS: the first bytes the client sent (its TLS hello).
+    tls_hello: Vec<u8>,
 }
 
 struct SmtpSink {
@@ -504,8 +506,9 @@ struct SmtpSink {
 }
 
 impl SmtpSink {
-    /// A sink that answers RCPT with `rcpt_reply` (e.g. `250 ok`).
-    async fn start(rcpt_reply: &'static str) -> SmtpSink {
+    /// A sink that answers RCPT with `rcpt_reply` (e.g. `250 ok`) and,
+    /// with `offer_starttls`, offers STARTTLS (then records the TLS hello).
+    async fn start(rcpt_reply: &'static str, offer_starttls: bool) -> SmtpSink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -514,19 +517,22 @@ impl SmtpSink {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(smtp_session(stream, tx.clone(), rcpt_reply));
+                tokio::spawn(smtp_session(stream, tx.clone(), rcpt_reply, offer_starttls));
             }
         });
         SmtpSink { addr, rx, sessions }
     }
 }
 
-/// Just enough SMTP: 220, EHLO (offering AUTH PLAIN), AUTH, MAIL, RCPT,
-/// DATA up to the lone dot, RSET, NOOP, QUIT.
+/// Just enough SMTP: 220, EHLO (offering AUTH PLAIN, and STARTTLS if
+/// asked), AUTH, MAIL, RCPT, DATA up to the lone dot, RSET, NOOP, QUIT.
+/// STARTTLS is answered 220, then the client's first TLS bytes are recorded
+/// and the connection closed (the sink has no certificate).
 async fn smtp_session(
     stream: TcpStream,
     tx: mpsc::UnboundedSender<Mail>,
     rcpt_reply: &'static str,
+    offer_starttls: bool,
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
@@ -535,7 +541,19 @@ async fn smtp_session(
     while let Some(line) = lines.next_line().await? {
         let upper = line.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") {
-            "250-sink.test\r\n250-AUTH PLAIN LOGIN\r\n250 HELP".to_string()
+            let tls = if offer_starttls { "250-STARTTLS\r\n" } else { "" };
+            format!("250-sink.test\r\n{tls}250-AUTH PLAIN LOGIN\r\n250 HELP")
+        } else if upper == "STARTTLS" && offer_starttls {
+            w.write_all(b"220 2.0.0 ready to start TLS\r\n").await?;
+            let mut reader = lines.into_inner();
+            let mut hello = vec![0u8; 4096];
+            let n = tokio::time::timeout(SANITY, reader.read(&mut hello))
+                .await
+                .unwrap_or(Ok(0))?;
+            hello.truncate(n);
+            mail.tls_hello = hello;
+            let _ = tx.send(mail);
+            return Ok(());
         } else if upper.starts_with("HELO") || upper == "RSET" || upper == "NOOP" {
             "250 ok".to_string()
         } else if let Some(arg) = upper.strip_prefix("AUTH PLAIN ").map(|_| &line[11..]) {
@@ -572,7 +590,7 @@ async fn smtp_session(
 
 #[tokio::test]
 async fn email_through_a_local_smtp_sink() {
-    let mut sink = SmtpSink::start("250 ok").await;
+    let mut sink = SmtpSink::start("250 ok", false).await;
     let n = notifier(&format!(
         r#"
 [[notify]]
@@ -610,7 +628,7 @@ password_env = "SMTP_PASSWORD"
 
 #[tokio::test]
 async fn smtp_permanent_rejection_is_a_warning_not_retried() {
-    let sink = SmtpSink::start("550 5.1.1 no such user").await;
+    let sink = SmtpSink::start("550 5.1.1 no such user", false).await;
     let n = notifier(&format!(
         "[[notify]]\nkind = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nstarttls = false\nfrom = \"deploy@example.org\"\nto = [\"nobody@example.org\"]\nretries = 2\n",
         sink.addr.port()
@@ -625,6 +643,76 @@ async fn smtp_permanent_rejection_is_a_warning_not_retried() {
     );
     assert!(w.contains("no such user") && w.ends_with("(not retried)"), "{w}");
     assert_eq!(sink.sessions.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn starttls_is_required_and_spoken() {
+    let entry = |port: u16| {
+        format!(
+            "[[notify]]\nkind = \"email\"\nsmtp_host = \"localhost\"\nsmtp_port = {port}\nfrom = \"deploy@example.org\"\nto = [\"ops@example.org\"]\nretries = 0\n"
+        )
+    };
+
+    // A server that does not offer STARTTLS gets no mail in clear.
+    let mut plain = SmtpSink::start("250 ok", false).await;
+    let report = notifier(&entry(plain.addr.port()))
+        .notify(sample(Event::Deployed))
+        .wait()
+        .await;
+    assert!(report.sent.is_empty());
+    assert_eq!(report.warnings.len(), 1, "{report:?}");
+    assert!(report.warnings[0].contains("STARTTLS"), "{report:?}");
+    assert!(plain.rx.try_recv().is_err(), "a mail went out without TLS");
+
+    // One that offers it gets a TLS hello (for the server's name) right
+    // after; the sink has no certificate, so the send fails as a warning.
+    let mut tls = SmtpSink::start("250 ok", true).await;
+    let report = notifier(&entry(tls.addr.port()))
+        .notify(sample(Event::Deployed))
+        .wait()
+        .await;
+    assert!(report.sent.is_empty());
+    assert_eq!(report.warnings.len(), 1, "{report:?}");
+    let mail = tokio::time::timeout(SANITY, tls.rx.recv()).await.unwrap().unwrap();
+    assert!(mail.from.is_empty() && mail.data.is_empty(), "{mail:?}");
+    assert_eq!(mail.tls_hello.first(), Some(&0x16), "not a TLS handshake record");
+    assert!(contains(&mail.tls_hello, b"localhost"), "no SNI for the SMTP host");
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS
+// ---------------------------------------------------------------------------
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn https_urls_speak_tls() {
+    // A plain TCP server: it records what the client sends first and
+    // answers in plain HTTP, which a TLS client must refuse.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut first = vec![0u8; 4096];
+            let n = stream.read(&mut first).await.unwrap_or(0);
+            first.truncate(n);
+            let _ = tx.send(first);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        }
+    });
+    let n = notifier(&format!(
+        "[[notify]]\nkind = \"webhook\"\nurl = \"https://localhost:{port}/hook\"\nretries = 0\n"
+    ));
+    let report = n.notify(sample(Event::Deployed)).wait().await;
+    assert!(report.sent.is_empty(), "a plain-HTTP answer was taken over https");
+    assert_eq!(report.warnings.len(), 1, "{report:?}");
+    let hello = tokio::time::timeout(SANITY, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(hello.first(), Some(&0x16), "not a TLS handshake record");
+    assert!(contains(&hello, b"localhost"), "no SNI");
+    assert!(!contains(&hello, b"POST"), "the request went out in clear");
 }
 
 // ---------------------------------------------------------------------------
