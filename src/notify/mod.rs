@@ -553,7 +553,7 @@ impl NotifyConfig {
             }
         };
         match &mut self.kind {
-            NotifyKind::Webhook(_) => {}
+            NotifyKind::Webhook(w) => fix(&mut w.url_file),
             NotifyKind::Telegram(t) => fix(&mut t.bot_token_file),
             NotifyKind::Email(e) => {
                 fix(&mut e.username_file);

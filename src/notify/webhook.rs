@@ -1,11 +1,13 @@
 //! `kind = "webhook"`: POST the [`Notification`] as JSON (DESIGN's payload)
-//! to a URL. Owns the entry's settings (`url`, `headers`, `headers_env`),
-//! their validation, and the one request per attempt. Header values that
-//! are secrets come from environment variables (`headers_env`) and are
-//! marked sensitive; the URL's path and query are left out of every
-//! warning, since hook URLs often carry a token.
+//! to a URL. Owns the entry's settings (`url` or `url_env`/`url_file`,
+//! `headers`, `headers_env`), their validation, and the one request per
+//! attempt. Many hook URLs are themselves secrets (Slack, Discord and Teams
+//! put the token in the path), hence `url_env`/`url_file`; header values
+//! that are secrets come from environment variables (`headers_env`) and are
+//! marked sensitive. The URL's path and query are left out of every warning.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use http::header::{
     HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, COOKIE, HOST, PROXY_AUTHORIZATION, TRANSFER_ENCODING,
@@ -14,14 +16,14 @@ use http::{HeaderMap, Uri};
 use serde::Deserialize;
 
 use super::client::{retryable, snippet, HttpClient};
-use super::{is_loopback_host, Env, Invalid, Notification, Secret, SendError};
+use super::{is_loopback_host, read_secret, Env, Invalid, Notification, Secret, SendError};
 
 /// `[[notify]] kind = "webhook"`.
 ///
 /// ```toml
 /// [[notify]]
 /// kind = "webhook"
-/// url = "https://hooks.example.org/deploys"
+/// url = "https://hooks.example.org/deploys"      # or url_env / url_file when the URL holds a token
 /// headers = { "X-Team" = "web" }                   # optional, not secret
 /// headers_env = { "Authorization" = "HOOK_AUTH" }  # optional: value from $HOOK_AUTH
 /// ```
@@ -29,7 +31,14 @@ use super::{is_loopback_host, Env, Invalid, Notification, Secret, SendError};
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Where to POST (`https://`, or `http://`).
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The environment variable holding the URL, when it holds a token.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The file holding the URL, when it holds a token.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// Extra headers with plain values (nothing secret: see `headers_env`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -46,29 +55,44 @@ const OWN_HEADERS: [HeaderName; 3] = [HOST, CONTENT_LENGTH, TRANSFER_ENCODING];
 
 impl WebhookConfig {
     pub(super) fn prepare(&self, env: Env<'_>) -> Result<Webhook, Invalid> {
-        if !self.url.contains("://") {
-            return Err(Invalid::new("url", "must start with https:// (or http://)"));
-        }
-        let uri: Uri = self
-            .url
-            .parse()
-            .map_err(|e| Invalid::new("url", format!("not a URL: {e}")))?;
+        let from_secret = read_secret("url", self.url_env.as_deref(), self.url_file.as_deref(), env)?;
+        let (url, url_key, url_secret) = match (&self.url, from_secret) {
+            (Some(url), None) => (url.clone(), "url", None),
+            (None, Some(secret)) => {
+                let key = if self.url_env.is_some() { "url_env" } else { "url_file" };
+                (secret.expose().trim().to_string(), key, Some(secret))
+            }
+            (Some(_), Some(_)) => return Err(Invalid::new("url", "set one of url, url_env and url_file")),
+            (None, None) => {
+                return Err(Invalid::new(
+                    "url",
+                    "required (or url_env / url_file, to keep a URL that holds a token out of the config)",
+                ))
+            }
+        };
+        // Messages below never quote the URL: it may be a secret.
+        let uri: Uri = if url.contains("://") {
+            url.parse()
+                .map_err(|e| Invalid::new(url_key, format!("not a URL: {e}")))?
+        } else {
+            return Err(Invalid::new(url_key, "must start with https:// (or http://)"));
+        };
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(Invalid::new("url", "must start with https:// (or http://)")),
+            _ => return Err(Invalid::new(url_key, "must start with https:// (or http://)")),
         };
         let Some(authority) = uri.authority() else {
-            return Err(Invalid::new("url", "has no host"));
+            return Err(Invalid::new(url_key, "has no host"));
         };
         if authority.as_str().contains('@') {
             return Err(Invalid::new(
-                "url",
+                url_key,
                 "credentials in the URL are not supported: send them as a header from headers_env",
             ));
         }
         if authority.host().is_empty() {
-            return Err(Invalid::new("url", "has no host"));
+            return Err(Invalid::new(url_key, "has no host"));
         }
 
         let mut headers = HeaderMap::new();
@@ -84,7 +108,15 @@ impl WebhookConfig {
             let value = HeaderValue::from_str(value).map_err(|_| Invalid::new(key, "not a valid header value"))?;
             headers.insert(name, value);
         }
-        let mut secrets = Vec::new();
+        let mut secrets: Vec<Secret> = Vec::new();
+        if let Some(whole) = url_secret {
+            // An endpoint may echo the path (the token) back: scrub it too.
+            let path = uri.path_and_query().map_or("", |p| p.as_str());
+            if path.len() > 1 {
+                secrets.push(Secret::new(path));
+            }
+            secrets.push(whole);
+        }
         for (name, var) in &self.headers_env {
             let key = format!("headers_env.{name}");
             let name = header_name(&key, name)?;
@@ -108,8 +140,9 @@ impl WebhookConfig {
         }
         if !https && !secrets.is_empty() && !is_loopback_host(authority.host()) {
             return Err(Invalid::new(
-                "url",
-                "plain http would send the headers_env values in clear: use https (http only to this machine)",
+                url_key,
+                "plain http would send secrets (a secret URL or headers_env values) in clear: \
+                 use https (http only to this machine)",
             ));
         }
 
@@ -183,14 +216,61 @@ mod tests {
 
     fn config(url: &str) -> WebhookConfig {
         WebhookConfig {
-            url: url.into(),
+            url: Some(url.into()),
+            url_env: None,
+            url_file: None,
             headers: BTreeMap::new(),
             headers_env: BTreeMap::new(),
         }
     }
 
     fn env(k: &str) -> Option<String> {
-        (k == "HOOK_AUTH").then(|| "Bearer s3cr3t-hook".to_string())
+        match k {
+            "HOOK_AUTH" => Some("Bearer s3cr3t-hook".into()),
+            "HOOK_URL" => Some("https://hooks.slack.example/services/T0/B0/s3cr3tpath\n".into()),
+            "PLAIN_HOOK_URL" => Some("http://hooks.example.org/services/s3cr3tpath".into()),
+            "BAD_HOOK_URL" => Some("hooks.example.org/s3cr3tpath".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn url_from_env_or_file_is_a_secret() {
+        let mut c = config("x");
+        c.url = None;
+        c.url_env = Some("HOOK_URL".into());
+        let w = c.prepare(&env).unwrap();
+        assert_eq!(w.label(), "webhook https://hooks.slack.example/…");
+        assert_eq!(w.uri.path(), "/services/T0/B0/s3cr3tpath");
+        assert_eq!(w.secrets().len(), 2, "the URL and its path");
+
+        c.url_env = Some("PLAIN_HOOK_URL".into());
+        let e = c.prepare(&env).err().unwrap();
+        assert_eq!(e.key, "url_env");
+        assert!(e.message.contains("use https") && !e.message.contains("s3cr3t"), "{e}");
+
+        c.url_env = Some("BAD_HOOK_URL".into());
+        let e = c.prepare(&env).err().unwrap();
+        assert_eq!(e.key, "url_env");
+        assert!(!e.message.contains("s3cr3t"), "{e}");
+
+        c.url_env = Some("UNSET_HOOK_URL".into());
+        let e = c.prepare(&env).err().unwrap();
+        assert_eq!(e.key, "url_env");
+        assert!(e.message.contains("UNSET_HOOK_URL"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hook.url");
+        std::fs::write(&p, "https://hooks.example.org/s3cr3t\n").unwrap();
+        c.url_env = None;
+        c.url_file = Some(p);
+        assert_eq!(c.prepare(&env).unwrap().uri.path(), "/s3cr3t");
+
+        c.url = Some("https://h.example/x".into());
+        assert!(c.prepare(&env).err().unwrap().message.contains("one of"));
+        c.url = None;
+        c.url_file = None;
+        assert!(c.prepare(&env).err().unwrap().message.starts_with("required"));
     }
 
     #[test]
@@ -263,9 +343,9 @@ mod tests {
         let e = c.prepare(&env).err().unwrap();
         assert_eq!(e.key, "url");
         assert!(e.message.contains("use https"));
-        c.url = "http://127.0.0.1:9000/x".into();
+        c.url = Some("http://127.0.0.1:9000/x".into());
         c.prepare(&env).unwrap();
-        c.url = "https://hooks.example.org/x".into();
+        c.url = Some("https://hooks.example.org/x".into());
         c.prepare(&env).unwrap();
         // Without secrets, plain http is the operator's choice.
         config("http://hooks.internal/x").prepare(&env).unwrap();
