@@ -769,6 +769,11 @@ impl Notifier {
         self.targets.is_empty()
     }
 
+    /// Whether any entry wants `event` (else [`notify`](Self::notify) sends nothing).
+    pub fn wants(&self, event: Event) -> bool {
+        self.targets.iter().any(|t| t.events.contains(&event))
+    }
+
     /// How warnings name the entries, in config order (nothing secret).
     pub fn labels(&self) -> Vec<String> {
         self.targets.iter().map(|t| t.label.clone()).collect()
@@ -1187,6 +1192,8 @@ mod tests {
         let n = Notifier::with_env(&[a, b], &no_env)
             .unwrap()
             .with_backoff(Duration::from_millis(100));
+        assert!(n.wants(Event::Deployed) && n.wants(Event::Failed));
+        assert!(!Notifier::disabled().wants(Event::Failed));
         assert_eq!(n.budget(Event::Deployed), Duration::from_secs(1));
         assert_eq!(n.budget(Event::Failed), Duration::from_millis(4100));
         assert!(Notifier::disabled().budget(Event::Failed).is_zero());
