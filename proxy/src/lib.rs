@@ -7,9 +7,9 @@
 //! and tunnels to finish. This crate knows nothing of Docker, config files or
 //! the CLI; the controller in the `switchctl` crate drives it.
 //!
-//! With [`Proxy::bind_with_tls`] it also terminates TLS, with certificates
-//! from a [`CertStore`] chosen by SNI and reloaded in one swap
-//! ([`Proxy::reload_tls`]); see the `tls` module.
+//! With [`Proxy::bind_with_tls`] it also terminates TLS (rustls, with the
+//! `ring` provider), with certificates from a [`CertStore`] chosen by SNI and
+//! reloaded in one swap ([`Proxy::reload_tls`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), switchctl_proxy::ProxyError> {

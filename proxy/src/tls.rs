@@ -202,12 +202,24 @@ pub enum TlsError {
 
 /// The certificates TLS listeners serve, swappable as a whole. Cloning
 /// gives another handle on the same store.
-#[derive(Debug, Clone)]
+///
+/// A handshake gets the first certificate whose SANs name its SNI exactly,
+/// else the first with a wildcard SAN covering it (one label deep), ASCII
+/// case-insensitively; no SNI, or a name none covers, gets the first
+/// certificate that loaded (files in the order given, then in-memory ones).
+#[derive(Clone)]
 pub struct CertStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("certificates", &self.certificates())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     set: ArcSwap<CertSet>,
     /// TLS-ALPN-01 challenge certificates by domain (lowercase).
@@ -218,7 +230,7 @@ struct Inner {
 }
 
 /// One immutable generation of certificates, with its lookup maps.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct CertSet {
     entries: Vec<Entry>,
     exact: HashMap<String, Arc<CertifiedKey>>,
@@ -227,14 +239,13 @@ struct CertSet {
     first: Option<Arc<CertifiedKey>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Entry {
     origin: CertOrigin,
     loaded: Option<Arc<Loaded>>,
     last_error: Option<String>,
 }
 
-#[derive(Debug)]
 struct Loaded {
     key: Arc<CertifiedKey>,
     details: CertDetails,

@@ -668,3 +668,21 @@ async fn tls_1_1_is_refused() {
     assert_eq!(answer.get(6), Some(&70), "{answer:?}");
     proxy.shutdown();
 }
+
+#[tokio::test]
+async fn inherited_listeners_serve_tls_too() {
+    let (ca, dir) = (Ca::new(), Dir::new("inherited"));
+    let table = RouteTable::single("web", Some(Upstream::new(app("v1").await)));
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let secure = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls = TlsConfig::new(store(&[dir.write("a", &ca.issue(&["a.test"]))]));
+    let config = ProxyConfig {
+        workers: 2,
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::from_listeners_with_tls(config, vec![plain], vec![secure], tls, table).unwrap();
+    let stream = connect(&proxy, ca.client(&[b"http/1.1"]), "a.test").await.unwrap();
+    let (status, body) = get_http1(stream, "a.test", "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "v1\n"));
+    proxy.shutdown();
+}
