@@ -188,7 +188,18 @@ async fn serve_tls(
     builder: Arc<auto::Builder<TokioExecutor>>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    if let Some(stream) = tls.handshake(stream).await {
+    let mut handshake = pin!(tls.handshake(stream));
+    // A connection told to close while still in its handshake (no first
+    // request in time, quiet at shutdown) has nothing to finish: drop it.
+    let stream = std::future::poll_fn(|cx| {
+        client.register(cx.waker());
+        if client.close_requested() >= Close::Graceful {
+            return Poll::Ready(None);
+        }
+        handshake.as_mut().poll(cx)
+    })
+    .await;
+    if let Some(stream) = stream {
         serve(stream, client, builder, permit).await
     }
 }

@@ -686,3 +686,25 @@ async fn inherited_listeners_serve_tls_too() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "v1\n"));
     proxy.shutdown();
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_tls_connections_and_stops() {
+    let (ca, dir) = (Ca::new(), Dir::new("shutdown"));
+    let proxy = start(TlsConfig::new(store(&[dir.write("a", &ca.issue(&["a.test"]))]))).await;
+    let stream = connect(&proxy, ca.client(&[b"h2"]), "a.test").await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("https://a.test/").body(Full::<Bytes>::default()).unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), StatusCode::OK);
+    // A silent one, mid-handshake.
+    let _silent = TcpStream::connect(proxy.tls_addrs()[0]).await.unwrap();
+    proxy.shutdown();
+    // Not held up by the silent client's 10 s handshake timeout.
+    tokio::time::timeout(Duration::from_secs(5), proxy.stopped())
+        .await
+        .expect("the proxy stops with idle TLS connections open");
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(closed.is_ok(), "the idle h2 connection was closed");
+}
