@@ -22,6 +22,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
 use crate::pool::{self, ConnectError};
@@ -55,11 +58,23 @@ pub(crate) struct Forwarder {
     pub(crate) response_timeout: Duration,
 }
 
+/// Where a worker keeps the tunnels of upgraded connections: they outlive
+/// the hyper connection that answered `101`, so the worker tracks them itself
+/// to let them live through the drain, and closes them when it ends.
+#[derive(Debug, Clone)]
+pub(crate) struct Tunnels {
+    /// The worker's task tracker: the drain waits for it to empty.
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled when the drain timeout has passed: every tunnel closes.
+    pub(crate) close: CancellationToken,
+}
+
 /// Per client connection: who the client is, and what the worker's sweeper
 /// needs to close it (a request counter, a close request, a waker).
 #[derive(Debug)]
 pub(crate) struct ClientConn {
     forwarder: Arc<Forwarder>,
+    tunnels: Tunnels,
     client_ip: HeaderValue,
     proto: HeaderValue,
     requests: AtomicU64,
@@ -83,11 +98,12 @@ pub(crate) enum Close {
 }
 
 impl ClientConn {
-    pub(crate) fn new(forwarder: Arc<Forwarder>, peer: SocketAddr, tls: bool) -> Self {
+    pub(crate) fn new(forwarder: Arc<Forwarder>, tunnels: Tunnels, peer: SocketAddr, tls: bool) -> Self {
         let client_ip =
             HeaderValue::try_from(peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ClientConn {
             forwarder,
+            tunnels,
             client_ip,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             requests: AtomicU64::new(0),
@@ -135,7 +151,7 @@ impl ClientConn {
         let client_upgrade = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
         let mut resp = match fwd.send(addr, req).await {
-            Ok((resp, conn)) => respond(resp, conn, addr, in_flight, client_upgrade),
+            Ok((resp, conn)) => respond(resp, conn, addr, in_flight, client_upgrade, &self.tunnels),
             Err(failure) => failure.response(),
         };
         if http1 && self.close_requested() == Close::Drain {
@@ -271,12 +287,16 @@ fn respond(
     addr: SocketAddr,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    tunnels: &Tunnels,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
             let cut = in_flight.upstream().cut_token();
-            tokio::spawn(tunnel(client, upstream_side, cut, in_flight));
+            let close = tunnels.close.clone();
+            tunnels
+                .tracker
+                .spawn(tunnel(client, upstream_side, cut, close, in_flight));
             return resp.map(|_| ProxyBody::text(""));
         }
     }
@@ -286,12 +306,18 @@ fn respond(
     resp.map(|body| ProxyBody::upstream(body, Some((addr, conn)), in_flight))
 }
 
+/// How long a tunnel being closed may take to say so (FIN) to both ends.
+const TUNNEL_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Copy bytes both ways between client and upstream until either side
-/// closes, or a drain of the upstream times out and cuts the tunnel.
+/// closes, a drain of the upstream times out and cuts the tunnel, or the
+/// worker's shutdown grace period ends (`close`). A cut tunnel ends both
+/// byte streams (FIN) rather than vanishing with a reset.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    cut: tokio_util::sync::CancellationToken,
+    cut: CancellationToken,
+    close: CancellationToken,
     _in_flight: InFlight,
 ) {
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
@@ -300,9 +326,14 @@ async fn tunnel(
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => return,
         _ = cut.cancelled() => {}
+        _ = close.cancelled() => {}
     }
+    let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, async {
+        let _ = tokio::join!(client.shutdown(), upstream.shutdown());
+    })
+    .await;
 }
 
 /// Does the request ask for a protocol upgrade? `present` as for [`strip_hop_by_hop`].

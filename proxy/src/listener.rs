@@ -8,7 +8,8 @@
 //! idle) are enforced by one [`Sweeper`] per worker that looks at every
 //! connection a few times a second, so serving a request polls no timer of
 //! ours. On shutdown a worker stops accepting and lets open connections
-//! finish their requests within the drain timeout.
+//! finish their requests, and upgraded tunnels (WebSockets) carry on, within
+//! the drain timeout; then the tunnels are closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::forward::{ClientConn, Close, Forwarder};
+use crate::forward::{ClientConn, Close, Forwarder, Tunnels};
 use crate::{ProxyConfig, ProxyError};
 
 /// Bind `addr` with `SO_REUSEPORT`, so every worker can bind it too.
@@ -54,6 +55,9 @@ const DRAIN_QUIET: Duration = Duration::from_secs(1);
 /// How often, while shutting down, connections are checked for quiet.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
 
+/// After the drain timeout, how long tunnels get to send their FINs.
+const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// What one worker thread needs.
 pub(crate) struct Worker {
     pub(crate) listeners: Vec<std::net::TcpListener>,
@@ -71,6 +75,7 @@ struct Shared {
     connections: Arc<Semaphore>,
     sweeper: Arc<Sweeper>,
     tracker: TaskTracker,
+    tunnels: Tunnels,
 }
 
 impl Worker {
@@ -91,12 +96,17 @@ impl Worker {
             first_request: self.config.header_read_timeout,
             idle: self.config.idle_timeout,
         });
+        let tracker = TaskTracker::new();
         let shared = Shared {
             builder: Arc::new(builder),
             forwarder: self.forwarder.clone(),
             connections: self.connections.clone(),
             sweeper: sweeper.clone(),
-            tracker: TaskTracker::new(),
+            tunnels: Tunnels {
+                tracker: tracker.clone(),
+                close: CancellationToken::new(),
+            },
+            tracker,
         };
 
         for listener in self.listeners {
@@ -127,8 +137,12 @@ impl Worker {
         if tokio::time::timeout_at(deadline, shared.tracker.wait()).await.is_err() {
             tracing::warn!(
                 open = shared.tracker.len(),
-                "drain timeout passed with connections still open; closing them"
+                "drain timeout passed with connections or tunnels still open; closing them"
             );
+            // Tunnels end their byte streams; what is left is dropped with
+            // the runtime.
+            shared.tunnels.close.cancel();
+            let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, shared.tracker.wait()).await;
         }
         sweeping.abort();
     }
@@ -159,7 +173,12 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
             },
         };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(ClientConn::new(shared.forwarder.clone(), peer, false));
+        let client = Arc::new(ClientConn::new(
+            shared.forwarder.clone(),
+            shared.tunnels.clone(),
+            peer,
+            false,
+        ));
         shared.sweeper.watch(&client);
         shared
             .tracker

@@ -506,3 +506,35 @@ async fn shutdown_lets_in_flight_requests_finish() {
         "still accepting"
     );
 }
+
+#[tokio::test]
+async fn shutdown_lets_websockets_live_through_the_drain_then_closes_them() {
+    let config = ProxyConfig {
+        drain_timeout: Duration::from_secs(2),
+        ..config()
+    };
+    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let url = format!("ws://{}/ws", proxy.local_addrs()[0]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let text = tokio_tungstenite::tungstenite::Message::text;
+    ws.send(text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap(), "before");
+
+    proxy.shutdown();
+    // Give the workers time to stop accepting and start draining.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws.send(text("during the drain")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+    assert_eq!(
+        echo.unwrap().unwrap().into_text().unwrap(),
+        "during the drain",
+        "a tunnel was cut as shutdown began"
+    );
+
+    // At the drain timeout the tunnel is closed and the proxy stops.
+    let next = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.unwrap();
+    assert!(!matches!(next, Some(Ok(m)) if m.is_text()));
+    tokio::time::timeout(Duration::from_secs(20), proxy.stopped())
+        .await
+        .unwrap();
+}
