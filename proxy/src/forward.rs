@@ -154,7 +154,9 @@ impl ClientConn {
             Ok((resp, conn)) => respond(resp, conn, addr, in_flight, client_upgrade, &self.tunnels),
             Err(failure) => failure.response(),
         };
-        if http1 && self.close_requested() == Close::Drain {
+        // A `101` hands the connection over to the tunnel: `Connection: close`
+        // would replace its `Connection: upgrade` and break the handshake.
+        if http1 && self.close_requested() == Close::Drain && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -538,3 +538,66 @@ async fn shutdown_lets_websockets_live_through_the_drain_then_closes_them() {
         .await
         .unwrap();
 }
+
+/// An HTTP/1.1 client connection that can also be upgraded.
+async fn h1_conn(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    sender
+}
+
+#[tokio::test]
+async fn an_upgrade_answered_while_draining_keeps_its_handshake() {
+    let (proxy, _) = start(
+        config(),
+        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
+    );
+    let addr = proxy.local_addrs()[0];
+    let get = || Request::get("/").header("host", "a").body(Empty::new()).unwrap();
+    // Two kept-alive connections: one probes for the drain, one upgrades.
+    let mut probe = h1_conn(addr).await;
+    let mut upgrader = h1_conn(addr).await;
+    assert_eq!(upgrader.send_request(get()).await.unwrap().status(), StatusCode::OK);
+    upgrader.ready().await.unwrap();
+
+    proxy.shutdown();
+    let mut draining = false;
+    for _ in 0..100 {
+        probe.ready().await.unwrap();
+        let resp = probe.send_request(get()).await.unwrap();
+        if resp.headers().get("connection").is_some_and(|v| v == "close") {
+            draining = true;
+            break;
+        }
+        resp.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(draining, "the proxy never started to drain");
+
+    let handshake = Request::get("/ws")
+        .header("host", "a")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(Empty::new())
+        .unwrap();
+    let mut resp = upgrader.send_request(handshake).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(resp.headers().get("connection").unwrap(), "upgrade");
+    let io = hyper::upgrade::on(&mut resp).await.expect("the connection upgrades");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(io),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+    assert_eq!(echo.unwrap().unwrap().into_text().unwrap(), "hi");
+}
