@@ -7,9 +7,29 @@
 //! semaphore; timeouts that are per connection (no first request in time,
 //! idle) are enforced by one [`Sweeper`] per worker that looks at every
 //! connection a few times a second, so serving a request polls no timer of
-//! ours. On shutdown a worker stops accepting and lets open connections
-//! finish their requests, and upgraded tunnels (WebSockets) carry on, within
-//! the drain timeout; then the tunnels are closed.
+//! ours.
+//!
+//! Shutdown, in three steps: stop accepting; for [`DRAIN_QUIET`] answer every
+//! HTTP/1 request with `Connection: close`, so busy clients learn of the end
+//! from a response instead of racing a close with their next request; then
+//! ask every connection to close gracefully (HTTP/1: after the response in
+//! flight; HTTP/2: GOAWAY) and wait for them, and for upgraded tunnels
+//! (WebSockets), until the drain timeout, after which tunnels are closed and
+//! the rest dropped.
+//!
+//! Why not hyper-util's `GracefulShutdown` for the last step, which is
+//! exactly what it does? Its `watch` takes hyper's own connection future and
+//! its `GracefulConnection` trait is sealed, so a watched connection can no
+//! longer be closed on its own: but the first-request timeout must drop one
+//! connection, and the idle timeout must close one gracefully (an HTTP/2
+//! connection has no idle timeout in hyper; the auto builder's sniffing runs
+//! before hyper's header timer starts). A connection therefore has one close
+//! switch, [`ClientConn::close`], which the sweeper flips for one connection
+//! and shutdown for all of them: the same signal `GracefulShutdown` sends,
+//! without a second mechanism beside it. Nor could `GracefulShutdown` count
+//! what the drain waits for: a tunnel outlives the hyper connection that
+//! answered `101`, so the worker's `TaskTracker` counts connections and
+//! tunnels together.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,12 +68,10 @@ pub(crate) fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, 
     bind().map_err(|source| ProxyError::Bind { addr, source })
 }
 
-/// On shutdown, a connection still open after sending no request for this
-/// long is closed outright; busy ones close after their next response, which
-/// carries `Connection: close`.
+/// On shutdown, how long HTTP/1 responses say `Connection: close` before
+/// every connection is asked to close: a connection that got such a response
+/// closes by itself, and one that got none was quiet all along.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
-/// How often, while shutting down, connections are checked for quiet.
-const DRAIN_TICK: Duration = Duration::from_millis(50);
 
 /// After the drain timeout, how long tunnels get to send their FINs.
 const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -92,7 +110,7 @@ impl Worker {
             .timer(TokioTimer::new())
             .max_header_list_size(self.config.max_header_bytes as u32);
         let sweeper = Arc::new(Sweeper {
-            conns: Mutex::new((Vec::new(), false)),
+            conns: Mutex::new((Vec::new(), Close::No)),
             first_request: self.config.header_read_timeout,
             idle: self.config.idle_timeout,
         });
@@ -125,15 +143,11 @@ impl Worker {
         });
         self.shutdown.cancelled().await;
         shared.tracker.close();
-        // Busy HTTP/1 clients learn of the close from a response; what stays
-        // quiet (idle keep-alive, HTTP/2 with GOAWAY) is closed after a while.
         let deadline = Instant::now() + self.config.drain_timeout;
-        let quiet = DRAIN_QUIET.min(self.config.drain_timeout);
-        sweeper.drain_start(Instant::now());
-        while !shared.tracker.is_empty() && Instant::now() < deadline {
-            let _ = tokio::time::timeout(DRAIN_TICK, shared.tracker.wait()).await;
-            sweeper.close_quiet(Instant::now(), quiet);
-        }
+        sweeper.drain_start();
+        let quiet = Instant::now() + DRAIN_QUIET.min(self.config.drain_timeout);
+        let _ = tokio::time::timeout_at(quiet, shared.tracker.wait()).await;
+        sweeper.close_all(Close::Graceful);
         if tokio::time::timeout_at(deadline, shared.tracker.wait()).await.is_err() {
             tracing::warn!(
                 open = shared.tracker.len(),
@@ -221,9 +235,10 @@ async fn serve(
 /// Closes the connections of one worker that sent no request in time, or
 /// have been idle too long, and all of them at shutdown.
 struct Sweeper {
-    /// The connections, and whether shutdown has begun (under one lock, so
-    /// a connection accepted as shutdown begins is drained like the rest).
-    conns: Mutex<(Vec<Watched>, bool)>,
+    /// The connections, and how shutdown has asked all of them to close so
+    /// far (under one lock, so a connection accepted as shutdown begins is
+    /// closed like the rest).
+    conns: Mutex<(Vec<Watched>, Close)>,
     /// A connection must have started its first request within this.
     first_request: Duration,
     /// A connection that starts no request for this long is closed.
@@ -242,8 +257,8 @@ impl Sweeper {
     fn watch(&self, conn: &Arc<ClientConn>) {
         let now = Instant::now();
         let mut conns = self.conns.lock().expect("sweeper lock");
-        if conns.1 {
-            conn.close(Close::Drain);
+        if conns.1 != Close::No {
+            conn.close(conns.1);
         }
         conns.0.push(Watched {
             conn: Arc::downgrade(conn),
@@ -285,32 +300,22 @@ impl Sweeper {
         });
     }
 
-    /// Shutdown begins: every connection is told to drain, and its quiet
-    /// time counts from now.
-    fn drain_start(&self, now: Instant) {
-        let mut conns = self.conns.lock().expect("sweeper lock");
-        conns.1 = true;
-        for w in conns.0.iter_mut() {
-            if let Some(conn) = w.conn.upgrade() {
-                conn.close(Close::Drain);
-                w.requests = conn.requests();
-                w.since = now;
-            }
-        }
+    /// Shutdown begins: every connection (and any accepted from now on) is
+    /// told to drain.
+    fn drain_start(&self) {
+        self.close_all(Close::Drain);
     }
 
-    /// While shutting down: close connections that started no request for `quiet`.
-    fn close_quiet(&self, now: Instant, quiet: Duration) {
-        self.conns.lock().expect("sweeper lock").0.retain_mut(|w| {
-            let Some(conn) = w.conn.upgrade() else { return false };
-            let requests = conn.requests();
-            if requests != w.requests {
-                w.requests = requests;
-                w.since = now;
-            } else if now - w.since >= quiet {
-                conn.close(Close::Graceful);
+    /// Ask every connection, and any accepted from now on, to close `how`.
+    fn close_all(&self, how: Close) {
+        let mut conns = self.conns.lock().expect("sweeper lock");
+        conns.1 = conns.1.max(how);
+        conns.0.retain(|w| match w.conn.upgrade() {
+            Some(conn) => {
+                conn.close(how);
+                true
             }
-            true
+            None => false,
         });
     }
 }

@@ -601,3 +601,38 @@ async fn an_upgrade_answered_while_draining_keeps_its_handshake() {
     let echo = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
     assert_eq!(echo.unwrap().unwrap().into_text().unwrap(), "hi");
 }
+
+#[tokio::test]
+async fn a_busy_http2_connection_is_asked_to_close_long_before_the_drain_timeout() {
+    let config = ProxyConfig {
+        drain_timeout: Duration::from_secs(60),
+        ..config()
+    };
+    let (proxy, base) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let h2: Http = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let (status, _) = get(&h2, &format!("{base}/"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Keeps its connection busy through the shutdown, never quiet.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = tokio::spawn({
+        let (stop, base) = (stop.clone(), base.clone());
+        async move {
+            for _ in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let req = Request::get(format!("{base}/")).body(Full::default()).unwrap();
+                if let Ok(resp) = h2.request(req).await {
+                    let _ = resp.into_body().collect().await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.shutdown();
+    let stopped = tokio::time::timeout(Duration::from_secs(20), proxy.stopped()).await;
+    stop.store(true, Ordering::Relaxed);
+    busy.await.unwrap();
+    assert!(stopped.is_ok(), "a busy HTTP/2 connection held the drain open");
+}
