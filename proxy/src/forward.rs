@@ -142,17 +142,17 @@ impl ClientConn {
     pub(crate) async fn serve(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let fwd = &*self.forwarder;
+        let http1 = req.version() <= Version::HTTP_11;
         let upstream = match fwd.route(&req) {
             Ok(upstream) => upstream,
-            Err(failure) => return failure.response(),
+            Err(failure) => return failure.response(http1),
         };
         let in_flight = upstream.enter();
-        let http1 = req.version() <= Version::HTTP_11;
         let client_upgrade = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
         let mut resp = match fwd.send(addr, req).await {
             Ok((resp, conn)) => respond(resp, conn, addr, in_flight, client_upgrade, &self.tunnels),
-            Err(failure) => failure.response(),
+            Err(failure) => failure.response(http1),
         };
         // A `101` hands the connection over to the tunnel: `Connection: close`
         // would replace its `Connection: upgrade` and break the handshake.
@@ -167,6 +167,8 @@ impl ClientConn {
 /// Why a request got the proxy's own answer instead of an upstream's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
+    /// No `Host`, several, or one that is not a valid host (RFC 9112 §3.2).
+    BadHost,
     NoRoute,
     NoActiveRelease,
     Refused,
@@ -176,8 +178,14 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    fn response(self) -> Response<ProxyBody> {
+    /// The proxy's answer; `http1` says whether the client speaks HTTP/1,
+    /// whose connection is closed after a malformed request.
+    fn response(self, http1: bool) -> Response<ProxyBody> {
         let (status, msg) = match self {
+            Failure::BadHost => (
+                StatusCode::BAD_REQUEST,
+                "the request needs exactly one valid Host header\n",
+            ),
             Failure::NoRoute => (StatusCode::NOT_FOUND, "no route for this host and path\n"),
             Failure::NoActiveRelease => (StatusCode::SERVICE_UNAVAILABLE, "no active release\n"),
             Failure::Refused => (StatusCode::BAD_GATEWAY, "upstream refused the connection\n"),
@@ -194,19 +202,21 @@ impl Failure {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if http1 && status == StatusCode::BAD_REQUEST {
+            // What follows a malformed request on this connection cannot be
+            // trusted to be framed the way the client meant it.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
 
 impl Forwarder {
     /// Phase 1: the upstream of the service this request routes to.
-    fn route(&self, req: &Request<Incoming>) -> Result<Arc<Upstream>, Failure> {
+    fn route<B>(&self, req: &Request<B>) -> Result<Arc<Upstream>, Failure> {
+        let host = request_host(req)?;
         let table = self.table.load();
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
         let service = table.lookup(host, req.uri().path()).ok_or(Failure::NoRoute)?;
         service.upstream().cloned().ok_or(Failure::NoActiveRelease)
     }
@@ -240,6 +250,84 @@ impl Forwarder {
     }
 }
 
+/// The host a request is for, as RFC 9112 §3.2 wants it: an HTTP/1.1
+/// request has exactly one `Host` (HTTP/1.0: at most one), and it is a valid
+/// `uri-host[:port]`. When the target carries an authority (HTTP/2's
+/// `:authority`, HTTP/1's absolute form), that authority is the host; an
+/// HTTP/2 `Host` beside it must name the same. An HTTP/2 request with no host
+/// at all is refused too, since the upstream hop is HTTP/1.1 and needs one;
+/// HTTP/1.0 may go without (only any-host routes match it).
+fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, Failure> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(Failure::BadHost),
+        (Some(h), None) => Some(
+            h.to_str()
+                .ok()
+                .filter(|h| valid_host(h.as_bytes()))
+                .ok_or(Failure::BadHost)?,
+        ),
+        (None, None) => None,
+    };
+    let version = req.version();
+    match (req.uri().authority(), host) {
+        (Some(authority), _) if authority.as_str().contains('@') => Err(Failure::BadHost),
+        (Some(authority), Some(host))
+            if version >= Version::HTTP_2 && !authority.as_str().eq_ignore_ascii_case(host) =>
+        {
+            Err(Failure::BadHost)
+        }
+        (_, None) if version == Version::HTTP_11 || version >= Version::HTTP_2 => match req.uri().authority() {
+            Some(authority) if version >= Version::HTTP_2 => Ok(Some(authority.as_str())),
+            _ => Err(Failure::BadHost),
+        },
+        (Some(authority), _) => Ok(Some(authority.as_str())),
+        (None, host) => Ok(host),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2): an IP literal in brackets, or
+/// a reg-name of unreserved, percent-encoded and sub-delim characters (an
+/// IPv4 address is one of those), then an optional all-digit port.
+fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        let ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.' || b == b'v' || b == b'V');
+        if !ok {
+            return false;
+        }
+        (&[][..], &rest[end + 1..])
+    } else {
+        match host.iter().rposition(|&b| b == b':') {
+            Some(i) => (&host[..i], &host[i..]),
+            None => (host, &[][..]),
+        }
+    };
+    let port_ok = port.is_empty() || (port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit));
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                if !(i + 2 < name.len() && name[i + 1].is_ascii_hexdigit() && name[i + 2].is_ascii_hexdigit()) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    port_ok
+}
+
 /// Phase 2: make the request fit for the upstream hop. Returns the client's
 /// pending upgrade when the request asks for one.
 fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyper::upgrade::OnUpgrade> {
@@ -248,10 +336,10 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
     // HTTP/2 requests (and absolute-form HTTP/1) carry scheme and authority;
     // the upstream hop wants origin-form and a Host header.
     if let Some(authority) = req.uri().authority() {
-        if !req.headers().contains_key(header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                req.headers_mut().insert(header::HOST, host);
-            }
+        // The target's authority is the host (RFC 9112 §3.2.2: a proxy
+        // replaces the Host of an absolute-form request with it).
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
         }
         let path = req
             .uri()
@@ -433,5 +521,50 @@ mod tests {
         strip_hop_by_hop(&mut h, present, true);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    fn host_of(version: Version, uri: &str, hosts: &[&str]) -> Result<Option<String>, Failure> {
+        let mut req = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            req = req.header(header::HOST, *h);
+        }
+        let req = req.body(()).unwrap();
+        request_host(&req).map(|h| h.map(str::to_string))
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_valid_host() {
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            host_of(v11, "/", &["a.example:8080"]),
+            Ok(Some("a.example:8080".into()))
+        );
+        assert_eq!(host_of(v11, "/", &["[::1]:80"]), Ok(Some("[::1]:80".into())));
+        assert_eq!(host_of(v11, "/", &[]), Err(Failure::BadHost));
+        assert_eq!(host_of(v11, "/", &["a.example", "b.example"]), Err(Failure::BadHost));
+        for bad in ["a b", "a/b", "user@a", "a:80x", "[::1", "[zz]", "a%zz", "a\\b"] {
+            assert_eq!(host_of(v11, "/", &[bad]), Err(Failure::BadHost), "{bad:?}");
+        }
+        // Absolute form: the target's authority wins, a Host is still required.
+        assert_eq!(
+            host_of(v11, "http://b.example/x", &["a.example"]),
+            Ok(Some("b.example".into()))
+        );
+        assert_eq!(host_of(v11, "http://b.example/x", &[]), Err(Failure::BadHost));
+    }
+
+    #[test]
+    fn http10_may_omit_host_and_http2_uses_authority_consistently() {
+        assert_eq!(host_of(Version::HTTP_10, "/", &[]), Ok(None));
+        assert_eq!(host_of(Version::HTTP_10, "/", &["a", "b"]), Err(Failure::BadHost));
+        let v2 = Version::HTTP_2;
+        assert_eq!(host_of(v2, "http://a.example/", &[]), Ok(Some("a.example".into())));
+        assert_eq!(host_of(v2, "/", &["a.example"]), Ok(Some("a.example".into())));
+        assert_eq!(
+            host_of(v2, "http://a.example/", &["A.example"]),
+            Ok(Some("a.example".into()))
+        );
+        assert_eq!(host_of(v2, "http://a.example/", &["b.example"]), Err(Failure::BadHost));
+        assert_eq!(host_of(v2, "/", &[]), Err(Failure::BadHost));
     }
 }

@@ -636,3 +636,35 @@ async fn a_busy_http2_connection_is_asked_to_close_long_before_the_drain_timeout
     busy.await.unwrap();
     assert!(stopped.is_ok(), "a busy HTTP/2 connection held the drain open");
 }
+
+/// Send raw bytes on a fresh connection; what came back before the proxy closed it.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let seen = closed_by_proxy(&mut conn).await.expect("the connection was left open");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn missing_duplicate_or_invalid_host_is_400_and_closes() {
+    let (proxy, _) = start(
+        config(),
+        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
+    );
+    let addr = proxy.local_addrs()[0];
+    for request in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
+    ] {
+        // A second request follows on the same connection: it is never answered.
+        let pipelined = [request, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
+        let seen = raw_exchange(addr, &pipelined).await;
+        assert!(seen.starts_with("HTTP/1.1 400 "), "{seen}");
+        assert_eq!(seen.matches("HTTP/1.1").count(), 1, "{seen}");
+    }
+    let seen = raw_exchange(addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(seen.starts_with("HTTP/1.0 200 OK"), "HTTP/1.0 may omit Host: {seen}");
+    proxy.shutdown();
+}
