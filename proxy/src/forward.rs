@@ -11,6 +11,7 @@
 //!
 //! Nothing here logs per request, locks, or allocates what it can avoid.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
 use crate::pool::{self, ConnectError};
-use crate::routes::RouteTable;
+use crate::routes::{self, RouteTable};
 use crate::upstream::{InFlight, Upstream};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -143,7 +144,7 @@ impl ClientConn {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let fwd = &*self.forwarder;
         let http1 = req.version() <= Version::HTTP_11;
-        let upstream = match fwd.route(&req) {
+        let upstream = match fwd.route(&mut req) {
             Ok(upstream) => upstream,
             Err(failure) => return failure.response(http1),
         };
@@ -169,6 +170,8 @@ impl ClientConn {
 pub(crate) enum Failure {
     /// No `Host`, several, or one that is not a valid host (RFC 9112 §3.2).
     BadHost,
+    /// A path with an encoded `/` or `\\`, or a broken escape.
+    AmbiguousPath,
     NoRoute,
     NoActiveRelease,
     Refused,
@@ -185,6 +188,10 @@ impl Failure {
             Failure::BadHost => (
                 StatusCode::BAD_REQUEST,
                 "the request needs exactly one valid Host header\n",
+            ),
+            Failure::AmbiguousPath => (
+                StatusCode::BAD_REQUEST,
+                "the path has an encoded slash or a broken escape\n",
             ),
             Failure::NoRoute => (StatusCode::NOT_FOUND, "no route for this host and path\n"),
             Failure::NoActiveRelease => (StatusCode::SERVICE_UNAVAILABLE, "no active release\n"),
@@ -214,7 +221,10 @@ impl Failure {
 
 impl Forwarder {
     /// Phase 1: the upstream of the service this request routes to.
-    fn route<B>(&self, req: &Request<B>) -> Result<Arc<Upstream>, Failure> {
+    fn route<B>(&self, req: &mut Request<B>) -> Result<Arc<Upstream>, Failure> {
+        if let Cow::Owned(path) = routes::normalize_path(req.uri().path()).map_err(|_| Failure::AmbiguousPath)? {
+            set_path(req, path);
+        }
         let host = request_host(req)?;
         let table = self.table.load();
         let service = table.lookup(host, req.uri().path()).ok_or(Failure::NoRoute)?;
@@ -247,6 +257,24 @@ impl Forwarder {
                 },
             }
         }
+    }
+}
+
+/// Replace the path of the request's target, keeping its query (and the
+/// scheme and authority of an HTTP/2 or absolute-form target): the upstream
+/// gets the path the route was chosen by.
+fn set_path<B>(req: &mut Request<B>, mut path: String) {
+    if let Some(query) = req.uri().query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    let mut parts = req.uri().clone().into_parts();
+    match http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(path)) {
+        Ok(pq) => parts.path_and_query = Some(pq),
+        Err(_) => return,
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 

@@ -6,6 +6,7 @@
 //! new table, so all services switch together and no request ever sees half
 //! a table.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::upstream::Upstream;
@@ -44,10 +45,12 @@ impl HostPattern {
         }
     }
 
-    fn specificity(&self) -> usize {
+    /// How specific a match on this pattern is: exact names first, then
+    /// wildcards, the longer suffix first.
+    fn rank(&self) -> (u8, usize) {
         match self {
-            HostPattern::Exact(_) => 2,
-            HostPattern::Suffix(_) => 1,
+            HostPattern::Exact(_) => (2, 0),
+            HostPattern::Suffix(suffix) => (1, suffix.len()),
         }
     }
 }
@@ -83,9 +86,10 @@ impl Service {
     }
 }
 
+/// One (host pattern, prefix) pair of a route; `host: None` is any host.
 #[derive(Debug)]
 struct CompiledRoute {
-    hosts: Vec<HostPattern>,
+    host: Option<HostPattern>,
     prefix: String,
     service: usize,
 }
@@ -121,9 +125,11 @@ pub enum RouteError {
 
 impl RouteTable {
     /// Build a table. `services` lists every service with its current
-    /// upstream (or `None`: requests get 503). Routes may come in any order;
-    /// the table orders them so the longest prefix wins, then the most
-    /// specific host.
+    /// upstream (or `None`: requests get 503). Routes may come in any order:
+    /// the host decides first (an exact name, then a wildcard, the longest
+    /// suffix first, then routes for any host), then the longest path prefix
+    /// among the routes of that host class; a request no route of its host
+    /// class takes falls through to the next class.
     pub fn new(services: Vec<(String, Option<Arc<Upstream>>)>, routes: Vec<Route>) -> Result<Self, RouteError> {
         let mut svc: Vec<Service> = Vec::with_capacity(services.len());
         for (name, upstream) in services {
@@ -145,14 +151,25 @@ impl RouteTable {
                         service: route.service.clone(),
                     })?;
             let prefix = route.path_prefix.trim_end_matches('/').to_string();
-            compiled.push(CompiledRoute {
-                hosts: route.hosts,
-                prefix,
-                service,
-            });
+            if route.hosts.is_empty() {
+                compiled.push(CompiledRoute {
+                    host: None,
+                    prefix,
+                    service,
+                });
+            } else {
+                for host in route.hosts {
+                    compiled.push(CompiledRoute {
+                        host: Some(host),
+                        prefix: prefix.clone(),
+                        service,
+                    });
+                }
+            }
         }
-        let spec = |r: &CompiledRoute| r.hosts.iter().map(|h| h.specificity()).max().unwrap_or(0);
-        compiled.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()).then_with(|| spec(b).cmp(&spec(a))));
+        // A stable sort: among equals, the order given decides.
+        let rank = |r: &CompiledRoute| r.host.as_ref().map_or((0, 0), HostPattern::rank);
+        compiled.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| b.prefix.len().cmp(&a.prefix.len())));
         Ok(RouteTable {
             routes: compiled,
             services: svc,
@@ -178,13 +195,14 @@ impl RouteTable {
     }
 
     /// The service a request for `host` (may carry a port) and `path` goes to.
+    /// `path` is compared as given: the proxy normalizes it first
+    /// ([`normalize_path`]).
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Service> {
         let host = host.map(strip_port);
         self.routes
             .iter()
             .find(|r| {
-                prefix_matches(&r.prefix, path)
-                    && (r.hosts.is_empty() || host.is_some_and(|h| r.hosts.iter().any(|p| p.matches(h))))
+                prefix_matches(&r.prefix, path) && r.host.as_ref().is_none_or(|p| host.is_some_and(|h| p.matches(h)))
             })
             .map(|r| &self.services[r.service])
     }
@@ -199,6 +217,96 @@ fn strip_port(host: &str) -> &str {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     }
+}
+
+/// A request path that cannot be compared with route prefixes safely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AmbiguousPath;
+
+/// The path as routes see it (RFC 3986 §6.2.2): percent-encoded unreserved
+/// characters decoded, other escapes in upper case, `.` and `..` segments
+/// removed. An encoded `/` or `\` or a broken escape is refused: an upstream
+/// could read it as a separator a prefix route never saw. Borrowed, and
+/// free, for the usual path that has no `%` and no dot segment.
+pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
+    let bytes = path.as_bytes();
+    if !bytes.contains(&b'%') && !has_dot_segment(bytes) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            decoded.push(bytes[i] as char);
+            i += 1;
+            continue;
+        }
+        let hex = |b: u8| (b as char).to_digit(16);
+        let (Some(hi), Some(lo)) = (
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err(AmbiguousPath);
+        };
+        let byte = (hi * 16 + lo) as u8;
+        match byte {
+            b'/' | b'\\' => return Err(AmbiguousPath),
+            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => decoded.push(b as char),
+            _ => {
+                decoded.push('%');
+                decoded.push(bytes[i + 1].to_ascii_uppercase() as char);
+                decoded.push(bytes[i + 2].to_ascii_uppercase() as char);
+            }
+        }
+        i += 3;
+    }
+    if !has_dot_segment(decoded.as_bytes()) {
+        return Ok(Cow::Owned(decoded));
+    }
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+}
+
+/// Does the path have a `.` or `..` segment?
+fn has_dot_segment(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/').any(|seg| seg == b"." || seg == b"..")
+}
+
+/// RFC 3986 §5.2.4 for a path whose segments are separated by `/`: `..`
+/// never climbs above the root.
+fn remove_dot_segments(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    let mut segments = path.split('/').peekable();
+    if absolute {
+        segments.next();
+    }
+    let mut trailing_slash = false;
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        match seg {
+            "." => trailing_slash = last,
+            ".." => {
+                out.pop();
+                trailing_slash = last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut result = String::with_capacity(path.len());
+    for seg in &out {
+        result.push('/');
+        result.push_str(seg);
+    }
+    if trailing_slash || result.is_empty() {
+        result.push('/');
+    }
+    if !absolute {
+        result.remove(0);
+    }
+    result
 }
 
 /// `prefix` has no trailing slash ("" is the root).
@@ -291,5 +399,61 @@ mod tests {
         assert_eq!(strip_port("a.com:80"), "a.com");
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(strip_port("a.com"), "a.com");
+    }
+
+    #[test]
+    fn the_host_decides_before_the_prefix() {
+        let t = RouteTable::new(
+            vec![("web".into(), up(1)), ("api".into(), up(2)), ("shop".into(), up(3))],
+            vec![
+                route(&[], "/api/v1/long/prefix", "api"),
+                route(&["*.example.com"], "/api", "web"),
+                route(&["shop.example.com"], "/", "shop"),
+                route(&[], "/static", "api"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            name(&t, Some("shop.example.com"), "/api/v1/long/prefix/x"),
+            Some("shop")
+        );
+        assert_eq!(name(&t, Some("a.example.com"), "/api/v1/long/prefix/x"), Some("web"));
+        // Nothing of the wildcard's class takes it: the next class does.
+        assert_eq!(name(&t, Some("a.example.com"), "/static/app.js"), Some("api"));
+        assert_eq!(name(&t, Some("a.example.com"), "/other"), None);
+        assert_eq!(name(&t, Some("other.org"), "/api/v1/long/prefix"), Some("api"));
+    }
+
+    #[test]
+    fn the_longer_wildcard_is_the_more_specific() {
+        let t = RouteTable::new(
+            vec![("web".into(), up(1)), ("eu".into(), up(2))],
+            vec![
+                route(&["*.example.com"], "/", "web"),
+                route(&["*.eu.example.com"], "/", "eu"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(name(&t, Some("a.eu.example.com"), "/"), Some("eu"));
+        assert_eq!(name(&t, Some("a.example.com"), "/"), Some("web"));
+    }
+
+    #[test]
+    fn paths_are_normalized_before_matching() {
+        let n = |p| normalize_path(p).map(|c| c.into_owned());
+        assert!(matches!(normalize_path("/api/users?x=1"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(normalize_path("/a.b/.well-known/x..y"), Ok(Cow::Borrowed(_))));
+        assert_eq!(n("/api/../admin"), Ok("/admin".into()));
+        assert_eq!(n("/%61dmin"), Ok("/admin".into()));
+        assert_eq!(n("/api/%2e%2e/admin"), Ok("/admin".into()));
+        assert_eq!(n("/a/./b/"), Ok("/a/b/".into()));
+        assert_eq!(n("/a/b/.."), Ok("/a/".into()));
+        assert_eq!(n("/../../etc"), Ok("/etc".into()));
+        assert_eq!(n("/.."), Ok("/".into()));
+        assert_eq!(n("/a%3fb%c3%a9"), Ok("/a%3Fb%C3%A9".into()));
+        assert_eq!(n("/api%2F..%2Fadmin"), Err(AmbiguousPath));
+        assert_eq!(n("/a%5cb"), Err(AmbiguousPath));
+        assert_eq!(n("/a%2"), Err(AmbiguousPath));
+        assert_eq!(n("/a%zz"), Err(AmbiguousPath));
     }
 }

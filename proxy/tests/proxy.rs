@@ -668,3 +668,50 @@ async fn missing_duplicate_or_invalid_host_is_400_and_closes() {
     assert!(seen.starts_with("HTTP/1.0 200 OK"), "HTTP/1.0 may omit Host: {seen}");
     proxy.shutdown();
 }
+
+#[tokio::test]
+async fn dot_segments_and_escapes_do_not_escape_a_prefix_route() {
+    let (web, admin) = (app("web").await, app("admin").await);
+    let table = RouteTable::new(
+        vec![
+            ("web".into(), Some(Upstream::new(web))),
+            ("admin".into(), Some(Upstream::new(admin))),
+        ],
+        vec![route(&[], "/", "web"), route(&[], "/admin", "admin")],
+    )
+    .unwrap();
+    let (proxy, _) = start(config(), table);
+    let addr = proxy.local_addrs()[0];
+    for path in ["/api/../admin", "/%61dmin", "/api/%2e%2e/admin/x", "/./admin"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let seen = raw_exchange(addr, request.as_bytes()).await;
+        assert!(
+            seen.starts_with("HTTP/1.1 200 OK") && seen.ends_with("admin\n"),
+            "{path}: {seen}"
+        );
+    }
+    for path in ["/api%2F..%2Fadmin", "/a%zz"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let seen = raw_exchange(addr, request.as_bytes()).await;
+        assert!(seen.starts_with("HTTP/1.1 400 "), "{path}: {seen}");
+    }
+    proxy.shutdown();
+}
+
+#[tokio::test]
+async fn an_exact_host_beats_a_longer_prefix_for_any_host() {
+    let (web, shop) = (app("web").await, app("shop").await);
+    let table = RouteTable::new(
+        vec![
+            ("web".into(), Some(Upstream::new(web))),
+            ("shop".into(), Some(Upstream::new(shop))),
+        ],
+        vec![route(&[], "/api", "web"), route(&["shop.test"], "/", "shop")],
+    )
+    .unwrap();
+    let (proxy, base) = start(config(), table);
+    let c = client();
+    assert_eq!(get(&c, &format!("{base}/api/x"), Some("shop.test")).await.1, "shop\n");
+    assert_eq!(get(&c, &format!("{base}/api/x"), Some("other.test")).await.1, "web\n");
+    proxy.shutdown();
+}
