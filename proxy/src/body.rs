@@ -1,13 +1,24 @@
-//! The body of every response the proxy sends: either an upstream's body,
-//! streamed frame by frame, or a short plain-text message of the proxy's own.
+//! Bodies on their way through the proxy.
 //!
-//! The upstream variant carries the in-flight guard and the pooled
-//! connection, so the request counts as in flight until its body has been
-//! sent, and the connection is reused as soon as the body has ended.
+//! [`ProxyBody`], the body of every response the proxy sends: either an
+//! upstream's body, streamed frame by frame, or a short plain-text message of
+//! the proxy's own. The upstream variant carries the in-flight guard and the
+//! pooled connection, so the request counts as in flight until its body has
+//! been sent, and the connection is reused once both bodies have ended.
+//!
+//! [`RequestBody`], the client's request body on its way upstream. When
+//! there is one, an [`Upload`] records whether it ended, failed (a malformed
+//! chunk from the client: 400, not 502) or is still coming, so that the
+//! response timeout starts only once the upload is done. A request without a
+//! body allocates nothing for this.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -27,6 +38,9 @@ enum Kind {
     Upstream {
         body: Incoming,
         conn: Option<(SocketAddr, Conn)>,
+        /// The request's upload, when it had a body: the connection is
+        /// reusable only when that has ended too.
+        upload: Option<Arc<Upload>>,
         _in_flight: InFlight,
     },
     Text(Option<Bytes>),
@@ -40,12 +54,19 @@ impl ProxyBody {
         }
     }
 
-    /// An upstream body; `conn` returns to the pool when it ends.
-    pub(crate) fn upstream(body: Incoming, conn: Option<(SocketAddr, Conn)>, in_flight: InFlight) -> Self {
+    /// An upstream body; `conn` returns to the pool when it and the
+    /// request's `upload` (if any) have ended.
+    pub(crate) fn upstream(
+        body: Incoming,
+        conn: Option<(SocketAddr, Conn)>,
+        upload: Option<Arc<Upload>>,
+        in_flight: InFlight,
+    ) -> Self {
         let mut this = ProxyBody {
             kind: Kind::Upstream {
                 body,
                 conn,
+                upload,
                 _in_flight: in_flight,
             },
         };
@@ -54,12 +75,16 @@ impl ProxyBody {
     }
 
     fn release_if_ended(&mut self) {
-        if let Kind::Upstream { body, conn, .. } = &mut self.kind {
+        if let Kind::Upstream { body, conn, upload, .. } = &mut self.kind {
             // hyper stops polling once `is_end_stream` is true, so the end
             // can be seen here rather than as a final `None`.
             if body.is_end_stream() {
                 if let Some((addr, conn)) = conn.take() {
-                    pool::put_back(addr, conn);
+                    // An upload still going (the upstream answered early)
+                    // leaves the connection busy: it is not reused.
+                    if upload.as_ref().is_none_or(|u| u.state() == Upload::ENDED) {
+                        pool::put_back(addr, conn);
+                    }
                 }
             }
         }
@@ -101,6 +126,123 @@ impl Body for ProxyBody {
             Kind::Text(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Text(None) => SizeHint::with_exact(0),
             Kind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// How a request body's upload stands; shared by the body being sent and the
+/// request waiting for its response.
+#[derive(Debug, Default)]
+pub(crate) struct Upload {
+    state: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Upload {
+    /// Still sending.
+    pub(crate) const SENDING: u8 = 0;
+    /// The whole body was sent.
+    pub(crate) const ENDED: u8 = 1;
+    /// The client's body failed: malformed framing, or the client went away.
+    pub(crate) const CLIENT_FAILED: u8 = 2;
+    /// hyper stopped sending it (the upstream connection failed or answered).
+    pub(crate) const ABANDONED: u8 = 3;
+
+    /// Where the upload stands.
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    fn finish(&self, state: u8) {
+        if self
+            .state
+            .compare_exchange(Self::SENDING, state, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.waker.wake();
+        }
+    }
+
+    /// Resolves once the upload is no longer sending.
+    pub(crate) async fn finished(&self) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.state() == Self::SENDING {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+}
+
+/// The client's request body on its way upstream (see [`Upload`]).
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Option<Incoming>,
+    upload: Option<Arc<Upload>>,
+}
+
+impl RequestBody {
+    /// Wrap the client's body; the [`Upload`] is there when it has content.
+    pub(crate) fn new(body: Incoming) -> (Self, Option<Arc<Upload>>) {
+        if body.is_end_stream() {
+            return (RequestBody::empty(), None);
+        }
+        let upload = Arc::new(Upload::default());
+        let body = RequestBody {
+            inner: Some(body),
+            upload: Some(upload.clone()),
+        };
+        (body, Some(upload))
+    }
+
+    /// No body at all.
+    pub(crate) fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            upload: None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let Some(body) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(&mut *body).poll_frame(cx);
+        if let Some(upload) = &this.upload {
+            match &frame {
+                Poll::Ready(Some(Err(_))) => upload.finish(Upload::CLIENT_FAILED),
+                Poll::Ready(None) => upload.finish(Upload::ENDED),
+                Poll::Ready(Some(Ok(_))) if body.is_end_stream() => upload.finish(Upload::ENDED),
+                _ => {}
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(upload) = &self.upload {
+            upload.finish(Upload::ABANDONED);
         }
     }
 }

@@ -20,14 +20,15 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody, Upload};
 use crate::pool::{self, ConnectError};
 use crate::routes::{self, RouteTable};
 use crate::upstream::{InFlight, Upstream};
@@ -57,6 +58,7 @@ pub(crate) struct Forwarder {
     pub(crate) table: Arc<ArcSwap<RouteTable>>,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
+    pub(crate) upstream_idle_timeout: Duration,
 }
 
 /// Where a worker keeps the tunnels of upgraded connections: they outlive
@@ -152,7 +154,7 @@ impl ClientConn {
         let client_upgrade = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
         let mut resp = match fwd.send(addr, req).await {
-            Ok((resp, conn)) => respond(resp, conn, addr, in_flight, client_upgrade, &self.tunnels),
+            Ok((resp, conn, upload)) => respond(resp, conn, upload, addr, in_flight, client_upgrade, &self.tunnels),
             Err(failure) => failure.response(http1),
         };
         // A `101` hands the connection over to the tunnel: `Connection: close`
@@ -170,6 +172,8 @@ impl ClientConn {
 pub(crate) enum Failure {
     /// No `Host`, several, or one that is not a valid host (RFC 9112 §3.2).
     BadHost,
+    /// The client's request body was malformed (e.g. a bad chunk size) or cut off.
+    BadRequestBody,
     /// A path with an encoded `/` or `\\`, or a broken escape.
     AmbiguousPath,
     NoRoute,
@@ -189,6 +193,7 @@ impl Failure {
                 StatusCode::BAD_REQUEST,
                 "the request needs exactly one valid Host header\n",
             ),
+            Failure::BadRequestBody => (StatusCode::BAD_REQUEST, "the request body was malformed or cut off\n"),
             Failure::AmbiguousPath => (
                 StatusCode::BAD_REQUEST,
                 "the path has an encoded slash or a broken escape\n",
@@ -231,33 +236,134 @@ impl Forwarder {
         service.upstream().cloned().ok_or(Failure::NoActiveRelease)
     }
 
-    /// Phase 3: send on a pooled connection, or a new one. A request that a
-    /// pooled connection never started to send (it was closed under us) is
-    /// retried once on a fresh connection.
+    /// Phase 3: send on a pooled connection, or a new one. The response
+    /// timeout runs from the end of the upload to the response head.
+    ///
+    /// Retries: a request a pooled connection never started to send (it was
+    /// closed under us) goes on another connection. An idempotent request
+    /// without a body that a reused connection lost before any response
+    /// (the upstream closed it as the request crossed) is sent once more on a
+    /// fresh connection. To resend it, its head is copied before sending,
+    /// only when the connection was idle for [`RETRY_AFTER_IDLE`] or more:
+    /// under load connections are reused within microseconds and upstreams
+    /// close idle ones, so the copy is made where the race is.
     async fn send(
         &self,
         addr: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, pool::Conn), Failure> {
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, pool::Conn, Option<Arc<Upload>>), Failure> {
+        let (parts, body) = req.into_parts();
+        let (body, upload) = RequestBody::new(body);
+        let mut req = Request::from_parts(parts, body);
+        let mut fresh_only = false;
         loop {
-            let (mut conn, fresh) = match pool::take_idle(addr).await {
-                Some(conn) => (conn, false),
+            let pooled = match fresh_only {
+                true => None,
+                false => pool::take_idle(addr, self.upstream_idle_timeout).await,
+            };
+            let (mut conn, idle) = match pooled {
+                Some((conn, idle)) => (conn, Some(idle)),
                 None => match pool::connect(addr, self.connect_timeout).await {
-                    Ok(conn) => (conn, true),
+                    Ok(conn) => (conn, None),
                     Err(ConnectError::TimedOut) => return Err(Failure::ConnectTimeout),
                     Err(ConnectError::Failed) => return Err(Failure::Refused),
                 },
             };
-            match tokio::time::timeout(self.response_timeout, conn.try_send_request(req)).await {
-                Err(_) => return Err(Failure::ResponseTimeout),
-                Ok(Ok(resp)) => return Ok((resp, conn)),
-                Ok(Err(mut err)) => match err.take_message() {
-                    Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(Failure::Broken),
-                },
+            let resend = match idle {
+                Some(idle)
+                    if !fresh_only && idle >= RETRY_AFTER_IDLE && upload.is_none() && idempotent(req.method()) =>
+                {
+                    Some(head_copy(&req))
+                }
+                _ => None,
+            };
+            let err = match self.exchange(&mut conn, req, upload.as_deref()).await {
+                Ok(Ok(resp)) => return Ok((resp, conn, upload)),
+                Ok(Err(err)) => err,
+                Err(timeout) => return Err(timeout),
+            };
+            if upload.as_ref().is_some_and(|u| u.state() == Upload::CLIENT_FAILED) {
+                return Err(Failure::BadRequestBody);
+            }
+            let mut err = err;
+            match (err.take_message(), resend) {
+                (Some(unsent), _) if idle.is_some() => req = unsent,
+                (_, Some(copy)) if before_any_response(err.error()) => {
+                    req = copy;
+                    fresh_only = true;
+                }
+                _ => return Err(Failure::Broken),
             }
         }
     }
+
+    /// Send `req` on `conn` and wait for the response head: without a bound
+    /// while the client uploads (the body's own pace), then for at most the
+    /// response timeout.
+    async fn exchange(
+        &self,
+        conn: &mut pool::Conn,
+        req: Request<RequestBody>,
+        upload: Option<&Upload>,
+    ) -> Result<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>, Failure> {
+        let sent = conn.try_send_request(req);
+        let mut sent = std::pin::pin!(sent);
+        if let Some(upload) = upload {
+            tokio::select! {
+                biased;
+                result = sent.as_mut() => return Ok(result),
+                _ = upload.finished() => {}
+            }
+        }
+        tokio::time::timeout(self.response_timeout, sent)
+            .await
+            .map_err(|_| Failure::ResponseTimeout)
+    }
+}
+
+/// A reused connection idle this long gets a copy of an idempotent request's
+/// head, to resend it if the upstream closed the connection under it.
+const RETRY_AFTER_IDLE: Duration = Duration::from_millis(10);
+
+/// Methods whose request may be sent twice (RFC 9110 §9.2.2) and that
+/// usually carry no body.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The same request again, without a body (only bodiless requests are resent).
+fn head_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Did the upstream close, or reset, the connection before answering?
+/// (Not a timeout, and not a response hyper could not parse.)
+fn before_any_response(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Replace the path of the request's target, keeping its query (and the
@@ -402,6 +508,7 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
 fn respond(
     mut resp: Response<Incoming>,
     conn: pool::Conn,
+    upload: Option<Arc<Upload>>,
     addr: SocketAddr,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -421,7 +528,7 @@ fn respond(
     let present = hop_by_hop_present(resp.headers());
     strip_hop_by_hop(resp.headers_mut(), present, false);
     // The connection is reusable once this body ends (an upgraded one never is).
-    resp.map(|body| ProxyBody::upstream(body, Some((addr, conn)), in_flight))
+    resp.map(|body| ProxyBody::upstream(body, Some((addr, conn)), upload, in_flight))
 }
 
 /// How long a tunnel being closed may take to say so (FIN) to both ends.

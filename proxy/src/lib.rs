@@ -61,6 +61,10 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// On shutdown, how long open requests may take to finish.
     pub drain_timeout: Duration,
+    /// A pooled upstream connection idle this long is not reused. Keep it
+    /// below the upstreams' keep-alive timeout, or an upstream may close a
+    /// connection just as a request is sent on it.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -74,6 +78,11 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            // Below the shortest common keep-alive default (gunicorn 2 s;
+            // node, uvicorn, Apache 5 s; nginx 75 s), with room for the
+            // request's trip: reconnecting after 1.5 s idle costs one
+            // handshake on a local network.
+            upstream_idle_timeout: Duration::from_millis(1500),
         }
     }
 }
@@ -165,6 +174,7 @@ impl Proxy {
             table: table.clone(),
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
+            upstream_idle_timeout: config.upstream_idle_timeout,
         });
         let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let shutdown = CancellationToken::new();

@@ -715,3 +715,141 @@ async fn an_exact_host_beats_a_longer_prefix_for_any_host() {
     assert_eq!(get(&c, &format!("{base}/api/x"), Some("other.test")).await.1, "web\n");
     proxy.shutdown();
 }
+
+/// An upstream that answers the first request on each connection, and
+/// closes the connection without answering a later one that comes after the
+/// connection sat idle for `limit` or more: its keep-alive timeout firing
+/// just as the request arrives.
+async fn upstream_with_keep_alive_timeout(limit: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut last_answer: Option<tokio::time::Instant> = None;
+                let mut buf = Vec::new();
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + len);
+                    if last_answer.is_some_and(|t| t.elapsed() >= limit) {
+                        return; // closed under the request
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    last_answer = Some(tokio::time::Instant::now());
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn send(client: &Http, method: &str, url: &str, body: &'static str) -> StatusCode {
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn an_idempotent_request_lost_on_a_reused_connection_is_retried_once() {
+    let upstream = upstream_with_keep_alive_timeout(Duration::from_millis(50)).await;
+    let config = ProxyConfig { workers: 1, ..config() };
+    let (proxy, base) = start(config, RouteTable::single("web", Some(Upstream::new(upstream))));
+    let c = client();
+    let url = format!("{base}/");
+    assert_eq!(send(&c, "GET", &url, "").await, StatusCode::OK);
+    for method in ["GET", "HEAD", "DELETE", "OPTIONS"] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(send(&c, method, &url, "").await, StatusCode::OK, "{method}");
+    }
+    // A request with a body was sent: it is not sent twice.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(send(&c, "POST", &url, "data").await, StatusCode::BAD_GATEWAY);
+    proxy.shutdown();
+}
+
+#[tokio::test]
+async fn pooled_connections_expire_before_the_upstream_keep_alive_timeout() {
+    let upstream = upstream_with_keep_alive_timeout(Duration::from_millis(400)).await;
+    let config = ProxyConfig {
+        workers: 1,
+        upstream_idle_timeout: Duration::from_millis(100),
+        ..config()
+    };
+    let (proxy, base) = start(config, RouteTable::single("web", Some(Upstream::new(upstream))));
+    let c = client();
+    let url = format!("{base}/");
+    assert_eq!(send(&c, "POST", &url, "one").await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(send(&c, "POST", &url, "two").await, StatusCode::OK);
+    proxy.shutdown();
+}
+
+#[tokio::test]
+async fn a_malformed_chunk_from_the_client_is_400_not_502() {
+    let (proxy, _) = start(
+        config(),
+        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
+    );
+    let request = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n";
+    let seen = raw_exchange(proxy.local_addrs()[0], request).await;
+    assert!(seen.starts_with("HTTP/1.1 400 "), "{seen}");
+    proxy.shutdown();
+}
+
+#[tokio::test]
+async fn the_response_timeout_starts_after_the_upload() {
+    let config = ProxyConfig {
+        response_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let (proxy, base) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    // Ten chunks, 100 ms apart: the upload takes three response timeouts.
+    let chunks = Box::pin(futures_util::stream::unfold(0u32, |i| async move {
+        if i == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"0123456789"))),
+            i + 1,
+        ))
+    }));
+    let client: Client<HttpConnector, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(format!("{base}/upload"))
+        .body(StreamBody::new(chunks))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "100\n");
+    proxy.shutdown();
+}
