@@ -39,7 +39,12 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1,
+/// and `HTTP2-Settings` of the h2c upgrade, which is never forwarded).
+/// `Trailer` is not one of them: it announces the trailers that pass.
+/// `Connection` comes first and `Upgrade` last (see [`is_upgrade`]).
 static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
@@ -47,10 +52,12 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::PROXY_AUTHENTICATE,
     &header::PROXY_AUTHORIZATION,
     &header::TE,
-    &header::TRAILER,
     &header::TRANSFER_ENCODING,
+    &HTTP2_SETTINGS,
     &header::UPGRADE,
 ];
+/// The bit of `TE` in a [`hop_by_hop_present`] mask.
+const TE_BIT: u16 = 1 << 5;
 
 /// What the data plane shares across connections: the table and timeouts.
 #[derive(Debug)]
@@ -561,7 +568,10 @@ async fn tunnel(
     .await;
 }
 
-/// Does the request ask for a protocol upgrade? `present` as for [`strip_hop_by_hop`].
+/// Does the request ask for a protocol upgrade the proxy tunnels? Not to
+/// h2c: that upgrade is between the client and the proxy, which does not
+/// offer it, so it is dropped like any hop-by-hop header.
+/// `present` as for [`strip_hop_by_hop`].
 fn is_upgrade(headers: &HeaderMap, present: u16) -> bool {
     const CONNECTION_AND_UPGRADE: u16 = 1 | 1 << (HOP_BY_HOP.len() - 1);
     present & CONNECTION_AND_UPGRADE == CONNECTION_AND_UPGRADE
@@ -569,6 +579,7 @@ fn is_upgrade(headers: &HeaderMap, present: u16) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .any(|v| has_token(v, "upgrade"))
+        && !headers.get_all(header::UPGRADE).iter().any(|v| has_token(v, "h2c"))
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {
@@ -591,9 +602,12 @@ fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
 }
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
-/// For an upgrade handshake, `Connection: upgrade` and `Upgrade` stay.
-/// `present` is [`hop_by_hop_present`] of `headers`.
+/// For an upgrade handshake, `Connection: upgrade` and `Upgrade` stay; a
+/// `TE` that accepts trailers becomes `TE: trailers` (RFC 9110 §10.1.4: the
+/// one TE value that passes a proxy). `present` is [`hop_by_hop_present`]
+/// of `headers`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, mut present: u16, keep_upgrade: bool) {
+    let trailers = present & TE_BIT != 0 && headers.get_all(header::TE).iter().any(|v| has_token(v, "trailers"));
     if present & 1 != 0 {
         // Only a `Connection` header naming other headers allocates.
         let mut named = Vec::new();
@@ -625,6 +639,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, mut present: u16, keep_upgrade: boo
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 #[cfg(test)]
@@ -637,13 +654,30 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         let present = hop_by_hop_present(&h);
         strip_hop_by_hop(&mut h, present, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_and_trailer_pass_and_h2c_is_no_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("deflate;q=0.5, trailers"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, HTTP2-Settings"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAAQAAP__"));
+        let present = hop_by_hop_present(&h);
+        assert!(!is_upgrade(&h, present));
+        strip_hop_by_hop(&mut h, present, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["te", "trailer"]);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
     }
 
     #[test]

@@ -100,7 +100,7 @@ async fn forwarded_headers_are_set_and_hop_by_hop_stripped() {
         .header("connection", "keep-alive, x-private")
         .header("x-private", "secret")
         .header("x-forwarded-for", "203.0.113.7")
-        .header("te", "trailers")
+        .header("te", "deflate;q=0.5, trailers")
         .header("x-kept", "yes")
         .body(Full::default())
         .unwrap();
@@ -113,7 +113,8 @@ async fn forwarded_headers_are_set_and_hop_by_hop_stripped() {
     assert!(body.contains("x-forwarded-host: shop.example.com\n"), "{body}");
     assert!(body.contains("x-kept: yes\n"), "{body}");
     assert!(!body.contains("x-private"), "{body}");
-    assert!(!body.contains("te: "), "{body}");
+    assert!(body.contains("te: trailers\n"), "only TE: trailers passes: {body}");
+    assert!(!body.contains("deflate"), "{body}");
     proxy.shutdown();
 }
 
@@ -851,5 +852,94 @@ async fn the_response_timeout_starts_after_the_upload() {
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "100\n");
+    proxy.shutdown();
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_not_forwarded() {
+    let (proxy, _) = start(
+        config(),
+        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
+    );
+    let request = b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let seen = raw_exchange(proxy.local_addrs()[0], request).await;
+    assert!(seen.starts_with("HTTP/1.1 200 OK"), "{seen}");
+    let body = seen.to_ascii_lowercase();
+    assert!(
+        !body.contains("upgrade: h2c") && !body.contains("http2-settings"),
+        "{seen}"
+    );
+    proxy.shutdown();
+}
+
+/// An upstream answering with a chunked body and a trailer, and echoing the
+/// request's `TE` and trailers back in its headers.
+async fn upstream_with_trailers() -> SocketAddr {
+    use hyper::service::service_fn;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let te = req.headers().get("te").cloned();
+                let collected = req.into_body().collect().await.unwrap();
+                let request_trailer = collected.trailers().and_then(|t| t.get("x-request-sum")).cloned();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+                let frames = futures_util::stream::iter([
+                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"body\n"))),
+                    Ok(Frame::trailers(trailers)),
+                ]);
+                let mut resp = hyper::Response::new(StreamBody::new(frames));
+                resp.headers_mut()
+                    .insert("trailer", http::HeaderValue::from_static("x-checksum"));
+                if let Some(te) = te {
+                    resp.headers_mut().insert("x-saw-te", te);
+                }
+                if let Some(sum) = request_trailer {
+                    resp.headers_mut().insert("x-saw-request-sum", sum);
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn trailers_pass_both_ways_and_te_trailers_is_kept() {
+    let (proxy, _) = start(
+        config(),
+        RouteTable::single("web", Some(Upstream::new(upstream_with_trailers().await))),
+    );
+    let stream = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut request_trailers = http::HeaderMap::new();
+    request_trailers.insert("x-request-sum", http::HeaderValue::from_static("42"));
+    let frames = futures_util::stream::iter([
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"upload"))),
+        Ok(Frame::trailers(request_trailers)),
+    ]);
+    let req = Request::post("/")
+        .header("host", "a")
+        .header("te", "trailers")
+        .header("trailer", "x-request-sum")
+        .body(StreamBody::new(frames))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers().get("x-saw-te").unwrap(), "trailers");
+    assert_eq!(resp.headers().get("x-saw-request-sum").unwrap(), "42");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    assert_eq!(collected.to_bytes(), "body\n");
+    assert_eq!(trailers.unwrap().get("x-checksum").unwrap(), "abc");
     proxy.shutdown();
 }
