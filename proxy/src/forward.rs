@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::{ProxyBody, RequestBody, Upload};
 use crate::pool::{self, ConnectError};
 use crate::routes::{self, RouteTable};
-use crate::upstream::{InFlight, Upstream};
+use crate::upstream::InFlight;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -62,7 +62,9 @@ const TE_BIT: u16 = 1 << 5;
 /// What the data plane shares across connections: the table and timeouts.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    pub(crate) table: Arc<ArcSwap<RouteTable>>,
+    pub(crate) table: ArcSwap<RouteTable>,
+    /// Incremented after every store into `table`.
+    pub(crate) generation: AtomicU64,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) upstream_idle_timeout: Duration,
@@ -153,11 +155,10 @@ impl ClientConn {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let fwd = &*self.forwarder;
         let http1 = req.version() <= Version::HTTP_11;
-        let upstream = match fwd.route(&mut req) {
-            Ok(upstream) => upstream,
+        let in_flight = match fwd.route(&mut req) {
+            Ok(in_flight) => in_flight,
             Err(failure) => return failure.response(http1),
         };
-        let in_flight = upstream.enter();
         let client_upgrade = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
         let mut resp = match fwd.send(addr, req).await {
@@ -233,14 +234,35 @@ impl Failure {
 
 impl Forwarder {
     /// Phase 1: the upstream of the service this request routes to.
-    fn route<B>(&self, req: &mut Request<B>) -> Result<Arc<Upstream>, Failure> {
+    ///
+    /// The request counts as in flight to that upstream before this returns,
+    /// and no drain can have seen it idle meanwhile: the table generation is
+    /// read before the lookup and again after [`Upstream::enter`](crate::Upstream). A swap in
+    /// between (rare) routes the request again on the new table; otherwise a
+    /// drain that started after the swap sees this request (all `SeqCst`).
+    fn route<B>(&self, req: &mut Request<B>) -> Result<InFlight, Failure> {
         if let Cow::Owned(path) = routes::normalize_path(req.uri().path()).map_err(|_| Failure::AmbiguousPath)? {
             set_path(req, path);
         }
         let host = request_host(req)?;
-        let table = self.table.load();
-        let service = table.lookup(host, req.uri().path()).ok_or(Failure::NoRoute)?;
-        service.upstream().cloned().ok_or(Failure::NoActiveRelease)
+        loop {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let table = self.table.load();
+            let service = table.lookup(host, req.uri().path()).ok_or(Failure::NoRoute)?;
+            let upstream = service.upstream().ok_or(Failure::NoActiveRelease)?;
+            #[cfg(test)]
+            tests::between_lookup_and_enter();
+            let in_flight = upstream.clone().enter();
+            if self.generation.load(Ordering::SeqCst) == generation {
+                return Ok(in_flight);
+            }
+        }
+    }
+
+    /// Replace the route table: the flip. See [`Forwarder::route`].
+    pub(crate) fn swap(&self, table: RouteTable) {
+        self.table.store(Arc::new(table));
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Phase 3: send on a pooled connection, or a new one. The response
@@ -646,7 +668,53 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, mut present: u16, keep_upgrade: boo
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
+    use crate::upstream::Upstream;
+
+    thread_local! {
+        /// Run by [`Forwarder::route`] between the lookup and `enter`.
+        static BETWEEN: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn between_lookup_and_enter() {
+        if let Some(hook) = BETWEEN.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+    }
+
+    #[test]
+    fn a_drain_never_sees_zero_while_a_routed_request_is_about_to_start() {
+        let blue = Upstream::new(([127, 0, 0, 1], 1).into());
+        let green = Upstream::new(([127, 0, 0, 1], 2).into());
+        let fwd = Arc::new(Forwarder {
+            table: ArcSwap::from_pointee(RouteTable::single("web", Some(blue.clone()))),
+            generation: AtomicU64::new(0),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            upstream_idle_timeout: Duration::from_secs(1),
+        });
+        // The flip lands after this request looked blue up, and the drain of
+        // blue looks at once.
+        let drain_saw = std::rc::Rc::new(std::cell::Cell::new(None));
+        BETWEEN.with(|h| {
+            let (fwd, blue, green, drain_saw) = (fwd.clone(), blue.clone(), green.clone(), drain_saw.clone());
+            *h.borrow_mut() = Some(Box::new(move || {
+                fwd.swap(RouteTable::single("web", Some(green)));
+                drain_saw.set(Some(blue.in_flight()));
+            }));
+        });
+        let mut req = Request::get("/").header(header::HOST, "a").body(()).unwrap();
+        let in_flight = fwd.route(&mut req).unwrap();
+        assert_eq!(drain_saw.get(), Some(0), "the drain saw blue idle");
+        assert_eq!(
+            in_flight.upstream().addr(),
+            green.addr(),
+            "so the request must not go to blue"
+        );
+        assert_eq!(blue.in_flight(), 0);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_connection_tokens_are_removed() {

@@ -29,7 +29,7 @@ mod routes;
 mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,7 +109,7 @@ pub enum ProxyError {
 /// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
 #[derive(Debug)]
 pub struct Proxy {
-    table: Arc<ArcSwap<RouteTable>>,
+    forwarder: Arc<forward::Forwarder>,
     local_addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,
     stopped: CancellationToken,
@@ -169,9 +169,9 @@ impl Proxy {
             return Err(ProxyError::NoListeners);
         }
         let local_addrs = per_worker[0].iter().filter_map(|l| l.local_addr().ok()).collect();
-        let table = Arc::new(ArcSwap::from_pointee(table));
         let forwarder = Arc::new(forward::Forwarder {
-            table: table.clone(),
+            table: ArcSwap::from_pointee(table),
+            generation: AtomicU64::new(0),
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             upstream_idle_timeout: config.upstream_idle_timeout,
@@ -206,7 +206,7 @@ impl Proxy {
                 .map_err(ProxyError::Worker)?;
         }
         Ok(Proxy {
-            table,
+            forwarder,
             local_addrs,
             shutdown,
             stopped,
@@ -220,12 +220,12 @@ impl Proxy {
 
     /// Replace the whole route table at once: the flip.
     pub fn swap(&self, table: RouteTable) {
-        self.table.store(Arc::new(table));
+        self.forwarder.swap(table);
     }
 
     /// The table requests are being routed with now.
     pub fn table(&self) -> Arc<RouteTable> {
-        self.table.load_full()
+        self.forwarder.table.load_full()
     }
 
     /// Stop accepting and let open requests finish within the drain timeout.

@@ -196,7 +196,7 @@ impl RouteTable {
 
     /// The service a request for `host` (may carry a port) and `path` goes to.
     /// `path` is compared as given: the proxy normalizes it first
-    /// ([`normalize_path`]).
+    /// (`normalize_path`): dot segments removed, unreserved escapes decoded.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Service> {
         let host = host.map(strip_port);
         self.routes
