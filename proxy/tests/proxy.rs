@@ -943,3 +943,59 @@ async fn trailers_pass_both_ways_and_te_trailers_is_kept() {
     assert_eq!(trailers.unwrap().get("x-checksum").unwrap(), "abc");
     proxy.shutdown();
 }
+
+/// An upstream that answers `early` to each request head at once, then
+/// reads whatever body follows, slowly, keeping the connection open.
+async fn upstream_answering_early() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..i + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nearly\n";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_connection_still_uploading_is_not_handed_to_the_next_request() {
+    let config = ProxyConfig { workers: 1, ..config() };
+    let (proxy, base) = start(
+        config,
+        RouteTable::single("web", Some(Upstream::new(upstream_answering_early().await))),
+    );
+    // One chunk, then the upload stalls (until the test ends).
+    let (_hold, stall) = tokio::sync::oneshot::channel::<()>();
+    let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x")))]);
+    let stalled = futures_util::stream::once(async move {
+        let _ = stall.await;
+        Ok(Frame::data(Bytes::new()))
+    });
+    let body = StreamBody::new(Box::pin(first.chain(stalled)));
+    let uploader: Client<HttpConnector, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = uploader
+        .request(Request::post(format!("{base}/")).body(body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "early\n");
+
+    let next = tokio::time::timeout(Duration::from_secs(10), get(&client(), &format!("{base}/"), None)).await;
+    assert_eq!(next.expect("the next request waited on a busy connection").1, "early\n");
+    proxy.shutdown();
+}
