@@ -12,11 +12,13 @@
 //! response timeout starts only once the upload is done. A request without a
 //! body allocates nothing for this.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 
@@ -147,6 +149,8 @@ impl Upload {
     pub(crate) const CLIENT_FAILED: u8 = 2;
     /// hyper stopped sending it (the upstream connection failed or answered).
     pub(crate) const ABANDONED: u8 = 3;
+    /// The client sent nothing of its body for the body read timeout.
+    pub(crate) const CLIENT_TIMED_OUT: u8 = 4;
 
     /// Where the upload stands.
     pub(crate) fn state(&self) -> u8 {
@@ -177,16 +181,33 @@ impl Upload {
     }
 }
 
-/// The client's request body on its way upstream (see [`Upload`]).
+/// The client's request body on its way upstream (see [`Upload`]). While
+/// it waits on the client, a body that sends nothing for the read timeout
+/// fails (slow-body attacks); time the upstream takes to read does not count.
 #[derive(Debug)]
 pub(crate) struct RequestBody {
     inner: Option<Incoming>,
     upload: Option<Arc<Upload>>,
+    read: Option<ReadTimer>,
 }
+
+#[derive(Debug)]
+struct ReadTimer {
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Whether the deadline counts for the frame now awaited.
+    armed: bool,
+}
+
+/// The client sent nothing of its request body for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing of its request body for {0:?}")]
+pub(crate) struct BodyReadTimeout(Duration);
 
 impl RequestBody {
     /// Wrap the client's body; the [`Upload`] is there when it has content.
-    pub(crate) fn new(body: Incoming) -> (Self, Option<Arc<Upload>>) {
+    /// `read_timeout` bounds each wait for the client's next bytes.
+    pub(crate) fn new(body: Incoming, read_timeout: Duration) -> (Self, Option<Arc<Upload>>) {
         if body.is_end_stream() {
             return (RequestBody::empty(), None);
         }
@@ -194,6 +215,11 @@ impl RequestBody {
         let body = RequestBody {
             inner: Some(body),
             upload: Some(upload.clone()),
+            read: Some(ReadTimer {
+                timeout: read_timeout,
+                sleep: Box::pin(tokio::time::sleep(read_timeout)),
+                armed: false,
+            }),
         };
         (body, Some(upload))
     }
@@ -203,29 +229,54 @@ impl RequestBody {
         RequestBody {
             inner: None,
             upload: None,
+            read: None,
         }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let Some(body) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(read) = this.read.as_mut().filter(|r| !r.armed) {
+            let deadline = tokio::time::Instant::now() + read.timeout;
+            read.sleep.as_mut().reset(deadline);
+            read.armed = true;
+        }
         let frame = Pin::new(&mut *body).poll_frame(cx);
-        if let Some(upload) = &this.upload {
-            match &frame {
-                Poll::Ready(Some(Err(_))) => upload.finish(Upload::CLIENT_FAILED),
-                Poll::Ready(None) => upload.finish(Upload::ENDED),
-                Poll::Ready(Some(Ok(_))) if body.is_end_stream() => upload.finish(Upload::ENDED),
-                _ => {}
+        let upload = this.upload.as_deref();
+        match &frame {
+            Poll::Ready(Some(Err(_))) => upload.inspect(|u| u.finish(Upload::CLIENT_FAILED)),
+            Poll::Ready(None) => upload.inspect(|u| u.finish(Upload::ENDED)),
+            Poll::Ready(Some(Ok(_))) if body.is_end_stream() => upload.inspect(|u| u.finish(Upload::ENDED)),
+            _ => None,
+        };
+        match frame {
+            Poll::Ready(frame) => {
+                if let Some(read) = this.read.as_mut() {
+                    read.armed = false;
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some(read) = this.read.as_mut() else {
+                    return Poll::Pending;
+                };
+                if read.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if let Some(upload) = upload {
+                    upload.finish(Upload::CLIENT_TIMED_OUT);
+                }
+                this.inner = None;
+                Poll::Ready(Some(Err(Box::new(BodyReadTimeout(read.timeout)))))
             }
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {

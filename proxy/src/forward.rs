@@ -68,6 +68,7 @@ pub(crate) struct Forwarder {
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) upstream_idle_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
 }
 
 /// Where a worker keeps the tunnels of upgraded connections: they outlive
@@ -182,6 +183,8 @@ pub(crate) enum Failure {
     BadHost,
     /// The client's request body was malformed (e.g. a bad chunk size) or cut off.
     BadRequestBody,
+    /// The client sent nothing of its request body for the body read timeout.
+    BodyTimeout,
     /// A path with an encoded `/` or `\\`, or a broken escape.
     AmbiguousPath,
     NoRoute,
@@ -201,6 +204,7 @@ impl Failure {
                 StatusCode::BAD_REQUEST,
                 "the request needs exactly one valid Host header\n",
             ),
+            Failure::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time\n"),
             Failure::BadRequestBody => (StatusCode::BAD_REQUEST, "the request body was malformed or cut off\n"),
             Failure::AmbiguousPath => (
                 StatusCode::BAD_REQUEST,
@@ -222,7 +226,7 @@ impl Failure {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if http1 && status == StatusCode::BAD_REQUEST {
+        if http1 && (status == StatusCode::BAD_REQUEST || status == StatusCode::REQUEST_TIMEOUT) {
             // What follows a malformed request on this connection cannot be
             // trusted to be framed the way the client meant it.
             resp.headers_mut()
@@ -282,7 +286,7 @@ impl Forwarder {
         req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, pool::Conn, Option<Arc<Upload>>), Failure> {
         let (parts, body) = req.into_parts();
-        let (body, upload) = RequestBody::new(body);
+        let (body, upload) = RequestBody::new(body, self.body_read_timeout);
         let mut req = Request::from_parts(parts, body);
         let mut fresh_only = false;
         loop {
@@ -311,8 +315,10 @@ impl Forwarder {
                 Ok(Err(err)) => err,
                 Err(timeout) => return Err(timeout),
             };
-            if upload.as_ref().is_some_and(|u| u.state() == Upload::CLIENT_FAILED) {
-                return Err(Failure::BadRequestBody);
+            match upload.as_ref().map(|u| u.state()) {
+                Some(Upload::CLIENT_FAILED) => return Err(Failure::BadRequestBody),
+                Some(Upload::CLIENT_TIMED_OUT) => return Err(Failure::BodyTimeout),
+                _ => {}
             }
             let mut err = err;
             match (err.take_message(), resend) {
@@ -694,6 +700,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             upstream_idle_timeout: Duration::from_secs(1),
+            body_read_timeout: Duration::from_secs(1),
         });
         // The flip lands after this request looked blue up, and the drain of
         // blue looks at once.

@@ -65,6 +65,9 @@ pub struct ProxyConfig {
     /// below the upstreams' keep-alive timeout, or an upstream may close a
     /// connection just as a request is sent on it.
     pub upstream_idle_timeout: Duration,
+    /// While a request body is being received, the longest wait for the
+    /// client's next bytes (else 408 and the connection closes).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -83,6 +86,9 @@ impl Default for ProxyConfig {
             // request's trip: reconnecting after 1.5 s idle costs one
             // handshake on a local network.
             upstream_idle_timeout: Duration::from_millis(1500),
+            // nginx's client_body_timeout is 60 s; a client that pauses
+            // half a minute mid-upload is broken or hostile.
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -175,6 +181,7 @@ impl Proxy {
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             upstream_idle_timeout: config.upstream_idle_timeout,
+            body_read_timeout: config.body_read_timeout,
         });
         let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let shutdown = CancellationToken::new();

@@ -999,3 +999,16 @@ async fn a_connection_still_uploading_is_not_handed_to_the_next_request() {
     assert_eq!(next.expect("the next request waited on a busy connection").1, "early\n");
     proxy.shutdown();
 }
+
+#[tokio::test]
+async fn a_request_body_that_stalls_is_408_after_the_body_read_timeout() {
+    let config = ProxyConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let request = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly the start";
+    let seen = raw_exchange(proxy.local_addrs()[0], request).await;
+    assert!(seen.starts_with("HTTP/1.1 408 "), "{seen}");
+    proxy.shutdown();
+}
