@@ -53,7 +53,9 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Largest request head accepted (HTTP/1.1 answers 431 beyond it).
     pub max_header_bytes: usize,
-    /// Most client connections open at once; more wait in the accept queue.
+    /// Most client connections open at once. Near the limit, connections
+    /// that started no request for a second are closed to make room; beyond
+    /// it, new ones wait in the accept queue.
     pub max_connections: usize,
     /// Time to establish a connection to an upstream (else 504).
     pub connect_timeout: Duration,
@@ -68,6 +70,9 @@ pub struct ProxyConfig {
     /// While a request body is being received, the longest wait for the
     /// client's next bytes (else 408 and the connection closes).
     pub body_read_timeout: Duration,
+    /// Most connections open at once from one client address (IPv6: one
+    /// /64); more are closed as they arrive. 0: no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ProxyConfig {
@@ -89,6 +94,9 @@ impl Default for ProxyConfig {
             // nginx's client_body_timeout is 60 s; a client that pauses
             // half a minute mid-upload is broken or hostile.
             body_read_timeout: Duration::from_secs(30),
+            // Browsers open 6 per host, a busy NAT or an office a few hundred
+            // at most; one address holding more is hoarding.
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -184,6 +192,7 @@ impl Proxy {
             body_read_timeout: config.body_read_timeout,
         });
         let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let per_ip = listener::PerIp::new(config.max_connections_per_ip);
         let shutdown = CancellationToken::new();
         let stopped = CancellationToken::new();
         let running = Arc::new(AtomicUsize::new(per_worker.len()));
@@ -197,6 +206,7 @@ impl Proxy {
                 forwarder: forwarder.clone(),
                 config: config.clone(),
                 connections: connections.clone(),
+                per_ip: per_ip.clone(),
                 shutdown: shutdown.clone(),
             };
             let (running, stopped) = (running.clone(), stopped.clone());

@@ -4,10 +4,12 @@
 //!
 //! A worker accepts connections and serves HTTP/1.1 and HTTP/2 on each
 //! through hyper-util's auto builder with upgrades. Connection limits are a
-//! semaphore; timeouts that are per connection (no first request in time,
+//! semaphore (`max_connections`) and a count per client address
+//! ([`PerIp`]); timeouts that are per connection (no first request in time,
 //! idle) are enforced by one [`Sweeper`] per worker that looks at every
 //! connection a few times a second, so serving a request polls no timer of
-//! ours.
+//! ours. Near `max_connections` the sweeper also sheds connections that have
+//! started no request for a second, so idle ones, not new clients, give way.
 //!
 //! Shutdown, in three steps: stop accepting; for [`DRAIN_QUIET`] answer every
 //! HTTP/1 request with `Connection: close`, so busy clients learn of the end
@@ -31,8 +33,9 @@
 //! answered `101`, so the worker's `TaskTracker` counts connections and
 //! tunnels together.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
@@ -73,6 +76,12 @@ pub(crate) fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, 
 /// closes by itself, and one that got none was quiet all along.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
+/// Near `max_connections`, a connection that started no request for this
+/// long may be closed to make room for a new one.
+const SHED_MIN_IDLE: Duration = Duration::from_secs(1);
+/// How often, near the limit, connections are looked at for shedding.
+const SHED_INTERVAL: Duration = Duration::from_millis(100);
+
 /// After the drain timeout, how long tunnels get to send their FINs.
 const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -82,6 +91,7 @@ pub(crate) struct Worker {
     pub(crate) forwarder: Arc<Forwarder>,
     pub(crate) config: ProxyConfig,
     pub(crate) connections: Arc<Semaphore>,
+    pub(crate) per_ip: Arc<PerIp>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -94,6 +104,9 @@ struct Shared {
     sweeper: Arc<Sweeper>,
     tracker: TaskTracker,
     tunnels: Tunnels,
+    per_ip: Arc<PerIp>,
+    /// Free connection slots below which idle connections are closed.
+    shed_margin: usize,
 }
 
 impl Worker {
@@ -111,6 +124,7 @@ impl Worker {
             .max_header_list_size(self.config.max_header_bytes as u32);
         let sweeper = Arc::new(Sweeper {
             conns: Mutex::new((Vec::new(), Close::No)),
+            last_shed: Mutex::new(None),
             first_request: self.config.header_read_timeout,
             idle: self.config.idle_timeout,
         });
@@ -125,6 +139,8 @@ impl Worker {
                 close: CancellationToken::new(),
             },
             tracker,
+            per_ip: self.per_ip.clone(),
+            shed_margin: self.config.max_connections / 64,
         };
 
         for listener in self.listeners {
@@ -164,14 +180,22 @@ impl Worker {
 
 async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
     loop {
-        // `biased`: once shutdown has begun, stop rather than accept more.
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            permit = shared.connections.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+        let permit = loop {
+            // Near the limit, idle connections make room for new ones.
+            if shared.connections.available_permits() <= shared.shed_margin {
+                shared.sweeper.shed(Instant::now(), shared.shed_margin.max(1));
+            }
+            // `biased`: once shutdown has begun, stop rather than accept more.
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                permit = shared.connections.clone().acquire_owned() => match permit {
+                    Ok(p) => break p,
+                    Err(_) => return,
+                },
+                // At the limit: look again for connections gone idle.
+                _ = tokio::time::sleep(SHED_INTERVAL) => {}
+            }
         };
         let (stream, peer) = tokio::select! {
             biased;
@@ -186,6 +210,10 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
                 }
             },
         };
+        let Some(per_ip) = shared.per_ip.enter(peer.ip()) else {
+            tracing::debug!(client = %peer.ip(), "too many connections from one client; closing");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let client = Arc::new(ClientConn::new(
             shared.forwarder.clone(),
@@ -196,7 +224,66 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
         shared.sweeper.watch(&client);
         shared
             .tracker
-            .spawn(serve(stream, client, shared.builder.clone(), permit));
+            .spawn(serve(stream, client, shared.builder.clone(), (permit, per_ip)));
+    }
+}
+
+/// Open connections per client, across workers. IPv6 clients count per /64
+/// (one host's usual share); a limit of 0 turns counting off.
+#[derive(Debug)]
+pub(crate) struct PerIp {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One counted connection; uncounted on drop.
+pub(crate) struct IpSlot(Option<(Arc<PerIp>, IpAddr)>);
+
+impl PerIp {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(PerIp {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+        }
+    }
+
+    /// Count a connection from `ip`, unless that client is at the limit.
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        if self.limit == 0 {
+            return Some(IpSlot(None));
+        }
+        let key = Self::key(ip);
+        let mut open = self.open.lock().expect("per-ip lock");
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(Some((self.clone(), key))))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((per_ip, key)) = self.0.take() {
+            let mut open = per_ip.open.lock().expect("per-ip lock");
+            if let Some(n) = open.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&key);
+                }
+            }
+        }
     }
 }
 
@@ -205,7 +292,7 @@ async fn serve(
     stream: TcpStream,
     client: Arc<ClientConn>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
 ) {
     let service = {
         let client = client.clone();
@@ -239,6 +326,8 @@ struct Sweeper {
     /// far (under one lock, so a connection accepted as shutdown begins is
     /// closed like the rest).
     conns: Mutex<(Vec<Watched>, Close)>,
+    /// When connections were last shed to make room.
+    last_shed: Mutex<Option<Instant>>,
     /// A connection must have started its first request within this.
     first_request: Duration,
     /// A connection that starts no request for this long is closed.
@@ -298,6 +387,43 @@ impl Sweeper {
             }
             true
         });
+    }
+
+    /// Close up to `n` of this worker's connections that started no request
+    /// for [`SHED_MIN_IDLE`], the longest quiet first, to make room for new
+    /// ones: those that never sent a request at once, the others gracefully
+    /// (an idle HTTP/1 connection closes at once, a response in flight
+    /// finishes first). At most once per [`SHED_INTERVAL`].
+    fn shed(&self, now: Instant, n: usize) {
+        {
+            let mut last = self.last_shed.lock().expect("sweeper lock");
+            if last.is_some_and(|t| now - t < SHED_INTERVAL) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let mut conns = self.conns.lock().expect("sweeper lock");
+        let mut quiet: Vec<(Instant, usize)> = Vec::new();
+        for (i, w) in conns.0.iter_mut().enumerate() {
+            let Some(conn) = w.conn.upgrade() else { continue };
+            let requests = conn.requests();
+            if requests != w.requests {
+                w.requests = requests;
+                w.since = now;
+            } else if now - w.since >= SHED_MIN_IDLE {
+                quiet.push((w.since, i));
+            }
+        }
+        quiet.sort_unstable();
+        for &(_, i) in quiet.iter().take(n) {
+            if let Some(conn) = conns.0[i].conn.upgrade() {
+                conn.close(if conns.0[i].requests == 0 {
+                    Close::Now
+                } else {
+                    Close::Graceful
+                });
+            }
+        }
     }
 
     /// Shutdown begins: every connection (and any accepted from now on) is

@@ -561,8 +561,13 @@ async fn an_upgrade_answered_while_draining_keeps_its_handshake() {
     // Two kept-alive connections: one probes for the drain, one upgrades.
     let mut probe = h1_conn(addr).await;
     let mut upgrader = h1_conn(addr).await;
-    assert_eq!(upgrader.send_request(get()).await.unwrap().status(), StatusCode::OK);
-    upgrader.ready().await.unwrap();
+    // Both answered once, so both were accepted before the shutdown.
+    for conn in [&mut probe, &mut upgrader] {
+        let resp = conn.send_request(get()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.unwrap();
+        conn.ready().await.unwrap();
+    }
 
     proxy.shutdown();
     let mut draining = false;
@@ -1010,5 +1015,78 @@ async fn a_request_body_that_stalls_is_408_after_the_body_read_timeout() {
     let request = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly the start";
     let seen = raw_exchange(proxy.local_addrs()[0], request).await;
     assert!(seen.starts_with("HTTP/1.1 408 "), "{seen}");
+    proxy.shutdown();
+}
+
+/// A kept-alive connection that has been answered once.
+async fn answered_once(addr: SocketAddr) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
+    conn
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_idle_connections_make_room_for_new_ones() {
+    let config = ProxyConfig {
+        workers: 1,
+        max_connections: 2,
+        header_read_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        ..config()
+    };
+    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let addr = proxy.local_addrs()[0];
+    let mut idle = [answered_once(addr).await, answered_once(addr).await];
+    let newcomer = tokio::time::timeout(Duration::from_secs(10), answered_once(addr)).await;
+    assert!(
+        newcomer.is_ok(),
+        "a new client waited while idle connections held every slot"
+    );
+    let mut closed = 0;
+    for conn in &mut idle {
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection was closed");
+    proxy.shutdown();
+}
+
+#[tokio::test]
+async fn one_client_cannot_hold_more_than_its_share_of_connections() {
+    let config = ProxyConfig {
+        max_connections_per_ip: 2,
+        ..config()
+    };
+    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let addr = proxy.local_addrs()[0];
+    let first = answered_once(addr).await;
+    let _second = answered_once(addr).await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let seen = closed_by_proxy(&mut third)
+        .await
+        .expect("the third connection was served");
+    assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
+    // A slot freed is a slot for the same client again.
+    drop(first);
+    let mut served = false;
+    for _ in 0..100 {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let _ = conn
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await;
+        let seen = closed_by_proxy(&mut conn).await.unwrap_or_default();
+        if seen.starts_with(b"HTTP/1.1 200 OK") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "the client never got its slot back");
     proxy.shutdown();
 }
