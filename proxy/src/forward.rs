@@ -1,13 +1,17 @@
 //! One proxied request, as four named phases:
 //!
-//! 1. [`Forwarder::route`]: one `ArcSwap` load of the route table, find the
-//!    service and the upstream of its active color (404 / 503 otherwise).
+//! 1. [`Forwarder::route`]: the target checked and normalized (`target`:
+//!    400 for a bad `Host` or an ambiguous path), one `ArcSwap` load of the
+//!    route table, the service and the upstream of its active color (404 /
+//!    503 otherwise), counted in flight before any drain can miss it.
 //! 2. [`prepare_request`]: origin-form URI, `X-Forwarded-*`, hop-by-hop
-//!    headers removed (kept for an upgrade handshake).
+//!    headers removed (kept for an upgrade handshake; `TE: trailers` kept).
 //! 3. [`Forwarder::send`]: a pooled keep-alive connection, or a new one;
-//!    connect and response timeouts map to 502 / 504.
-//! 4. [`Forwarder::respond`]: hop-by-hop headers removed, the body streamed
-//!    back; a `101 Switching Protocols` becomes a two-way tunnel.
+//!    connect and response timeouts map to 502 / 504, a failed client body
+//!    to 400 / 408; a bodiless idempotent request lost on a reused
+//!    connection is sent once more on a fresh one.
+//! 4. [`respond`]: hop-by-hop headers removed, the body streamed back; a
+//!    `101 Switching Protocols` becomes a two-way tunnel the worker tracks.
 //!
 //! Nothing here logs per request, locks, or allocates what it can avoid.
 
@@ -30,7 +34,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::{ProxyBody, RequestBody, Upload};
 use crate::pool::{self, ConnectError};
-use crate::routes::{self, RouteTable};
+use crate::routes::RouteTable;
+use crate::target;
 use crate::upstream::InFlight;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -245,10 +250,10 @@ impl Forwarder {
     /// between (rare) routes the request again on the new table; otherwise a
     /// drain that started after the swap sees this request (all `SeqCst`).
     fn route<B>(&self, req: &mut Request<B>) -> Result<InFlight, Failure> {
-        if let Cow::Owned(path) = routes::normalize_path(req.uri().path()).map_err(|_| Failure::AmbiguousPath)? {
-            set_path(req, path);
+        if let Cow::Owned(path) = target::normalize_path(req.uri().path()).map_err(|_| Failure::AmbiguousPath)? {
+            target::set_path(req, path);
         }
-        let host = request_host(req)?;
+        let host = target::host(req).map_err(|_| Failure::BadHost)?;
         loop {
             let generation = self.generation.load(Ordering::SeqCst);
             let table = self.table.load();
@@ -399,102 +404,6 @@ fn before_any_response(err: &hyper::Error) -> bool {
         source = e.source();
     }
     false
-}
-
-/// Replace the path of the request's target, keeping its query (and the
-/// scheme and authority of an HTTP/2 or absolute-form target): the upstream
-/// gets the path the route was chosen by.
-fn set_path<B>(req: &mut Request<B>, mut path: String) {
-    if let Some(query) = req.uri().query() {
-        path.push('?');
-        path.push_str(query);
-    }
-    let mut parts = req.uri().clone().into_parts();
-    match http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(path)) {
-        Ok(pq) => parts.path_and_query = Some(pq),
-        Err(_) => return,
-    }
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
-    }
-}
-
-/// The host a request is for, as RFC 9112 §3.2 wants it: an HTTP/1.1
-/// request has exactly one `Host` (HTTP/1.0: at most one), and it is a valid
-/// `uri-host[:port]`. When the target carries an authority (HTTP/2's
-/// `:authority`, HTTP/1's absolute form), that authority is the host; an
-/// HTTP/2 `Host` beside it must name the same. An HTTP/2 request with no host
-/// at all is refused too, since the upstream hop is HTTP/1.1 and needs one;
-/// HTTP/1.0 may go without (only any-host routes match it).
-fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, Failure> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => return Err(Failure::BadHost),
-        (Some(h), None) => Some(
-            h.to_str()
-                .ok()
-                .filter(|h| valid_host(h.as_bytes()))
-                .ok_or(Failure::BadHost)?,
-        ),
-        (None, None) => None,
-    };
-    let version = req.version();
-    match (req.uri().authority(), host) {
-        (Some(authority), _) if authority.as_str().contains('@') => Err(Failure::BadHost),
-        (Some(authority), Some(host))
-            if version >= Version::HTTP_2 && !authority.as_str().eq_ignore_ascii_case(host) =>
-        {
-            Err(Failure::BadHost)
-        }
-        (_, None) if version == Version::HTTP_11 || version >= Version::HTTP_2 => match req.uri().authority() {
-            Some(authority) if version >= Version::HTTP_2 => Ok(Some(authority.as_str())),
-            _ => Err(Failure::BadHost),
-        },
-        (Some(authority), _) => Ok(Some(authority.as_str())),
-        (None, host) => Ok(host),
-    }
-}
-
-/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2): an IP literal in brackets, or
-/// a reg-name of unreserved, percent-encoded and sub-delim characters (an
-/// IPv4 address is one of those), then an optional all-digit port.
-fn valid_host(host: &[u8]) -> bool {
-    let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
-        let Some(end) = rest.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        let literal = &rest[..end];
-        let ok = !literal.is_empty()
-            && literal
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.' || b == b'v' || b == b'V');
-        if !ok {
-            return false;
-        }
-        (&[][..], &rest[end + 1..])
-    } else {
-        match host.iter().rposition(|&b| b == b':') {
-            Some(i) => (&host[..i], &host[i..]),
-            None => (host, &[][..]),
-        }
-    };
-    let port_ok = port.is_empty() || (port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit));
-    let mut i = 0;
-    while i < name.len() {
-        match name[i] {
-            b'%' => {
-                if !(i + 2 < name.len() && name[i + 1].is_ascii_hexdigit() && name[i + 2].is_ascii_hexdigit()) {
-                    return false;
-                }
-                i += 3;
-                continue;
-            }
-            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
-            _ => return false,
-        }
-        i += 1;
-    }
-    port_ok
 }
 
 /// Phase 2: make the request fit for the upstream hop. Returns the client's
@@ -765,50 +674,5 @@ mod tests {
         strip_hop_by_hop(&mut h, present, true);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
-    }
-
-    fn host_of(version: Version, uri: &str, hosts: &[&str]) -> Result<Option<String>, Failure> {
-        let mut req = Request::builder().version(version).uri(uri);
-        for h in hosts {
-            req = req.header(header::HOST, *h);
-        }
-        let req = req.body(()).unwrap();
-        request_host(&req).map(|h| h.map(str::to_string))
-    }
-
-    #[test]
-    fn http11_needs_exactly_one_valid_host() {
-        let v11 = Version::HTTP_11;
-        assert_eq!(
-            host_of(v11, "/", &["a.example:8080"]),
-            Ok(Some("a.example:8080".into()))
-        );
-        assert_eq!(host_of(v11, "/", &["[::1]:80"]), Ok(Some("[::1]:80".into())));
-        assert_eq!(host_of(v11, "/", &[]), Err(Failure::BadHost));
-        assert_eq!(host_of(v11, "/", &["a.example", "b.example"]), Err(Failure::BadHost));
-        for bad in ["a b", "a/b", "user@a", "a:80x", "[::1", "[zz]", "a%zz", "a\\b"] {
-            assert_eq!(host_of(v11, "/", &[bad]), Err(Failure::BadHost), "{bad:?}");
-        }
-        // Absolute form: the target's authority wins, a Host is still required.
-        assert_eq!(
-            host_of(v11, "http://b.example/x", &["a.example"]),
-            Ok(Some("b.example".into()))
-        );
-        assert_eq!(host_of(v11, "http://b.example/x", &[]), Err(Failure::BadHost));
-    }
-
-    #[test]
-    fn http10_may_omit_host_and_http2_uses_authority_consistently() {
-        assert_eq!(host_of(Version::HTTP_10, "/", &[]), Ok(None));
-        assert_eq!(host_of(Version::HTTP_10, "/", &["a", "b"]), Err(Failure::BadHost));
-        let v2 = Version::HTTP_2;
-        assert_eq!(host_of(v2, "http://a.example/", &[]), Ok(Some("a.example".into())));
-        assert_eq!(host_of(v2, "/", &["a.example"]), Ok(Some("a.example".into())));
-        assert_eq!(
-            host_of(v2, "http://a.example/", &["A.example"]),
-            Ok(Some("a.example".into()))
-        );
-        assert_eq!(host_of(v2, "http://a.example/", &["b.example"]), Err(Failure::BadHost));
-        assert_eq!(host_of(v2, "/", &[]), Err(Failure::BadHost));
     }
 }

@@ -26,6 +26,7 @@ mod forward;
 mod listener;
 mod pool;
 mod routes;
+mod target;
 mod upstream;
 
 use std::net::SocketAddr;

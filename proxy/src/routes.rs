@@ -6,7 +6,6 @@
 //! new table, so all services switch together and no request ever sees half
 //! a table.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::upstream::Upstream;
@@ -219,96 +218,6 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// A request path that cannot be compared with route prefixes safely.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AmbiguousPath;
-
-/// The path as routes see it (RFC 3986 §6.2.2): percent-encoded unreserved
-/// characters decoded, other escapes in upper case, `.` and `..` segments
-/// removed. An encoded `/` or `\` or a broken escape is refused: an upstream
-/// could read it as a separator a prefix route never saw. Borrowed, and
-/// free, for the usual path that has no `%` and no dot segment.
-pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
-    let bytes = path.as_bytes();
-    if !bytes.contains(&b'%') && !has_dot_segment(bytes) {
-        return Ok(Cow::Borrowed(path));
-    }
-    let mut decoded = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'%' {
-            decoded.push(bytes[i] as char);
-            i += 1;
-            continue;
-        }
-        let hex = |b: u8| (b as char).to_digit(16);
-        let (Some(hi), Some(lo)) = (
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) else {
-            return Err(AmbiguousPath);
-        };
-        let byte = (hi * 16 + lo) as u8;
-        match byte {
-            b'/' | b'\\' => return Err(AmbiguousPath),
-            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => decoded.push(b as char),
-            _ => {
-                decoded.push('%');
-                decoded.push(bytes[i + 1].to_ascii_uppercase() as char);
-                decoded.push(bytes[i + 2].to_ascii_uppercase() as char);
-            }
-        }
-        i += 3;
-    }
-    if !has_dot_segment(decoded.as_bytes()) {
-        return Ok(Cow::Owned(decoded));
-    }
-    Ok(Cow::Owned(remove_dot_segments(&decoded)))
-}
-
-/// Does the path have a `.` or `..` segment?
-fn has_dot_segment(path: &[u8]) -> bool {
-    path.split(|&b| b == b'/').any(|seg| seg == b"." || seg == b"..")
-}
-
-/// RFC 3986 §5.2.4 for a path whose segments are separated by `/`: `..`
-/// never climbs above the root.
-fn remove_dot_segments(path: &str) -> String {
-    let absolute = path.starts_with('/');
-    let mut out: Vec<&str> = Vec::new();
-    let mut segments = path.split('/').peekable();
-    if absolute {
-        segments.next();
-    }
-    let mut trailing_slash = false;
-    while let Some(seg) = segments.next() {
-        let last = segments.peek().is_none();
-        match seg {
-            "." => trailing_slash = last,
-            ".." => {
-                out.pop();
-                trailing_slash = last;
-            }
-            s => {
-                out.push(s);
-                trailing_slash = false;
-            }
-        }
-    }
-    let mut result = String::with_capacity(path.len());
-    for seg in &out {
-        result.push('/');
-        result.push_str(seg);
-    }
-    if trailing_slash || result.is_empty() {
-        result.push('/');
-    }
-    if !absolute {
-        result.remove(0);
-    }
-    result
-}
-
 /// `prefix` has no trailing slash ("" is the root).
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
@@ -436,24 +345,5 @@ mod tests {
         .unwrap();
         assert_eq!(name(&t, Some("a.eu.example.com"), "/"), Some("eu"));
         assert_eq!(name(&t, Some("a.example.com"), "/"), Some("web"));
-    }
-
-    #[test]
-    fn paths_are_normalized_before_matching() {
-        let n = |p| normalize_path(p).map(|c| c.into_owned());
-        assert!(matches!(normalize_path("/api/users?x=1"), Ok(Cow::Borrowed(_))));
-        assert!(matches!(normalize_path("/a.b/.well-known/x..y"), Ok(Cow::Borrowed(_))));
-        assert_eq!(n("/api/../admin"), Ok("/admin".into()));
-        assert_eq!(n("/%61dmin"), Ok("/admin".into()));
-        assert_eq!(n("/api/%2e%2e/admin"), Ok("/admin".into()));
-        assert_eq!(n("/a/./b/"), Ok("/a/b/".into()));
-        assert_eq!(n("/a/b/.."), Ok("/a/".into()));
-        assert_eq!(n("/../../etc"), Ok("/etc".into()));
-        assert_eq!(n("/.."), Ok("/".into()));
-        assert_eq!(n("/a%3fb%c3%a9"), Ok("/a%3Fb%C3%A9".into()));
-        assert_eq!(n("/api%2F..%2Fadmin"), Err(AmbiguousPath));
-        assert_eq!(n("/a%5cb"), Err(AmbiguousPath));
-        assert_eq!(n("/a%2"), Err(AmbiguousPath));
-        assert_eq!(n("/a%zz"), Err(AmbiguousPath));
     }
 }
