@@ -27,16 +27,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::{ProxyBody, RequestBody, Upload};
 use crate::pool::{self, ConnectError};
 use crate::routes::RouteTable;
-use crate::target;
 use crate::upstream::InFlight;
+use crate::{target, tunnel};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -461,11 +459,16 @@ fn respond(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
+            let websocket = resp
+                .headers()
+                .get_all(header::UPGRADE)
+                .iter()
+                .any(|v| has_token(v, "websocket"));
             let cut = in_flight.upstream().cut_token();
             let close = tunnels.close.clone();
             tunnels
                 .tracker
-                .spawn(tunnel(client, upstream_side, cut, close, in_flight));
+                .spawn(tunnel::run(client, upstream_side, websocket, [cut, close], in_flight));
             return resp.map(|_| ProxyBody::text(""));
         }
     }
@@ -473,36 +476,6 @@ fn respond(
     strip_hop_by_hop(resp.headers_mut(), present, false);
     // The connection is reusable once this body ends (an upgraded one never is).
     resp.map(|body| ProxyBody::upstream(body, Some((addr, conn)), upload, in_flight))
-}
-
-/// How long a tunnel being closed may take to say so (FIN) to both ends.
-const TUNNEL_CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Copy bytes both ways between client and upstream until either side
-/// closes, a drain of the upstream times out and cuts the tunnel, or the
-/// worker's shutdown grace period ends (`close`). A cut tunnel ends both
-/// byte streams (FIN) rather than vanishing with a reset.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    cut: CancellationToken,
-    close: CancellationToken,
-    _in_flight: InFlight,
-) {
-    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
-        return;
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => return,
-        _ = cut.cancelled() => {}
-        _ = close.cancelled() => {}
-    }
-    let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, async {
-        let _ = tokio::join!(client.shutdown(), upstream.shutdown());
-    })
-    .await;
 }
 
 /// Does the request ask for a protocol upgrade the proxy tunnels? Not to

@@ -27,6 +27,7 @@ mod listener;
 mod pool;
 mod routes;
 mod target;
+mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;

@@ -425,9 +425,9 @@ async fn drain_timeout_cuts_open_websockets() {
     assert_eq!(upstream.in_flight(), 1, "an open tunnel counts as in flight");
     let report = upstream.drain(Duration::from_millis(100)).await;
     assert_eq!(report.cut, 1);
-    // The tunnel is closed: the next read ends.
+    // The tunnel is closed, with a Close frame.
     let next = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
-    assert!(!matches!(next, Some(Ok(m)) if m.is_text()));
+    assert_close_going_away(next);
     proxy.shutdown();
 }
 
@@ -532,9 +532,10 @@ async fn shutdown_lets_websockets_live_through_the_drain_then_closes_them() {
         "a tunnel was cut as shutdown began"
     );
 
-    // At the drain timeout the tunnel is closed and the proxy stops.
+    // At the drain timeout the tunnel is closed, with a Close frame
+    // ("going away"), and the proxy stops.
     let next = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.unwrap();
-    assert!(!matches!(next, Some(Ok(m)) if m.is_text()));
+    assert_close_going_away(next);
     tokio::time::timeout(Duration::from_secs(20), proxy.stopped())
         .await
         .unwrap();
@@ -1089,4 +1090,17 @@ async fn one_client_cannot_hold_more_than_its_share_of_connections() {
     }
     assert!(served, "the client never got its slot back");
     proxy.shutdown();
+}
+
+type WsItem = Option<Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>;
+
+/// The proxy ended a WebSocket as the protocol wants: Close, 1001.
+fn assert_close_going_away(next: WsItem) {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    match next {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::Away)
+        }
+        other => panic!("expected a Close frame (1001), got {other:?}"),
+    }
 }
