@@ -39,6 +39,11 @@ fn start(config: ProxyConfig, table: RouteTable) -> (Proxy, String) {
     (proxy, base)
 }
 
+/// A proxy in front of one testapp answering `v1`.
+async fn start_v1(config: ProxyConfig) -> (Proxy, String) {
+    start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))))
+}
+
 type Http = Client<HttpConnector, Full<Bytes>>;
 
 fn client() -> Http {
@@ -62,6 +67,15 @@ fn route(hosts: &[&str], prefix: &str, service: &str) -> Route {
         path_prefix: prefix.into(),
         service: service.into(),
     }
+}
+
+/// A table of services, each a testapp answering its own name.
+async fn apps_table(names: &[&str], routes: Vec<Route>) -> RouteTable {
+    let mut services = Vec::new();
+    for name in names {
+        services.push((name.to_string(), Some(Upstream::new(app(name).await))));
+    }
+    RouteTable::new(services, routes).unwrap()
 }
 
 #[tokio::test]
@@ -91,10 +105,7 @@ async fn routes_by_host_and_longest_prefix() {
 
 #[tokio::test]
 async fn forwarded_headers_are_set_and_hop_by_hop_stripped() {
-    let (proxy, base) = start(
-        config(),
-        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
-    );
+    let (proxy, base) = start_v1(config()).await;
     let req = Request::get(format!("{base}/headers"))
         .header("host", "shop.example.com")
         .header("connection", "keep-alive, x-private")
@@ -120,10 +131,7 @@ async fn forwarded_headers_are_set_and_hop_by_hop_stripped() {
 
 #[tokio::test]
 async fn http2_prior_knowledge_is_served() {
-    let (proxy, base) = start(
-        config(),
-        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
-    );
+    let (proxy, base) = start_v1(config()).await;
     let h2: Http = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     let resp = h2
         .request(Request::get(format!("{base}/")).body(Full::default()).unwrap())
@@ -143,10 +151,7 @@ fn rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_streams_both_ways_with_flat_memory() {
     const GIB: u64 = 1 << 30;
-    let (proxy, base) = start(
-        config(),
-        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
-    );
+    let (proxy, base) = start_v1(config()).await;
     let before = rss_kib();
     let client: Client<HttpConnector, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
     let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
@@ -182,10 +187,7 @@ async fn one_gib_streams_both_ways_with_flat_memory() {
 
 #[tokio::test]
 async fn websocket_echo_is_tunnelled() {
-    let (proxy, _) = start(
-        config(),
-        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
-    );
+    let (proxy, _) = start_v1(config()).await;
     let url = format!("ws://{}/ws", proxy.local_addrs()[0]);
     let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
@@ -264,7 +266,7 @@ async fn slow_upstream_is_504() {
         response_timeout: Duration::from_millis(200),
         ..config()
     };
-    let (proxy, base) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, base) = start_v1(config).await;
     let (status, body) = get(&client(), &format!("{base}/slow?ms=5000"), None).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(body, "upstream did not answer in time\n");
@@ -277,7 +279,7 @@ async fn oversized_header_is_rejected_with_431() {
         max_header_bytes: 8192,
         ..config()
     };
-    let (proxy, base) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, base) = start_v1(config).await;
     let req = Request::get(format!("{base}/"))
         .header("x-big", "a".repeat(20_000))
         .body(Full::default())
@@ -310,7 +312,7 @@ async fn slowloris_connections_are_closed_after_the_header_timeout() {
         header_read_timeout: Duration::from_millis(300),
         ..config()
     };
-    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, _) = start_v1(config).await;
     let addr = proxy.local_addrs()[0];
 
     // Sends half a request head and stops.
@@ -355,7 +357,7 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
         max_connections: 1,
         ..config()
     };
-    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, _) = start_v1(config).await;
     let addr = proxy.local_addrs()[0];
     let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
     let mut first = TcpStream::connect(addr).await.unwrap();
@@ -387,7 +389,7 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
         idle_timeout: Duration::from_millis(300),
         ..config()
     };
-    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, _) = start_v1(config).await;
     let mut conn = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
     conn.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     let seen = closed_by_proxy(&mut conn).await.expect("idle connection left open");
@@ -487,10 +489,7 @@ async fn swap_under_load_loses_no_request() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
-    let (proxy, base) = start(
-        config(),
-        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
-    );
+    let (proxy, base) = start_v1(config()).await;
     let slow = tokio::spawn({
         let base = base.clone();
         async move { get(&client(), &format!("{base}/slow?ms=300"), None).await }
@@ -514,7 +513,7 @@ async fn shutdown_lets_websockets_live_through_the_drain_then_closes_them() {
         drain_timeout: Duration::from_secs(2),
         ..config()
     };
-    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, _) = start_v1(config).await;
     let url = format!("ws://{}/ws", proxy.local_addrs()[0]);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let text = tokio_tungstenite::tungstenite::Message::text;
@@ -553,10 +552,7 @@ async fn h1_conn(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Em
 
 #[tokio::test]
 async fn an_upgrade_answered_while_draining_keeps_its_handshake() {
-    let (proxy, _) = start(
-        config(),
-        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
-    );
+    let (proxy, _) = start_v1(config()).await;
     let addr = proxy.local_addrs()[0];
     let get = || Request::get("/").header("host", "a").body(Empty::new()).unwrap();
     // Two kept-alive connections: one probes for the drain, one upgrades.
@@ -615,7 +611,7 @@ async fn a_busy_http2_connection_is_asked_to_close_long_before_the_drain_timeout
         drain_timeout: Duration::from_secs(60),
         ..config()
     };
-    let (proxy, base) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, base) = start_v1(config).await;
     let h2: Http = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     let (status, _) = get(&h2, &format!("{base}/"), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -654,10 +650,7 @@ async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn missing_duplicate_or_invalid_host_is_400_and_closes() {
-    let (proxy, _) = start(
-        config(),
-        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
-    );
+    let (proxy, _) = start_v1(config()).await;
     let addr = proxy.local_addrs()[0];
     for request in [
         &b"GET / HTTP/1.1\r\n\r\n"[..],
@@ -678,15 +671,11 @@ async fn missing_duplicate_or_invalid_host_is_400_and_closes() {
 
 #[tokio::test]
 async fn dot_segments_and_escapes_do_not_escape_a_prefix_route() {
-    let (web, admin) = (app("web").await, app("admin").await);
-    let table = RouteTable::new(
-        vec![
-            ("web".into(), Some(Upstream::new(web))),
-            ("admin".into(), Some(Upstream::new(admin))),
-        ],
+    let table = apps_table(
+        &["web", "admin"],
         vec![route(&[], "/", "web"), route(&[], "/admin", "admin")],
     )
-    .unwrap();
+    .await;
     let (proxy, _) = start(config(), table);
     let addr = proxy.local_addrs()[0];
     for path in ["/api/../admin", "/%61dmin", "/api/%2e%2e/admin/x", "/./admin"] {
@@ -707,15 +696,11 @@ async fn dot_segments_and_escapes_do_not_escape_a_prefix_route() {
 
 #[tokio::test]
 async fn an_exact_host_beats_a_longer_prefix_for_any_host() {
-    let (web, shop) = (app("web").await, app("shop").await);
-    let table = RouteTable::new(
-        vec![
-            ("web".into(), Some(Upstream::new(web))),
-            ("shop".into(), Some(Upstream::new(shop))),
-        ],
+    let table = apps_table(
+        &["web", "shop"],
         vec![route(&[], "/api", "web"), route(&["shop.test"], "/", "shop")],
     )
-    .unwrap();
+    .await;
     let (proxy, base) = start(config(), table);
     let c = client();
     assert_eq!(get(&c, &format!("{base}/api/x"), Some("shop.test")).await.1, "shop\n");
@@ -823,10 +808,7 @@ async fn pooled_connections_expire_before_the_upstream_keep_alive_timeout() {
 
 #[tokio::test]
 async fn a_malformed_chunk_from_the_client_is_400_not_502() {
-    let (proxy, _) = start(
-        config(),
-        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
-    );
+    let (proxy, _) = start_v1(config()).await;
     let request = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n";
     let seen = raw_exchange(proxy.local_addrs()[0], request).await;
     assert!(seen.starts_with("HTTP/1.1 400 "), "{seen}");
@@ -839,7 +821,7 @@ async fn the_response_timeout_starts_after_the_upload() {
         response_timeout: Duration::from_millis(300),
         ..config()
     };
-    let (proxy, base) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, base) = start_v1(config).await;
     // Ten chunks, 100 ms apart: the upload takes three response timeouts.
     let chunks = Box::pin(futures_util::stream::unfold(0u32, |i| async move {
         if i == 10 {
@@ -863,10 +845,7 @@ async fn the_response_timeout_starts_after_the_upload() {
 
 #[tokio::test]
 async fn an_h2c_upgrade_is_not_forwarded() {
-    let (proxy, _) = start(
-        config(),
-        RouteTable::single("web", Some(Upstream::new(app("v1").await))),
-    );
+    let (proxy, _) = start_v1(config()).await;
     let request = b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
     let seen = raw_exchange(proxy.local_addrs()[0], request).await;
     assert!(seen.starts_with("HTTP/1.1 200 OK"), "{seen}");
@@ -1012,7 +991,7 @@ async fn a_request_body_that_stalls_is_408_after_the_body_read_timeout() {
         body_read_timeout: Duration::from_millis(300),
         ..config()
     };
-    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, _) = start_v1(config).await;
     let request = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly the start";
     let seen = raw_exchange(proxy.local_addrs()[0], request).await;
     assert!(seen.starts_with("HTTP/1.1 408 "), "{seen}");
@@ -1038,7 +1017,7 @@ async fn at_the_connection_limit_idle_connections_make_room_for_new_ones() {
         idle_timeout: Duration::from_secs(60),
         ..config()
     };
-    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, _) = start_v1(config).await;
     let addr = proxy.local_addrs()[0];
     let mut idle = [answered_once(addr).await, answered_once(addr).await];
     let newcomer = tokio::time::timeout(Duration::from_secs(10), answered_once(addr)).await;
@@ -1063,7 +1042,7 @@ async fn one_client_cannot_hold_more_than_its_share_of_connections() {
         max_connections_per_ip: 2,
         ..config()
     };
-    let (proxy, _) = start(config, RouteTable::single("web", Some(Upstream::new(app("v1").await))));
+    let (proxy, _) = start_v1(config).await;
     let addr = proxy.local_addrs()[0];
     let first = answered_once(addr).await;
     let _second = answered_once(addr).await;
