@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::{ProxyBody, RequestBody, Upload};
+use crate::listener::Slots;
 use crate::pool::{self, ConnectError};
 use crate::routes::RouteTable;
 use crate::upstream::InFlight;
@@ -91,6 +92,9 @@ pub(crate) struct Tunnels {
 pub(crate) struct ClientConn {
     forwarder: Arc<Forwarder>,
     tunnels: Tunnels,
+    /// The connection's slots (`max_connections`, per client address): a
+    /// tunnel this connection becomes takes them, so it counts as well.
+    slots: std::sync::Mutex<Option<Slots>>,
     client_ip: HeaderValue,
     proto: HeaderValue,
     requests: AtomicU64,
@@ -114,12 +118,13 @@ pub(crate) enum Close {
 }
 
 impl ClientConn {
-    pub(crate) fn new(forwarder: Arc<Forwarder>, tunnels: Tunnels, peer: SocketAddr, tls: bool) -> Self {
+    pub(crate) fn new(forwarder: Arc<Forwarder>, tunnels: Tunnels, slots: Slots, peer: SocketAddr, tls: bool) -> Self {
         let client_ip =
             HeaderValue::try_from(peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ClientConn {
             forwarder,
             tunnels,
+            slots: std::sync::Mutex::new(Some(slots)),
             client_ip,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             requests: AtomicU64::new(0),
@@ -166,7 +171,7 @@ impl ClientConn {
         let client_upgrade = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
         let mut resp = match fwd.send(addr, req).await {
-            Ok((resp, conn, upload)) => respond(resp, conn, upload, addr, in_flight, client_upgrade, &self.tunnels),
+            Ok((resp, conn, upload)) => respond(resp, conn, upload, addr, in_flight, client_upgrade, self),
             Err(failure) => failure.response(http1),
         };
         // A `101` hands the connection over to the tunnel: `Connection: close`
@@ -454,7 +459,7 @@ fn respond(
     addr: SocketAddr,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    tunnels: &Tunnels,
+    client_conn: &ClientConn,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
@@ -465,10 +470,13 @@ fn respond(
                 .iter()
                 .any(|v| has_token(v, "websocket"));
             let cut = in_flight.upstream().cut_token();
+            let tunnels = &client_conn.tunnels;
             let close = tunnels.close.clone();
+            let slots = client_conn.slots.lock().map_or(None, |mut s| s.take());
+            let held = (in_flight, slots);
             tunnels
                 .tracker
-                .spawn(tunnel::run(client, upstream_side, websocket, [cut, close], in_flight));
+                .spawn(tunnel::run(client, upstream_side, websocket, [cut, close], held));
             return resp.map(|_| ProxyBody::text(""));
         }
     }

@@ -218,13 +218,12 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
         let client = Arc::new(ClientConn::new(
             shared.forwarder.clone(),
             shared.tunnels.clone(),
+            (permit, per_ip),
             peer,
             false,
         ));
         shared.sweeper.watch(&client);
-        shared
-            .tracker
-            .spawn(serve(stream, client, shared.builder.clone(), (permit, per_ip)));
+        shared.tracker.spawn(serve(stream, client, shared.builder.clone()));
     }
 }
 
@@ -237,7 +236,12 @@ pub(crate) struct PerIp {
 }
 
 /// One counted connection; uncounted on drop.
+#[derive(Debug)]
 pub(crate) struct IpSlot(Option<(Arc<PerIp>, IpAddr)>);
+
+/// What one client connection occupies while it, or the tunnel it
+/// becomes, lives: a `max_connections` permit and its client's slot.
+pub(crate) type Slots = (tokio::sync::OwnedSemaphorePermit, IpSlot);
 
 impl PerIp {
     pub(crate) fn new(limit: usize) -> Arc<Self> {
@@ -288,12 +292,7 @@ impl Drop for IpSlot {
 }
 
 /// Serve one client connection until it closes or is told to close.
-async fn serve(
-    stream: TcpStream,
-    client: Arc<ClientConn>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    _slots: (tokio::sync::OwnedSemaphorePermit, IpSlot),
-) {
+async fn serve(stream: TcpStream, client: Arc<ClientConn>, builder: Arc<auto::Builder<TokioExecutor>>) {
     let service = {
         let client = client.clone();
         service_fn(move |req| {

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::listener::Slots;
 use crate::upstream::InFlight;
 
 /// How long a stopped tunnel may take to finish a frame and say goodbye.
@@ -26,13 +27,15 @@ const CLOSE_TO_CLIENT: [u8; 4] = [0x88, 0x02, 0x03, 0xE9];
 /// The same as a client sends it (masked): to the upstream.
 const CLOSE_TO_UPSTREAM: [u8; 8] = [0x88, 0x82, 0x5A, 0x3C, 0x96, 0x0F, 0x03 ^ 0x5A, 0xE9 ^ 0x3C];
 
-/// Run one tunnel until it ends or one of `stop` is cancelled.
+/// Run one tunnel until it ends or one of `stop` is cancelled. Until then
+/// it counts as in flight to its upstream and holds the client
+/// connection's slots.
 pub(crate) async fn run(
     client: OnUpgrade,
     upstream: OnUpgrade,
     websocket: bool,
     stop: [CancellationToken; 2],
-    _in_flight: InFlight,
+    _held: (InFlight, Option<Slots>),
 ) {
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
         return;

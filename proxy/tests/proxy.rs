@@ -1083,3 +1083,27 @@ fn assert_close_going_away(next: WsItem) {
         other => panic!("expected a Close frame (1001), got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_open_websocket_still_counts_as_its_clients_connection() {
+    let config = ProxyConfig {
+        max_connections_per_ip: 1,
+        ..config()
+    };
+    let (proxy, _) = start_v1(config).await;
+    let addr = proxy.local_addrs()[0];
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap(), "hi");
+    let mut other = TcpStream::connect(addr).await.unwrap();
+    let _ = other.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let seen = closed_by_proxy(&mut other)
+        .await
+        .expect("a second connection was served");
+    assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
+    proxy.shutdown();
+}
