@@ -65,7 +65,9 @@ pub(crate) async fn run(
     let (client_rx, client_tx) = tokio::io::split(client);
     let (upstream_rx, upstream_tx) = tokio::io::split(upstream);
     let both = async {
-        tokio::join!(
+        // A side that ends cleanly half-closes the other (as
+        // `copy_bidirectional` does); an error on either ends both.
+        tokio::try_join!(
             pump(client_rx, upstream_tx, stopped(), &CLOSE_TO_UPSTREAM),
             pump(upstream_rx, client_tx, stopped(), &CLOSE_TO_CLIENT),
         )

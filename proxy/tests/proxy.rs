@@ -1107,3 +1107,21 @@ async fn an_open_websocket_still_counts_as_its_clients_connection() {
     assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
     proxy.shutdown();
 }
+
+#[tokio::test]
+async fn a_websocket_whose_client_vanishes_is_no_longer_in_flight() {
+    let upstream = Upstream::new(app("v1").await);
+    let (proxy, _) = start(config(), RouteTable::single("web", Some(upstream.clone())));
+    let stream = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
+    let url = format!("ws://{}/ws", proxy.local_addrs()[0]);
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    assert_eq!(upstream.in_flight(), 1);
+    // Gone without a close frame or a FIN: a reset.
+    socket2::SockRef::from(ws.get_ref())
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(ws);
+    let report = upstream.drain(Duration::from_secs(20)).await;
+    assert_eq!(report.cut, 0, "the tunnel outlived its client");
+    proxy.shutdown();
+}
