@@ -1,7 +1,7 @@
 //! `switchctl proxy`: the daemon. Starts the data plane on the configured
 //! (or systemd-provided) listeners with the route table of the persisted
 //! active color, then the controller and the admin API; tells systemd it is
-//! ready; on SIGTERM/SIGINT stops accepting, drains, and exits 0. Upstreams
+//! ready (and, with `proxy.metrics_listen`, serves `/metrics`); on SIGTERM/SIGINT stops accepting, drains, and exits 0. Upstreams
 //! are left running: a restart of the daemon is not a deploy.
 
 use std::path::PathBuf;
@@ -43,6 +43,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let proxy = Arc::new(proxy);
 
     let admin_listener = admin::server::bind(&config.proxy.admin_socket).await?;
+    let metrics_listener = match config.proxy.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let socket_path = config.proxy.admin_socket.clone();
     let drain_timeout = config.proxy.drain_timeout;
     let driver = Driver::new(&config);
@@ -59,6 +63,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         let controller = controller.clone();
         async move { controller.recover().await }
     });
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(metrics = %addr, "Prometheus metrics at http://{addr}/metrics");
+        }
+        let registry = Arc::new(crate::metrics::Metrics::registry(controller.clone()));
+        tokio::spawn(crate::metrics::serve(listener, registry, shutdown.clone()));
+    }
 
     let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
     tracing::info!(

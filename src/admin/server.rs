@@ -155,7 +155,10 @@ async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Result<R
         },
         (&Method::POST, "/v1/deploy") => {
             let body: DeployRequest = read_json(req).await?;
-            let overrides = overrides(body.timeout_secs, body.health_check_interval_secs)?;
+            let overrides = Overrides {
+                no_watch: body.no_watch,
+                ..overrides(body.timeout_secs, body.health_check_interval_secs)?
+            };
             operation(
                 &controller,
                 Operation::Deploy {
@@ -201,6 +204,7 @@ fn overrides(timeout: Option<f64>, interval: Option<f64>) -> Result<Overrides, R
     Ok(Overrides {
         timeout: secs(timeout, "DEPLOY_TIMEOUT")?,
         health_check_interval: secs(interval, "HEALTH_CHECK_INTERVAL")?,
+        no_watch: false,
     })
 }
 

@@ -57,6 +57,9 @@ pub enum Command {
         /// Print progress as NDJSON.
         #[arg(long)]
         json: bool,
+        /// Skip the post-flip watch ([deploy.watch]): return right after the flip.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Switch traffic instantly.
     Flip {
@@ -158,7 +161,7 @@ pub async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Deploy { tag, json } => deploy::deploy(&cli, tag, *json).await,
+        Command::Deploy { tag, json, no_watch } => deploy::deploy(&cli, tag, *json, *no_watch).await,
         Command::Flip {
             direction: FlipDirection::Back { json },
         } => deploy::flip_back(&cli, *json).await,

@@ -40,6 +40,9 @@ pub struct Config {
     /// The services deployed together.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// Where outcomes are sent (`[[notify]]`).
+    #[serde(default)]
+    pub notify: Vec<crate::notify::NotifyConfig>,
     /// The file this was read from (relative paths inside resolve against
     /// its directory).
     #[serde(skip)]
@@ -95,6 +98,8 @@ pub struct ProxySection {
     pub body_read_timeout: Duration,
     /// Most connections from one client address (IPv6: per /64); 0: no limit.
     pub max_connections_per_ip: usize,
+    /// Where Prometheus scrapes `/metrics` (off when unset).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ProxySection {
@@ -114,6 +119,7 @@ impl Default for ProxySection {
             upstream_idle_timeout: d.upstream_idle_timeout,
             body_read_timeout: d.body_read_timeout,
             max_connections_per_ip: d.max_connections_per_ip,
+            metrics_listen: None,
         }
     }
 }
@@ -165,6 +171,27 @@ pub struct DeploySection {
     /// Time an upstream gets between SIGTERM and SIGKILL.
     #[serde(with = "humantime_serde")]
     pub stop_timeout: Duration,
+    /// The post-flip watch (`[deploy.watch]`); none when absent.
+    pub watch: Option<WatchConfig>,
+}
+
+/// `[deploy.watch]`: after a deploy's flip, too many 5xx from the new color
+/// flip traffic back by itself.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// How long after the flip the new color is watched.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Largest share of 5xx answers a service may give (0 to 1).
+    pub max_5xx_ratio: f64,
+    /// Fewest answers of a service before its ratio is judged.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+}
+
+fn default_min_requests() -> u64 {
+    20
 }
 
 impl Default for DeploySection {
@@ -175,6 +202,7 @@ impl Default for DeploySection {
             standby: StandbyPolicy::Keep,
             keep_images: 3,
             stop_timeout: Duration::from_secs(10),
+            watch: None,
         }
     }
 }
@@ -354,6 +382,10 @@ impl Config {
             config.services = imported;
         }
         config.apply_env(|k| std::env::var(k).ok())?;
+        let base = config.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        for entry in &mut config.notify {
+            entry.resolve_paths(&base);
+        }
         config.validate(&text)?;
         Ok(config)
     }

@@ -33,6 +33,10 @@ pub enum Outcome {
     Refused,
     /// It failed in a way that left nothing to roll back.
     Failed,
+    /// The post-flip watch saw too many 5xx from the new release and flipped
+    /// back to the previous one. History records it so; a `done` event says
+    /// `rolled_back` (DESIGN's outcomes), its message naming the watch.
+    AutoFlippedBack,
 }
 
 impl Outcome {
@@ -40,7 +44,7 @@ impl Outcome {
     pub fn exit_code(self) -> i32 {
         match self {
             Outcome::Deployed | Outcome::Flipped => 0,
-            Outcome::RolledBack | Outcome::Failed | Outcome::Refused => 1,
+            Outcome::RolledBack | Outcome::Failed | Outcome::Refused | Outcome::AutoFlippedBack => 1,
         }
     }
 }
@@ -77,6 +81,10 @@ pub enum Phase {
     History,
     /// Start-up recovery of the daemon.
     Recover,
+    /// After a deploy's flip, the new color's answers are watched.
+    Watch,
+    /// Notifications of the outcome are sent.
+    Notify,
     /// Upstreams are stopped.
     Stop,
     /// The final event, with the outcome.
@@ -100,6 +108,8 @@ impl Phase {
             Phase::Logs => "logs",
             Phase::History => "history",
             Phase::Recover => "recover",
+            Phase::Watch => "watch",
+            Phase::Notify => "notify",
             Phase::Stop => "stop",
             Phase::Done => "done",
         }
@@ -150,6 +160,10 @@ impl Event {
         let level = match outcome {
             Outcome::Deployed | Outcome::Flipped => Level::Success,
             _ => Level::Error,
+        };
+        let outcome = match outcome {
+            Outcome::AutoFlippedBack => Outcome::RolledBack,
+            other => other,
         };
         Event {
             outcome: Some(outcome),
@@ -225,6 +239,12 @@ mod tests {
         assert_eq!(d["phase"], "done");
         assert_eq!(d["outcome"], "rolled_back");
         assert!(d.get("service").is_none());
+        let auto = serde_json::to_value(Event::done(Outcome::AutoFlippedBack, "the watch flipped back")).unwrap();
+        assert_eq!(auto["outcome"], "rolled_back", "the done event keeps DESIGN's outcomes");
+        assert_eq!(
+            serde_json::to_value(Outcome::AutoFlippedBack).unwrap(),
+            "auto_flipped_back"
+        );
     }
 
     #[test]
@@ -243,6 +263,8 @@ mod tests {
             Phase::Logs,
             Phase::History,
             Phase::Recover,
+            Phase::Watch,
+            Phase::Notify,
             Phase::Stop,
             Phase::Done,
         ];

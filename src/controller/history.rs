@@ -1,6 +1,14 @@
 //! The history of operations: one JSON object per line in
 //! `<state_dir>/history.jsonl`, appended and fsynced after each deploy, flip
 //! or rollback. Image cleanup reads it to know which releases succeeded.
+//!
+//! Bounded: once the file passes [`ROTATE_BYTES`] or [`ROTATE_ENTRIES`]
+//! lines, it becomes `history.jsonl.1` (replacing the older one) and a new
+//! file starts; reads cover both, so the newest entries are always there.
+//!
+//! [`Record::finish`] ends every operation the same way: the outcome is
+//! counted (metrics), notified in the background, written here with the
+//! notifications' warnings, and sent as the final event.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,8 +16,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::event::{Event, Outcome, Phase, Reporter};
-use crate::api::{ColorTag, HistoryEntry};
+use super::Controller;
+use crate::api::{ColorTag, HistoryEntry, WatchInfo};
+use crate::notify;
 use crate::release::Color;
+
+/// A history file this large is rotated before the next entry.
+pub const ROTATE_BYTES: u64 = 1024 * 1024;
+/// A history file with this many entries is rotated before the next one.
+pub const ROTATE_ENTRIES: usize = 1000;
 
 /// Timings and facts one operation gathers for its history entry.
 pub(super) struct Record {
@@ -22,6 +37,7 @@ pub(super) struct Record {
     pub ready_ms: Option<u64>,
     pub flip_us: Option<u64>,
     pub drain_ms: Option<u64>,
+    pub watch: Option<WatchInfo>,
 }
 
 impl Record {
@@ -37,18 +53,48 @@ impl Record {
             ready_ms: None,
             flip_us: None,
             drain_ms: None,
+            watch: None,
         }
     }
 
-    /// Append the entry to `history` and send the final event.
-    pub fn finish(
+    /// Count the outcome, notify it, append the entry to history and send
+    /// the final event. Notifications go out in the background; their
+    /// warnings are waited for at most one attempt's timeout (they are then
+    /// shown and recorded), never longer: a hanging endpoint does not hold
+    /// the operation, and no notification changes its outcome.
+    pub async fn finish(
         self,
-        history: &History,
+        controller: &Controller,
         outcome: Outcome,
         reason: Option<String>,
         message: String,
         reporter: &Reporter,
     ) -> Outcome {
+        let duration = self.started.elapsed();
+        controller.counters.finished(self.kind, outcome, duration);
+        let mut warnings = Vec::new();
+        if let Some(event) = notify_event(outcome) {
+            let config = controller.config();
+            let limit = config
+                .notify
+                .iter()
+                .filter(|n| n.wants(event))
+                .map(|n| n.timeout)
+                .max()
+                .unwrap_or(Duration::ZERO);
+            let n = notify::Notification::new(event, &self.tag, self.to.as_str())
+                .with_previous_tag(self.from.as_ref().map(|f| f.tag.clone()))
+                .with_duration(duration)
+                .with_message(&message);
+            let pending = controller.notifier().notify(n);
+            if !pending.is_empty() {
+                let report = pending.wait_within(limit).await;
+                for w in report.warnings {
+                    reporter.warn(Phase::Notify, None, w.clone());
+                    warnings.push(w);
+                }
+            }
+        }
         let entry = HistoryEntry {
             started: humantime::format_rfc3339_millis(self.started_at).to_string(),
             kind: self.kind.to_string(),
@@ -57,16 +103,30 @@ impl Record {
             to: self.to,
             outcome,
             reason,
-            duration_ms: ms(self.started.elapsed()),
+            duration_ms: ms(duration),
             ready_ms: self.ready_ms,
             flip_us: self.flip_us,
             drain_ms: self.drain_ms,
+            watch: self.watch,
+            warnings,
         };
-        if let Err(e) = history.append(&entry) {
+        if let Err(e) = controller.history.append(&entry) {
             reporter.warn(Phase::History, None, format!("could not record history: {e}"));
         }
         reporter.send(Event::done(outcome, message));
         outcome
+    }
+}
+
+/// The notification an outcome sends, if any (a refusal sends none).
+fn notify_event(outcome: Outcome) -> Option<notify::Event> {
+    match outcome {
+        Outcome::Deployed => Some(notify::Event::Deployed),
+        Outcome::RolledBack => Some(notify::Event::RolledBack),
+        Outcome::Failed => Some(notify::Event::Failed),
+        Outcome::Flipped => Some(notify::Event::Flipped),
+        Outcome::AutoFlippedBack => Some(notify::Event::AutoFlippedBack),
+        Outcome::Refused => None,
     }
 }
 
@@ -89,11 +149,17 @@ impl History {
         }
     }
 
-    /// Append one entry durably.
+    /// The rotated file, `history.jsonl.1`.
+    fn rotated(&self) -> PathBuf {
+        self.path.with_extension("jsonl.1")
+    }
+
+    /// Append one entry durably, rotating a full file first.
     pub fn append(&self, entry: &HistoryEntry) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        self.rotate_if_full()?;
         let mut line = serde_json::to_vec(entry).expect("history entry serializes");
         line.push(b'\n');
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
@@ -101,14 +167,36 @@ impl History {
         f.sync_data()
     }
 
-    /// Every entry, oldest first. Lines that do not parse (a torn last line
-    /// after a crash) are skipped.
-    pub fn read(&self) -> std::io::Result<Vec<HistoryEntry>> {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
+    /// Move a file past [`ROTATE_BYTES`] or [`ROTATE_ENTRIES`] to
+    /// `history.jsonl.1` (a rename: atomic, the older rotation replaced).
+    fn rotate_if_full(&self) -> std::io::Result<()> {
+        let len = match std::fs::metadata(&self.path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let full = len >= ROTATE_BYTES || {
+            let text = std::fs::read(&self.path)?;
+            text.iter().filter(|&&b| b == b'\n').count() >= ROTATE_ENTRIES
+        };
+        if full {
+            std::fs::rename(&self.path, self.rotated())?;
         }
+        Ok(())
+    }
+
+    /// Every entry, oldest first (the rotated file, then the current one).
+    /// Lines that do not parse (a torn last line after a crash) are skipped.
+    pub fn read(&self) -> std::io::Result<Vec<HistoryEntry>> {
+        let mut entries = Vec::new();
+        for path in [self.rotated(), self.path.clone()] {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => entries.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(entries)
     }
 
     /// Tags of successful deploys and rollbacks, newest first, without repeats.
@@ -140,6 +228,8 @@ mod tests {
             ready_ms: None,
             flip_us: None,
             drain_ms: None,
+            watch: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -158,5 +248,25 @@ mod tests {
         f.write_all(b"{\"torn").unwrap();
         assert_eq!(h.read().unwrap().len(), 4);
         assert_eq!(h.successful_tags().unwrap(), vec!["v1", "v3"]);
+    }
+
+    #[test]
+    fn a_full_file_rotates_and_reads_still_cover_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::new(dir.path());
+        for i in 0..ROTATE_ENTRIES + 5 {
+            h.append(&entry(&format!("v{i}"), Outcome::Deployed)).unwrap();
+        }
+        let rotated = std::fs::read_to_string(dir.path().join("history.jsonl.1")).unwrap();
+        assert_eq!(rotated.lines().count(), ROTATE_ENTRIES);
+        let all = h.read().unwrap();
+        assert_eq!(all.len(), ROTATE_ENTRIES + 5);
+        assert_eq!(all.last().unwrap().tag, format!("v{}", ROTATE_ENTRIES + 4));
+        for i in 0..ROTATE_ENTRIES {
+            h.append(&entry(&format!("w{i}"), Outcome::Deployed)).unwrap();
+        }
+        let all = h.read().unwrap();
+        assert!(all.len() <= 2 * ROTATE_ENTRIES, "bounded: {}", all.len());
+        assert_eq!(all.last().unwrap().tag, format!("w{}", ROTATE_ENTRIES - 1));
     }
 }
