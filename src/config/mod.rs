@@ -502,6 +502,28 @@ health = { path = "/up", healthy_threshold = 2 }
     }
 
     #[test]
+    fn deploy_watch_and_notify_parse_and_are_checked() {
+        let text = GOOD.replace(
+            "timeout = \"30s\"",
+            "timeout = \"30s\"\n[deploy.watch]\nwindow = \"60s\"\nmax_5xx_ratio = 0.05",
+        );
+        let c = parse(&text).unwrap();
+        let w = c.deploy.watch.unwrap();
+        assert_eq!(
+            (w.window, w.max_5xx_ratio, w.min_requests),
+            (Duration::from_secs(60), 0.05, 20)
+        );
+        assert!(parse(GOOD).unwrap().deploy.watch.is_none(), "no section, no watch");
+        let err = parse(&text.replace("0.05", "1.5")).unwrap_err().to_string();
+        assert!(err.contains("deploy.watch.max_5xx_ratio"), "{err}");
+        let notify = format!("{GOOD}\n[[notify]]\nkind = \"webhook\"\nurl = \"ftp://x\"\n");
+        let err = parse(&notify).unwrap_err().to_string();
+        assert!(err.contains("notify[0].url"), "{err}");
+        let notify = notify.replace("ftp://x", "https://hooks.example.org/x");
+        assert_eq!(parse(&notify).unwrap().notify.len(), 1);
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_config_directory() {
         assert_eq!(
             join_relative(Path::new("/srv/app"), Path::new("./data")),

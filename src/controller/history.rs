@@ -139,6 +139,9 @@ pub(super) fn ms(d: Duration) -> u64 {
 #[derive(Debug, Clone)]
 pub struct History {
     path: PathBuf,
+    /// Rotation limits: [`ROTATE_ENTRIES`] and [`ROTATE_BYTES`] (smaller in tests).
+    max_entries: usize,
+    max_bytes: u64,
 }
 
 impl History {
@@ -146,6 +149,8 @@ impl History {
     pub fn new(state_dir: &Path) -> Self {
         History {
             path: state_dir.join("history.jsonl"),
+            max_entries: ROTATE_ENTRIES,
+            max_bytes: ROTATE_BYTES,
         }
     }
 
@@ -175,9 +180,9 @@ impl History {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let full = len >= ROTATE_BYTES || {
+        let full = len >= self.max_bytes || {
             let text = std::fs::read(&self.path)?;
-            text.iter().filter(|&&b| b == b'\n').count() >= ROTATE_ENTRIES
+            text.iter().filter(|&&b| b == b'\n').count() >= self.max_entries
         };
         if full {
             std::fs::rename(&self.path, self.rotated())?;
@@ -253,20 +258,37 @@ mod tests {
     #[test]
     fn a_full_file_rotates_and_reads_still_cover_both() {
         let dir = tempfile::tempdir().unwrap();
-        let h = History::new(dir.path());
-        for i in 0..ROTATE_ENTRIES + 5 {
+        let h = History {
+            max_entries: 10,
+            ..History::new(dir.path())
+        };
+        for i in 0..15 {
             h.append(&entry(&format!("v{i}"), Outcome::Deployed)).unwrap();
         }
         let rotated = std::fs::read_to_string(dir.path().join("history.jsonl.1")).unwrap();
-        assert_eq!(rotated.lines().count(), ROTATE_ENTRIES);
+        assert_eq!(rotated.lines().count(), 10);
         let all = h.read().unwrap();
-        assert_eq!(all.len(), ROTATE_ENTRIES + 5);
-        assert_eq!(all.last().unwrap().tag, format!("v{}", ROTATE_ENTRIES + 4));
-        for i in 0..ROTATE_ENTRIES {
+        assert_eq!(all.len(), 15);
+        assert_eq!(all.last().unwrap().tag, "v14");
+        for i in 0..10 {
             h.append(&entry(&format!("w{i}"), Outcome::Deployed)).unwrap();
         }
         let all = h.read().unwrap();
-        assert!(all.len() <= 2 * ROTATE_ENTRIES, "bounded: {}", all.len());
-        assert_eq!(all.last().unwrap().tag, format!("w{}", ROTATE_ENTRIES - 1));
+        assert_eq!(all.len(), 15, "the older rotation was replaced");
+        assert_eq!(all.first().unwrap().tag, "v10");
+        assert_eq!(all.last().unwrap().tag, "w9");
+    }
+
+    #[test]
+    fn a_file_past_the_size_limit_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History {
+            max_bytes: 1,
+            ..History::new(dir.path())
+        };
+        h.append(&entry("v1", Outcome::Deployed)).unwrap();
+        h.append(&entry("v2", Outcome::Deployed)).unwrap();
+        assert!(dir.path().join("history.jsonl.1").exists());
+        assert_eq!(h.read().unwrap().len(), 2);
     }
 }

@@ -91,6 +91,11 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra top-level keys (e.g. `compose = ...`).
     pub fn start_with(top: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
+        Daemon::start_with_proxy(top, "", driver, deploy, services)
+    }
+
+    /// As [`Daemon::start_with`], with extra `[proxy]` keys (e.g. `metrics_listen`).
+    pub fn start_with_proxy(top: &str, proxy: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
         let dir = tempfile::Builder::new().prefix("switchctl-test-").tempdir().unwrap();
         let port = free_port();
         let socket = dir.path().join("admin.sock");
@@ -107,6 +112,7 @@ listen = ["127.0.0.1:{port}"]
 admin_socket = "{socket}"
 drain_timeout = "10s"
 workers = 2
+{proxy}
 
 [deploy]
 health_check_interval = "100ms"
@@ -386,6 +392,8 @@ pub struct LoadReport {
     pub sent: u64,
     pub failed: usize,
     pub failures: Vec<String>,
+    /// Every failure, counted by its text.
+    pub failure_kinds: BTreeMap<String, u64>,
     pub bodies: BTreeMap<String, u64>,
 }
 
@@ -470,7 +478,12 @@ impl Load {
             let _ = t.await;
         }
         let failures = self.failures.lock().unwrap().clone();
+        let mut failure_kinds = BTreeMap::new();
+        for f in &failures {
+            *failure_kinds.entry(f.trim().to_string()).or_default() += 1;
+        }
         LoadReport {
+            failure_kinds,
             sent: self.sent.load(Ordering::Relaxed),
             failed: failures.len(),
             failures: failures.into_iter().take(10).collect(),
