@@ -37,6 +37,14 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     }
 }
 
+/// `timeout` from now; config bounds keep it small, and a value that
+/// still would not fit (no panic on `Instant` overflow) means "no deadline".
+fn deadline_after(timeout: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + crate::config::MAX_TIMEOUT)
+}
+
 /// Why a deploy stopped before the flip.
 struct Failure {
     /// The service at fault, if one (its logs are shown).
@@ -86,7 +94,7 @@ impl Deploy {
         };
         Deploy {
             record: Record::new("deploy", &tag, from, idle),
-            deadline: tokio::time::Instant::now() + config.deploy.timeout,
+            deadline: deadline_after(config.deploy.timeout),
             controller,
             op,
             config,
@@ -364,7 +372,13 @@ impl Deploy {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_tag;
+    use super::{deadline_after, validate_tag};
+
+    #[test]
+    fn a_huge_timeout_makes_a_deadline_without_panicking() {
+        let d = deadline_after(std::time::Duration::from_secs(u64::MAX));
+        assert!(d > tokio::time::Instant::now());
+    }
 
     #[test]
     fn tags_follow_the_image_tag_grammar() {
