@@ -52,3 +52,36 @@ async fn huge_timeouts_are_refused_and_the_daemon_keeps_serving() {
     deploy_ok(&d, "v2").await;
     assert_eq!(d.get("/").await, (200, "v2\n".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broken_history_line_is_skipped_by_history_and_rollback() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let path = d.state_dir().join("history.jsonl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"\xff\n{\"torn\": \n");
+    std::fs::write(&path, bytes).unwrap();
+    let out = d.cli(&["history", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entries.as_array().unwrap().len(), 2, "{entries}");
+    // `rollback` reads history to find the previous release.
+    let out = d.cli(&["rollback"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deploy_with_a_long_interval_flips_soon_after_the_app_is_ready() {
+    let d = daemon();
+    // The first probe comes before the app listens; the next ones back off
+    // from 50 ms instead of waiting the whole 5 s interval.
+    let out = d
+        .cli_env(&["deploy", "v1", "--json"], &[("HEALTH_CHECK_INTERVAL", "5")])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let history: serde_json::Value = serde_json::from_slice(&d.cli(&["history", "--json"]).await.stdout).unwrap();
+    let ready_ms = history[0]["ready_ms"].as_u64().unwrap();
+    assert!(ready_ms < 4_000, "ready after {ready_ms} ms with a 5 s interval");
+}

@@ -232,19 +232,22 @@ impl Deploy {
             };
             Some(async move {
                 let t = Instant::now();
-                let result = check.wait().await;
-                if result.is_ok() {
-                    check.reporter.success(
-                        Phase::Health,
-                        Some(check.service),
-                        format!("healthy after {} ms", ms(t.elapsed())),
-                    );
+                match check.wait().await {
+                    Ok(()) => {
+                        check.reporter.success(
+                            Phase::Health,
+                            Some(check.service),
+                            format!("healthy after {} ms", ms(t.elapsed())),
+                        );
+                        Ok(())
+                    }
+                    Err(why) => Err((service.name.clone(), why)),
                 }
-                (service.name.clone(), result)
             })
         });
-        let results = futures_util::future::join_all(checks).await;
-        if let Some((service, why)) = results.into_iter().find_map(|(s, r)| r.err().map(|e| (s, e))) {
+        // The first service that fails ends the deploy at once: the other
+        // checks are dropped rather than waited for.
+        if let Err((service, why)) = futures_util::future::try_join_all(checks).await {
             return Err(Failure {
                 reason: format!("{service} ({}, {}) is not healthy: {why}", self.idle, self.tag),
                 service: Some(service),

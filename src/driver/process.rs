@@ -177,6 +177,12 @@ impl ProcessDriver {
     }
 }
 
+/// When `pid` started (clock ticks since boot; 0 if it is gone): with the
+/// pid, what a [`Handle::Process`] is.
+pub fn start_time_of(pid: i32) -> u64 {
+    proc_stat(pid).map_or(0, |s| s.start_time)
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
