@@ -132,7 +132,10 @@ impl Deploy {
             Ok(release) => release,
             Err(failure) => return self.roll_back(failure).await,
         };
-        let old = self.flip(&release).await;
+        let old = match self.flip(&release).await {
+            Ok(old) => old,
+            Err(reason) => return self.roll_back(Failure::new(reason)).await,
+        };
         self.drain(old.as_ref()).await;
         self.retire(old).await;
         self.cleanup().await;
@@ -175,7 +178,7 @@ impl Deploy {
             self.controller.stop_release(&old, &self.config, &self.reporter).await;
         }
         state.begin(self.idle, &self.tag);
-        self.controller.save(&state).map_err(Failure::new)
+        self.controller.save(&state).await.map_err(Failure::new)
     }
 
     /// Start every service of the new color, each recorded as it exists.
@@ -196,7 +199,7 @@ impl Deploy {
             );
             let mut state = self.controller.state.lock().await;
             state.add_upstream(self.idle, &service.name, upstream);
-            self.controller.save(&state).map_err(Failure::new)?;
+            self.controller.save(&state).await.map_err(Failure::new)?;
         }
         Ok(())
     }
@@ -259,7 +262,7 @@ impl Deploy {
 
     /// Send every service to the new color in one swap, then persist.
     /// Returns the color and release that served before.
-    async fn flip(&mut self, release: &Release) -> Option<(Color, Release)> {
+    async fn flip(&mut self, release: &Release) -> Result<Option<(Color, Release)>, String> {
         self.op.phase(Phase::Flip);
         self.controller
             .flip_to(self.idle, release, &self.config, &mut self.record, &self.reporter)
@@ -354,7 +357,7 @@ impl Deploy {
         }
         let mut state = controller.state.lock().await;
         state.abandon(idle);
-        if let Err(e) = controller.save(&state) {
+        if let Err(e) = controller.save(&state).await {
             reporter.error(Phase::Rollback, None, e.to_string());
         }
         let serving = match state.active_release() {
