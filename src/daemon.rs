@@ -44,7 +44,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     };
     let proxy = Arc::new(proxy);
 
-    let admin_listener = admin::server::bind(&config.proxy.admin_socket).await?;
+    let admin_listener = admin::server::bind(&config.proxy.admin_socket, &config.proxy.admin_group).await?;
     let socket_path = config.proxy.admin_socket.clone();
     let drain_timeout = config.proxy.drain_timeout;
     let active = state.active_release().map(|(c, r)| format!("{c} ({})", r.tag));

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::output::Renderer;
-use super::{client, client_failed, exit, Cli};
+use super::{client, client_exit_code, client_failed, exit, Cli};
 use crate::admin::client::{Client, ClientError};
 use crate::admin::{DeployRequest, RollbackRequest};
 use crate::config::{positive_seconds, MAX_INTERVAL, MAX_TIMEOUT};
@@ -55,7 +55,10 @@ async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool)
     let renderer = Renderer::new(json);
     let client = match client(cli) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(e) => {
+            renderer.refusal(&format!("config: {e}"), Outcome::Refused);
+            return exit::USAGE;
+        }
     };
     match stream(&client, path, body, renderer).await {
         Ok(Some(outcome)) => outcome.exit_code(),
@@ -73,12 +76,7 @@ async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool)
                     _ => Outcome::Failed,
                 };
                 renderer.refusal(&e.to_string(), outcome);
-                return match e {
-                    ClientError::Unreachable { .. } => exit::UNREACHABLE,
-                    ClientError::BadRequest(_) => exit::USAGE,
-                    ClientError::Busy(_) => exit::BUSY,
-                    ClientError::Other { .. } => exit::FAILED,
-                };
+                return client_exit_code(&e);
             }
             client_failed(&e)
         }
