@@ -46,7 +46,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
-pub use routes::{HostPattern, Route, RouteError, RouteTable, Service};
+pub use routes::{HostPattern, Route, RouteError, RouteMatch, RouteTable, Service};
 pub use stats::{Snapshot, Stats, BUCKETS_US};
 pub use tls::{
     CertDetails, CertOrigin, CertReport, CertSource, CertStatus, CertStore, TlsConfig, TlsError,
