@@ -191,6 +191,11 @@ impl Reporter {
         Reporter { tx: None }
     }
 
+    /// Whether nobody can be listening (work started by the daemon itself).
+    pub fn is_silent(&self) -> bool {
+        self.tx.is_none()
+    }
+
     /// Send an event (and log it).
     pub fn send(&self, event: Event) {
         let service = event.service.as_deref().unwrap_or("-");

@@ -88,7 +88,9 @@ impl Record {
                 .with_duration(duration)
                 .with_message(&message);
             let pending = controller.notifier().notify(n);
-            if !pending.is_empty() {
+            // Work the daemon started itself (recovery) has nobody to show
+            // warnings to and must not wait: the sends go on, and log.
+            if !pending.is_empty() && !reporter.is_silent() {
                 let report = pending.wait_within(limit).await;
                 for w in report.warnings {
                     reporter.warn(Phase::Notify, None, w.clone());
