@@ -303,7 +303,13 @@ async fn history_last(d: &Daemon) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_release_failing_real_traffic_is_flipped_back_by_the_watch() {
-    let d = watched("FAIL_REQUESTS_VERSIONS = \"v2\"");
+    let (hook, got) = webhook(false).await;
+    let d = Daemon::start_with(
+        &notify_entry(hook, "events = [\"auto_flipped_back\"]"),
+        "process",
+        WATCH,
+        &process_service("web", "FAIL_REQUESTS_VERSIONS = \"v2\""),
+    );
     assert_eq!(d.cli(&["deploy", "v1"]).await.status.code(), Some(0));
     let load = Load::start(d.proxy, 10);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -350,6 +356,22 @@ async fn a_release_failing_real_traffic_is_flipped_back_by_the_watch() {
         last["watch"]["errors_5xx"].as_u64().unwrap(),
     );
     assert!(requests >= 20 && errors * 20 > requests, "{last}");
+
+    wait_for("the auto_flipped_back notification", Duration::from_secs(20), || {
+        let got = got.clone();
+        async move { !got.lock().unwrap().is_empty() }
+    })
+    .await;
+    let n = got.lock().unwrap()[0].clone();
+    assert_eq!(
+        (n["event"].as_str(), n["outcome"].as_str()),
+        (Some("auto_flipped_back"), Some("failure"))
+    );
+    assert_eq!(
+        (n["tag"].as_str(), n["previous_tag"].as_str()),
+        (Some("v2"), Some("v1"))
+    );
+    assert!(n["message"].as_str().unwrap().contains("watch flipped back"), "{n}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
