@@ -383,27 +383,18 @@ impl Config {
 
     /// Only `proxy.admin_socket` of the file at `path`, resolved against the
     /// file's directory: the short path of commands that just talk to the
-    /// daemon. Nothing else is read or validated (no Compose file, no env
-    /// file), so a CI user needs no access to secrets, and a flip stays quick.
-    /// `Ok(None)` when the file cannot be read (missing, or not readable by
-    /// this user): the caller falls back to [`DEFAULT_ADMIN_SOCKET`].
+    /// daemon. The file is parsed against the schema (a typo is still exit 2,
+    /// naming the line), but nothing else is read or validated: no Compose
+    /// file, no env file, so a CI user needs no access to secrets and a flip
+    /// stays quick. `Ok(None)` when the file cannot be read (missing, or not
+    /// readable by this user): the caller falls back to
+    /// [`DEFAULT_ADMIN_SOCKET`].
     pub fn admin_socket_of(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
         let Ok(text) = std::fs::read_to_string(path) else {
             return Ok(None);
         };
-        let table: toml::Table = from_toml(path, &text)?;
-        let socket = match table.get("proxy").and_then(|p| p.get("admin_socket")) {
-            None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
-            Some(toml::Value::String(s)) => PathBuf::from(s),
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    key: "proxy.admin_socket".into(),
-                    message: "must be a path string".into(),
-                })
-            }
-        };
-        Ok(Some(join_relative(path.parent().unwrap_or(Path::new(".")), &socket)))
+        let config = Config::parse(path, &text)?;
+        Ok(Some(config.resolve(&config.proxy.admin_socket)))
     }
 
     /// A path from the config, relative to the config file's directory.
