@@ -40,6 +40,13 @@ impl ProxyBody {
         }
     }
 
+    /// Bytes of the proxy's own (an ACME challenge answer).
+    pub(crate) fn bytes(bytes: Bytes) -> Self {
+        ProxyBody {
+            kind: Kind::Text(Some(bytes)),
+        }
+    }
+
     /// An upstream body; `conn` returns to the pool when it ends.
     pub(crate) fn upstream(body: Incoming, conn: Option<(SocketAddr, Conn)>, in_flight: InFlight) -> Self {
         let mut this = ProxyBody {

@@ -55,6 +55,10 @@ pub(crate) struct Forwarder {
     pub(crate) response_timeout: Duration,
     /// Set when plain connections answer with a redirect to https.
     pub(crate) https_redirect: Option<crate::tls::HttpsRedirect>,
+    /// Peers whose `X-Forwarded-*` headers are kept.
+    pub(crate) trusted_proxies: Vec<crate::Cidr>,
+    /// Where ACME HTTP-01 answers are looked up (with TLS on).
+    pub(crate) acme_http: Option<crate::CertStore>,
 }
 
 /// Per client connection: who the client is, and what the worker's sweeper
@@ -65,6 +69,8 @@ pub(crate) struct ClientConn {
     client_ip: HeaderValue,
     proto: HeaderValue,
     tls: bool,
+    /// The peer is a trusted proxy: its `X-Forwarded-*` are kept.
+    trusted: bool,
     requests: AtomicU64,
     close: AtomicU8,
     waker: AtomicWaker,
@@ -89,11 +95,13 @@ impl ClientConn {
     pub(crate) fn new(forwarder: Arc<Forwarder>, peer: SocketAddr, tls: bool) -> Self {
         let client_ip =
             HeaderValue::try_from(peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let trusted = forwarder.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
         ClientConn {
             forwarder,
             client_ip,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             tls,
+            trusted,
             requests: AtomicU64::new(0),
             close: AtomicU8::new(Close::No as u8),
             waker: AtomicWaker::new(),
@@ -130,6 +138,9 @@ impl ClientConn {
     pub(crate) async fn serve(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let fwd = &*self.forwarder;
+        if let Some(answer) = fwd.acme_http.as_ref().and_then(|c| c.http_challenge_response(&req)) {
+            return answer;
+        }
         if let (false, Some(redirect)) = (self.tls, &fwd.https_redirect) {
             if let Some(resp) = redirect.response(&req) {
                 return resp;
@@ -255,7 +266,9 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
 
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, present, upgrade);
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+    // From a trusted proxy, what it says about the client stays (For gets
+    // this hop appended); from anyone else it is replaced, not believed.
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).filter(|_| conn.trusted) {
         None => conn.client_ip.clone(),
         Some(prior) => {
             let mut joined = Vec::with_capacity(prior.len() + 2 + conn.client_ip.len());
@@ -266,9 +279,14 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
         }
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    }
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match headers.get(header::HOST).cloned() {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
     }
     upgrade.then(|| hyper::upgrade::on(req))
 }

@@ -26,6 +26,7 @@
 //! ```
 
 mod body;
+mod cidr;
 mod forward;
 mod listener;
 mod pool;
@@ -43,6 +44,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
+pub use cidr::{Cidr, CidrError};
 pub use routes::{HostPattern, Route, RouteError, RouteTable, Service};
 pub use tls::{
     CertDetails, CertOrigin, CertReport, CertSource, CertStatus, CertStore, TlsConfig, TlsError,
@@ -70,6 +72,9 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// On shutdown, how long open requests may take to finish.
     pub drain_timeout: Duration,
+    /// Peers whose `X-Forwarded-For/-Proto/-Host` are kept (For appended
+    /// to); from any other peer they are replaced (default: none).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for ProxyConfig {
@@ -83,6 +88,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -190,6 +196,8 @@ impl Proxy {
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             https_redirect,
+            trusted_proxies: config.trusted_proxies.clone(),
+            acme_http: tls.as_ref().map(|t| t.certs.clone()),
         });
         let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let shutdown = CancellationToken::new();

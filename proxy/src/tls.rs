@@ -224,6 +224,8 @@ struct Inner {
     set: ArcSwap<CertSet>,
     /// TLS-ALPN-01 challenge certificates by domain (lowercase).
     challenges: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    /// HTTP-01 key authorizations by token.
+    http_challenges: ArcSwap<HashMap<String, bytes::Bytes>>,
     /// Serializes writers (reload, insert, remove); handshakes never take it.
     update: Mutex<()>,
     provider: Arc<CryptoProvider>,
@@ -264,6 +266,7 @@ impl CertStore {
             inner: Arc::new(Inner {
                 set: ArcSwap::from_pointee(CertSet::default()),
                 challenges: ArcSwap::from_pointee(HashMap::new()),
+                http_challenges: ArcSwap::from_pointee(HashMap::new()),
                 update: Mutex::new(()),
                 provider: Arc::new(rustls::crypto::ring::default_provider()),
             }),
@@ -402,6 +405,38 @@ impl CertStore {
         if map.remove(&domain.to_ascii_lowercase()).is_some() {
             self.inner.challenges.store(Arc::new(map));
         }
+    }
+
+    /// Answer HTTP-01 for `token`: `GET /.well-known/acme-challenge/<token>`
+    /// gets `key_authorization`, on any listener, before routing.
+    pub fn set_http_challenge(&self, token: &str, key_authorization: &str) {
+        let _writer = self.inner.update.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = HashMap::clone(&self.inner.http_challenges.load());
+        map.insert(token.to_owned(), bytes::Bytes::from(key_authorization.to_owned()));
+        self.inner.http_challenges.store(Arc::new(map));
+    }
+
+    /// Stop answering HTTP-01 for `token`.
+    pub fn clear_http_challenge(&self, token: &str) {
+        let _writer = self.inner.update.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = HashMap::clone(&self.inner.http_challenges.load());
+        if map.remove(token).is_some() {
+            self.inner.http_challenges.store(Arc::new(map));
+        }
+    }
+
+    /// The answer to an HTTP-01 challenge request, if `req` is one whose
+    /// token is set. Other paths cost one prefix compare; an unknown token
+    /// is routed as usual.
+    pub(crate) fn http_challenge_response<B>(&self, req: &Request<B>) -> Option<Response<ProxyBody>> {
+        let token = req.uri().path().strip_prefix(ACME_HTTP_CHALLENGE_PREFIX)?;
+        let answer = self.inner.http_challenges.load().get(token)?.clone();
+        let mut resp = Response::new(ProxyBody::bytes(answer));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        Some(resp)
     }
 
     /// Every certificate slot, files first in their order, for `status`.
