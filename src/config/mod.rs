@@ -7,6 +7,7 @@
 
 pub mod compose;
 pub mod env;
+pub mod tls;
 mod validate;
 
 pub use env::{positive_seconds, read_env_file, seconds};
@@ -86,6 +87,10 @@ pub struct ProxySection {
     /// Time for an upstream's response head.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// CIDRs of proxies in front whose `X-Forwarded-*` are kept.
+    pub trusted_proxies: Vec<String>,
+    /// TLS listeners and certificates (`[proxy.tls]`).
+    pub tls: Option<tls::TlsSection>,
 }
 
 impl Default for ProxySection {
@@ -102,6 +107,8 @@ impl Default for ProxySection {
             max_connections: d.max_connections,
             connect_timeout: d.connect_timeout,
             response_timeout: d.response_timeout,
+            trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -118,6 +125,8 @@ impl ProxySection {
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             drain_timeout: self.drain_timeout,
+            // Validated at load; nothing unparsable gets here.
+            trusted_proxies: self.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect(),
         }
     }
 }
