@@ -9,6 +9,7 @@
 //! share. Dependencies run one way: cli → admin → controller → driver →
 //! config (docs/architecture.md has the map).
 
+pub mod acme;
 pub mod admin;
 pub mod api;
 pub mod cli;
@@ -19,3 +20,4 @@ pub mod demo_app;
 pub mod driver;
 pub mod probe;
 pub mod release;
+pub mod tls;

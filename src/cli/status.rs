@@ -1,8 +1,9 @@
 //! `status [--json]`: the active color and tag, the standby, the operation
-//! in progress, and each service's upstreams with health and in-flight counts.
+//! in progress, each service's upstreams with health and in-flight counts,
+//! and the TLS certificates with their expiry and last errors.
 
 use super::{client, client_failed, exit, Cli};
-use crate::admin::api::{ColorStatus, ColorTag, Status};
+use crate::admin::api::{CertificateStatus, ColorStatus, ColorTag, Status};
 
 /// `switchctl status`
 pub async fn run(cli: &Cli, json: bool) -> i32 {
@@ -75,5 +76,32 @@ pub fn render(s: &Status) -> String {
     for p in &s.problems {
         out.push_str(&format!("problem: {p}\n"));
     }
+    render_certificates(&mut out, &s.certificates);
     out
+}
+
+/// One line per certificate, then its errors indented under it.
+fn render_certificates(out: &mut String, certs: &[CertificateStatus]) {
+    if certs.is_empty() {
+        return;
+    }
+    out.push_str(&format!(
+        "\n{:<32} {:<6} {:<21} {}\n",
+        "CERTIFICATE", "SOURCE", "EXPIRES", "ISSUER"
+    ));
+    for c in certs {
+        out.push_str(&format!(
+            "{:<32} {:<6} {:<21} {}\n",
+            c.names.join(","),
+            c.source,
+            c.not_after.as_deref().unwrap_or("none"),
+            c.issuer.as_deref().unwrap_or("-")
+        ));
+        if let Some(e) = &c.last_error {
+            out.push_str(&format!("  load error: {e}\n"));
+        }
+        if let Some(e) = &c.acme_error {
+            out.push_str(&format!("  ACME error: {e}\n"));
+        }
+    }
 }
