@@ -456,7 +456,9 @@ impl Pebble {
             if std::env::var("SWITCHCTL_REQUIRE_PEBBLE").as_deref() == Ok("1") {
                 panic!("SWITCHCTL_REQUIRE_PEBBLE=1 but {why}");
             }
-            eprintln!("skipped: {why}");
+            // Straight to stderr: the test harness captures eprintln!.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped: {why}");
             return None;
         }
         let dir = tempfile::Builder::new().prefix("switchctl-pebble-").tempdir().unwrap();
