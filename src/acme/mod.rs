@@ -114,6 +114,9 @@ impl Acme {
     pub fn start(self: &Arc<Self>, shutdown: CancellationToken) {
         for domain in &self.domains {
             let cached = self.serve_cached(domain);
+            // Known before `status` can be asked.
+            let next = cached.as_ref().map_or_else(SystemTime::now, renewal_time);
+            self.update(domain, |s| s.next_attempt = Some(next));
             let (acme, domain, shutdown) = (self.clone(), domain.clone(), shutdown.clone());
             tokio::spawn(async move { acme.keep(domain, cached, shutdown).await });
         }
