@@ -18,6 +18,7 @@ pub mod controller;
 pub mod daemon;
 pub mod demo_app;
 pub mod driver;
+pub mod notify;
 pub mod probe;
 pub mod release;
 pub mod tls;

@@ -91,6 +91,15 @@ pub struct ProxySection {
     pub trusted_proxies: Vec<String>,
     /// TLS listeners and certificates (`[proxy.tls]`).
     pub tls: Option<tls::TlsSection>,
+    /// A pooled upstream connection idle this long is not reused (it should
+    /// be shorter than the upstream's own keep-alive timeout).
+    #[serde(with = "humantime_serde")]
+    pub upstream_idle_timeout: Duration,
+    /// Longest wait for a client's next request-body bytes (else 408).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most connections from one client address (IPv6: per /64); 0: no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ProxySection {
@@ -109,6 +118,9 @@ impl Default for ProxySection {
             response_timeout: d.response_timeout,
             trusted_proxies: Vec::new(),
             tls: None,
+            upstream_idle_timeout: d.upstream_idle_timeout,
+            body_read_timeout: d.body_read_timeout,
+            max_connections_per_ip: d.max_connections_per_ip,
         }
     }
 }
@@ -127,6 +139,9 @@ impl ProxySection {
             drain_timeout: self.drain_timeout,
             // Validated at load; nothing unparsable gets here.
             trusted_proxies: self.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect(),
+            upstream_idle_timeout: self.upstream_idle_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections_per_ip: self.max_connections_per_ip,
         }
     }
 }
