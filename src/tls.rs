@@ -35,9 +35,16 @@ pub fn split_inherited(config: &Config, inherited: Vec<TcpListener>) -> (Vec<Tcp
         .as_ref()
         .map(|t| t.listen.iter().map(|a| a.port()).collect())
         .unwrap_or_default();
-    inherited
+    let (plain, tls): (Vec<_>, Vec<_>) = inherited
         .into_iter()
-        .partition(|l| !l.local_addr().is_ok_and(|a| tls_ports.contains(&a.port())))
+        .partition(|l| !l.local_addr().is_ok_and(|a| tls_ports.contains(&a.port())));
+    if tls.is_empty() && !tls_ports.is_empty() {
+        tracing::warn!(
+            tls_ports = ?tls_ports,
+            "no socket from systemd has a proxy.tls.listen port: TLS is not served; add ListenStream= for it to the socket unit"
+        );
+    }
+    (plain, tls)
 }
 
 /// Reload the certificate files (SIGHUP): one swap, each outcome logged.

@@ -183,7 +183,8 @@ impl Acme {
                     );
                     self.update(&domain, |s| s.last_error = None);
                     backoff = FIRST_BACKOFF;
-                    next = renewal_time(&details);
+                    // Never straight again, whatever validity the CA chose.
+                    next = renewal_time(&details).max(SystemTime::now() + FIRST_BACKOFF);
                     current = Some(details);
                 }
                 Err(e) => {

@@ -105,3 +105,60 @@ fn render_certificates(out: &mut String, certs: &[CertificateStatus]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::api::DriverStatus;
+
+    #[test]
+    fn certificates_are_listed_with_their_errors() {
+        let cert = |names: &[&str], source: &str| CertificateStatus {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            issuer: Some("CN=R11, O=Let's Encrypt, C=US".into()),
+            not_after: Some("2027-02-01T00:00:00Z".into()),
+            source: source.into(),
+            path: None,
+            last_error: None,
+            acme_error: None,
+            acme_next_attempt: None,
+        };
+        let broken = CertificateStatus {
+            last_error: Some("/etc/site.pem: no certificate found".into()),
+            ..cert(&["site.example.org"], "file")
+        };
+        let failing = CertificateStatus {
+            issuer: None,
+            not_after: None,
+            acme_error: Some("validation of b.example.org failed".into()),
+            ..cert(&["b.example.org"], "acme")
+        };
+        let status = Status {
+            active: None,
+            standby: None,
+            operation: None,
+            services: Vec::new(),
+            driver: DriverStatus {
+                kind: crate::config::DriverKind::Process,
+                ok: true,
+                error: None,
+            },
+            problems: Vec::new(),
+            certificates: vec![broken, cert(&["a.example.org"], "acme"), failing],
+        };
+        let out = render(&status);
+        assert!(out.contains("CERTIFICATE"), "{out}");
+        assert!(out.contains("site.example.org"), "{out}");
+        assert!(
+            out.contains("  load error: /etc/site.pem: no certificate found\n"),
+            "{out}"
+        );
+        assert!(out.contains("2027-02-01T00:00:00Z"), "{out}");
+        assert!(
+            out.contains("  ACME error: validation of b.example.org failed\n"),
+            "{out}"
+        );
+        let b = out.lines().find(|l| l.starts_with("b.example.org")).unwrap();
+        assert!(b.contains("none"), "{out}");
+    }
+}
