@@ -227,6 +227,21 @@ impl AcmeSection {
                 }
             }
         }
+        if let Some(path) = config.acme_ca_file() {
+            match std::fs::read(&path) {
+                Err(e) => return bad("ca_file", format!("cannot read {}: {e}", path.display())),
+                Ok(pem) if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
+                    return bad(
+                        "ca_file",
+                        format!(
+                            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                            path.display()
+                        ),
+                    )
+                }
+                Ok(_) => {}
+            }
+        }
         if config.acme_domains().is_empty() {
             return bad(
                 "domains",
@@ -318,6 +333,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("https URL"), "{err}");
+    }
+
+    #[test]
+    fn acme_ca_file_must_hold_a_certificate() {
+        let text =
+            with_tls("[proxy.tls]\n[proxy.tls.acme]\ndomains = [\"a.example.org\"]\nca_file = \"no-such-root.pem\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("proxy.tls.acme.ca_file") && err.contains("/etc/no-such-root.pem"),
+            "{err}"
+        );
     }
 
     #[test]
