@@ -444,6 +444,8 @@ struct Pebble {
     ca_file: PathBuf,
     ca: Ca,
     management: SocketAddr,
+    /// pebble-challtestsrv's management API (DNS records).
+    dns_management: SocketAddr,
 }
 
 impl Pebble {
@@ -489,6 +491,7 @@ impl Pebble {
             ca_file,
             ca,
             management: ([127, 0, 0, 1], management).into(),
+            dns_management: ([127, 0, 0, 1], dns_management).into(),
             dir,
         };
         let dns_server = Command::new("pebble-challtestsrv")
@@ -561,6 +564,22 @@ impl Pebble {
             String::from_utf8_lossy(&pem)
         );
         roots
+    }
+
+    /// Make `host` resolve to `ip` (loopback: nothing leaves the machine).
+    async fn resolve(&self, host: &str, ip: &str) {
+        let stream = TcpStream::connect(self.dns_management).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let body = serde_json::json!({"host": format!("{host}."), "addresses": [ip]}).to_string();
+        let req = http::Request::post("/add-a")
+            .header("host", self.dns_management.to_string())
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert!(resp.status().is_success(), "challtestsrv /add-a: {}", resp.status());
     }
 
     /// Stop both processes (the daemon must then do without Pebble).
@@ -736,4 +755,45 @@ async fn acme_renews_a_cached_certificate_near_its_expiry() {
         "cache not renewed"
     );
     assert_eq!(mode(&cache.join("c.example.com.pem")), 0o600);
+}
+
+#[tokio::test]
+async fn acme_failing_domain_is_reported_and_blocks_neither_the_others_nor_the_proxy() {
+    let Some((mut d, tls, pebble)) = acme_daemon(&["bad.example.com", "good.example.com"], "http-01") else {
+        return;
+    };
+    // Pebble looks for bad.example.com where switchctl does not listen.
+    pebble.resolve("bad.example.com", "127.0.0.2").await;
+    d.spawn();
+    deploy(&d, "v1").await;
+    let row = wait_for_acme_certificate(&d, &pebble, "good.example.com").await;
+    assert!(row["acme_error"].is_null(), "{row}");
+    let daemon = &d;
+    wait_for(
+        "the failing domain's error in status",
+        Duration::from_secs(120),
+        || async move {
+            certificates(daemon)
+                .await
+                .iter()
+                .any(|c| c["names"] == serde_json::json!(["bad.example.com"]) && !c["acme_error"].is_null())
+        },
+    )
+    .await;
+    let certs = certificates(&d).await;
+    let bad = certs
+        .iter()
+        .find(|c| c["names"] == serde_json::json!(["bad.example.com"]))
+        .unwrap();
+    let error = bad["acme_error"].as_str().unwrap();
+    assert!(error.contains("bad.example.com not validated over http-01"), "{error}");
+    assert!(bad["issuer"].is_null() && bad["acme_next_attempt"].is_string(), "{bad}");
+    let roots = pebble.issuing_roots().await;
+    assert_eq!(
+        https_get(tls, client_config(roots), "good.example.com", "/").await,
+        (200, "v1\n".into())
+    );
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+    let human = String::from_utf8_lossy(&d.cli(&["status"]).await.stdout).into_owned();
+    assert!(human.contains("ACME error:"), "{human}");
 }

@@ -290,9 +290,13 @@ impl Acme {
             challenge.set_ready().await?;
         }
         let retries = RetryPolicy::new().timeout(ORDER_TIMEOUT);
-        let status = order.poll_ready(&retries).await?;
+        let status = order
+            .poll_ready(&retries)
+            .await
+            .with_context(|| validation_hint(domain, self.challenge))?;
         if status != OrderStatus::Ready {
-            bail!("{}", order_failure(&mut order, domain, status).await);
+            let failure = order_failure(&mut order, domain, status).await;
+            bail!("{}: {failure}", validation_hint(domain, self.challenge));
         }
         drop(answered);
         let key_pem = order.finalize().await?;
@@ -386,7 +390,16 @@ async fn order_failure(order: &mut instant_acme::Order, domain: &str, status: Or
     } else {
         problems.join("; ")
     };
-    format!("validation of {domain} failed (order {status:?}): {why}; check that {domain} resolves to this host and that the challenge's port reaches switchctl")
+    format!("validation of {domain} failed (order {status:?}): {why}")
+}
+
+/// What to look at when `domain` cannot be validated.
+fn validation_hint(domain: &str, challenge: ChallengeKind) -> String {
+    let (name, port) = match challenge {
+        ChallengeKind::Http01 => ("http-01", "80 (a plain listener)"),
+        ChallengeKind::TlsAlpn01 => ("tls-alpn-01", "443 (a TLS listener)"),
+    };
+    format!("{domain} not validated over {name}: check that {domain} resolves to this host and that port {port} reaches switchctl")
 }
 
 /// A TLS-ALPN-01 challenge certificate (RFC 8737): self-signed for
