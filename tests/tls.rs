@@ -786,8 +786,17 @@ async fn acme_failing_domain_is_reported_and_blocks_neither_the_others_nor_the_p
         .find(|c| c["names"] == serde_json::json!(["bad.example.com"]))
         .unwrap();
     let error = bad["acme_error"].as_str().unwrap();
-    assert!(error.contains("bad.example.com not validated over http-01"), "{error}");
-    assert!(bad["issuer"].is_null() && bad["acme_next_attempt"].is_string(), "{bad}");
+    let logs = || format!("--- daemon\n{}\n--- pebble\n{}", d.log(), pebble.log());
+    assert!(
+        error.contains("bad.example.com not validated over http-01"),
+        "{error}\n{}",
+        logs()
+    );
+    assert!(
+        bad["issuer"].is_null() && bad["acme_next_attempt"].is_string(),
+        "{bad}\n{}",
+        logs()
+    );
     let roots = pebble.issuing_roots().await;
     assert_eq!(
         https_get(tls, client_config(roots), "good.example.com", "/").await,

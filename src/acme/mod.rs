@@ -146,6 +146,7 @@ impl Acme {
                 Some(details)
             }
             Ok(_) => {
+                self.certs.remove(&cert_id(domain));
                 tracing::warn!(
                     domain,
                     "ACME: the cached certificate does not name the domain; ordering a new one"
