@@ -9,6 +9,7 @@
 //! share. Dependencies run one way: cli → admin → controller → driver →
 //! config (docs/architecture.md has the map).
 
+pub mod acme;
 pub mod admin;
 pub mod api;
 pub mod cli;
@@ -20,3 +21,4 @@ pub mod driver;
 pub mod notify;
 pub mod probe;
 pub mod release;
+pub mod tls;

@@ -7,6 +7,7 @@
 
 pub mod compose;
 pub mod env;
+pub mod tls;
 mod validate;
 
 pub use env::{positive_seconds, read_env_file, seconds};
@@ -101,6 +102,10 @@ pub struct ProxySection {
     /// Time for an upstream's response head.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// CIDRs of proxies in front whose `X-Forwarded-*` are kept.
+    pub trusted_proxies: Vec<String>,
+    /// TLS listeners and certificates (`[proxy.tls]`).
+    pub tls: Option<tls::TlsSection>,
     /// A pooled upstream connection idle this long is not reused (it should
     /// be shorter than the upstream's own keep-alive timeout).
     #[serde(with = "humantime_serde")]
@@ -127,6 +132,8 @@ impl Default for ProxySection {
             max_connections: d.max_connections,
             connect_timeout: d.connect_timeout,
             response_timeout: d.response_timeout,
+            trusted_proxies: Vec::new(),
+            tls: None,
             upstream_idle_timeout: d.upstream_idle_timeout,
             body_read_timeout: d.body_read_timeout,
             max_connections_per_ip: d.max_connections_per_ip,
@@ -146,6 +153,8 @@ impl ProxySection {
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             drain_timeout: self.drain_timeout,
+            // Validated at load; nothing unparsable gets here.
+            trusted_proxies: self.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect(),
             upstream_idle_timeout: self.upstream_idle_timeout,
             body_read_timeout: self.body_read_timeout,
             max_connections_per_ip: self.max_connections_per_ip,

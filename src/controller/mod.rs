@@ -57,6 +57,8 @@ pub struct Controller {
     problems: Mutex<Vec<String>>,
     /// Cancelled once start-up recovery has finished.
     recovered: tokio_util::sync::CancellationToken,
+    /// Automatic certificates, for `status` (set once by the daemon).
+    acme: std::sync::OnceLock<Arc<crate::acme::Acme>>,
 }
 
 /// Holds the operation lock; dropping it unlocks.
@@ -102,7 +104,13 @@ impl Controller {
             upstreams,
             problems: Mutex::new(Vec::new()),
             recovered: tokio_util::sync::CancellationToken::new(),
+            acme: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Let `status` show ACME's domains and errors.
+    pub fn attach_acme(&self, acme: Arc<crate::acme::Acme>) {
+        let _ = self.acme.set(acme);
     }
 
     /// The config in use.

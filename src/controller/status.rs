@@ -89,6 +89,7 @@ impl Controller {
             services,
             driver,
             problems: self.problems.lock().expect("problems lock").clone(),
+            certificates: crate::tls::status(&self.proxy, self.acme.get().map(|a| &**a)),
         }
     }
 }

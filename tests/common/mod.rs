@@ -91,6 +91,15 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra top-level keys (e.g. `compose = ...`).
     pub fn start_with(top: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
+        let mut d = Daemon::configure(top, "", driver, deploy, services);
+        d.spawn();
+        d
+    }
+
+    /// Write the config (`proxy` adds keys and tables after `[proxy]`'s
+    /// own, e.g. `[proxy.tls]`) without starting the daemon: call
+    /// [`Daemon::spawn`] once what it needs is up.
+    pub fn configure(top: &str, proxy: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
         let dir = tempfile::Builder::new().prefix("switchctl-test-").tempdir().unwrap();
         let port = free_port();
         let socket = dir.path().join("admin.sock");
@@ -107,6 +116,7 @@ listen = ["127.0.0.1:{port}"]
 admin_socket = "{socket}"
 drain_timeout = "10s"
 workers = 2
+{proxy}
 
 [deploy]
 health_check_interval = "100ms"
@@ -118,7 +128,7 @@ stop_timeout = "3s"
             ),
         )
         .unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             config,
             socket,
@@ -127,9 +137,7 @@ stop_timeout = "3s"
             seen_pids: Mutex::new(Vec::new()),
             daemon_env: Vec::new(),
             inherited: None,
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// As [`Daemon::start`], but the public socket is created here and
@@ -216,6 +224,13 @@ stop_timeout = "3s"
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Send `sig` to the daemon process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            signal(c.id() as i32, sig);
         }
     }
 
