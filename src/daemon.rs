@@ -3,6 +3,10 @@
 //! active color, then the controller and the admin API; tells systemd it is
 //! ready (and, with `proxy.metrics_listen`, serves `/metrics`); on SIGTERM/SIGINT stops accepting, drains, and exits 0. Upstreams
 //! are left running: a restart of the daemon is not a deploy.
+//!
+//! With `[proxy.tls]` it also serves TLS (sockets from systemd are told
+//! apart by port, see [`crate::tls::split_inherited`]), reloads the
+//! certificate files on SIGHUP, and runs ACME in the background.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +25,8 @@ use crate::driver::Driver;
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+    // First thing: SIGHUP's default action would end the process.
+    let mut hup = signal(SignalKind::hangup())?;
     let _state_lock = lock_state_dir(&config.state_dir)?;
     let driver = Driver::new(&config);
     let (state, problems) = startup_state(&config, &driver).await?;
@@ -37,12 +43,30 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
             inherited.push(l);
         }
     }
-    let proxy = if inherited.is_empty() {
-        Proxy::bind(config.proxy.proxy_config(), &config.proxy.listen, table)?
-    } else {
-        Proxy::from_listeners(config.proxy.proxy_config(), inherited, table)?
+    let proxy = match crate::tls::tls_config(&config) {
+        None if inherited.is_empty() => Proxy::bind(config.proxy.proxy_config(), &config.proxy.listen, table)?,
+        None => Proxy::from_listeners(config.proxy.proxy_config(), inherited, table)?,
+        Some(tls) if inherited.is_empty() => {
+            let tls_listen = config.proxy.tls.as_ref().map(|t| t.listen.clone()).unwrap_or_default();
+            Proxy::bind_with_tls(
+                config.proxy.proxy_config(),
+                &config.proxy.listen,
+                &tls_listen,
+                tls,
+                table,
+            )?
+        }
+        Some(tls) => {
+            let (plain, secure) = crate::tls::split_inherited(&config, inherited);
+            Proxy::from_listeners_with_tls(config.proxy.proxy_config(), plain, secure, tls, table)?
+        }
     };
     let proxy = Arc::new(proxy);
+    let cert_sources = config.tls_sources();
+    let acme = match proxy.certs() {
+        Some(certs) => crate::acme::Acme::new(&config, certs.clone())?,
+        None => None,
+    };
 
     let admin_listener = admin::server::bind(&config.proxy.admin_socket, &config.proxy.admin_group).await?;
     let metrics_listener = match config.proxy.metrics_listen {
@@ -58,6 +82,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
+    if let Some(acme) = acme {
+        acme.start(shutdown.clone());
+        controller.attach_acme(acme);
+    }
     let admin_task = tokio::spawn(admin::server::serve(
         admin_listener,
         controller.clone(),
@@ -76,8 +104,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
 
     let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
+    let tls_addrs: Vec<String> = proxy.tls_addrs().iter().map(|a| a.to_string()).collect();
     tracing::info!(
         listen = %addrs.join(", "),
+        tls = %tls_addrs.join(", "),
         admin = %socket_path.display(),
         active = %active.as_deref().unwrap_or("none (every request gets 503 until the first deploy)"),
         "switchctl proxy ready"
@@ -86,9 +116,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining and stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: draining and stopping"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => break tracing::info!("SIGTERM: draining and stopping"),
+            _ = int.recv() => break tracing::info!("SIGINT: draining and stopping"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading certificate files");
+                crate::tls::reload(&proxy, cert_sources.clone()).await;
+            }
+        }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();

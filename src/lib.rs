@@ -10,6 +10,7 @@
 //! share. Dependencies run one way: cli → admin → controller → driver →
 //! config (docs/architecture.md has the map).
 
+pub mod acme;
 pub mod admin;
 pub mod api;
 pub mod cli;
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod notify;
 pub mod probe;
 pub mod release;
+pub mod tls;

@@ -26,6 +26,7 @@
 //! ```
 
 mod body;
+mod cidr;
 mod forward;
 mod listener;
 mod pool;
@@ -46,6 +47,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
+pub use cidr::{Cidr, CidrError};
 pub use routes::{HostPattern, Route, RouteError, RouteMatch, RouteTable, Service};
 pub use stats::{Snapshot, Stats, BUCKETS_US};
 pub use tls::{
@@ -76,6 +78,9 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// On shutdown, how long open requests may take to finish.
     pub drain_timeout: Duration,
+    /// Peers whose `X-Forwarded-For/-Proto/-Host` are kept (For appended
+    /// to); from any other peer they are replaced (default: none).
+    pub trusted_proxies: Vec<Cidr>,
     /// A pooled upstream connection idle this long is not reused. Keep it
     /// below the upstreams' keep-alive timeout, or an upstream may close a
     /// connection just as a request is sent on it.
@@ -99,6 +104,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
             // Below the shortest common keep-alive default (gunicorn 2 s;
             // node, uvicorn, Apache 5 s; nginx 75 s), with room for the
             // request's trip: reconnecting after 1.5 s idle costs one
@@ -219,6 +225,8 @@ impl Proxy {
             upstream_idle_timeout: config.upstream_idle_timeout,
             body_read_timeout: config.body_read_timeout,
             https_redirect,
+            trusted_proxies: config.trusted_proxies.clone(),
+            acme_http: tls.as_ref().map(|t| t.certs.clone()),
         });
         let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let per_ip = listener::PerIp::new(config.max_connections_per_ip);

@@ -28,6 +28,14 @@ impl Config {
         if self.proxy.listen.is_empty() {
             return Err(invalid("proxy.listen".into(), "needs at least one address".into()));
         }
+        for (i, cidr) in self.proxy.trusted_proxies.iter().enumerate() {
+            if let Err(e) = cidr.parse::<switchctl_proxy::Cidr>() {
+                return Err(invalid(format!("proxy.trusted_proxies[{i}]"), e.to_string()));
+            }
+        }
+        if let Some(tls) = &self.proxy.tls {
+            tls.check(self).map_err(|(key, message)| invalid(key, message))?;
+        }
         if self.services.is_empty() {
             return Err(invalid(
                 "service".into(),

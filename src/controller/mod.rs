@@ -68,6 +68,8 @@ pub struct Controller {
     pub(crate) counters: counters::Counters,
     /// The post-flip watch in progress, for `status`.
     watch: Mutex<Option<WatchInfo>>,
+    /// Automatic certificates, for `status` (set once by the daemon).
+    acme: std::sync::OnceLock<Arc<crate::acme::Acme>>,
 }
 
 /// Holds the operation lock; dropping it unlocks.
@@ -117,7 +119,13 @@ impl Controller {
             upstreams,
             problems: Mutex::new(Vec::new()),
             recovered: tokio_util::sync::CancellationToken::new(),
+            acme: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Let `status` show ACME's domains and errors.
+    pub fn attach_acme(&self, acme: Arc<crate::acme::Acme>) {
+        let _ = self.acme.set(acme);
     }
 
     /// The config in use.

@@ -90,6 +90,7 @@ impl Controller {
             driver,
             problems: self.problems.lock().expect("problems lock").clone(),
             watch: self.watch_status(),
+            certificates: crate::tls::status(&self.proxy, self.acme.get().map(|a| &**a)),
         }
     }
 }

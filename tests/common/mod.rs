@@ -96,6 +96,15 @@ impl Daemon {
 
     /// As [`Daemon::start_with`], with extra `[proxy]` keys (e.g. `metrics_listen`).
     pub fn start_with_proxy(top: &str, proxy: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
+        let mut d = Daemon::configure(top, proxy, driver, deploy, services);
+        d.spawn();
+        d
+    }
+
+    /// Write the config (`proxy` adds keys and tables after `[proxy]`'s
+    /// own, e.g. `[proxy.tls]`) without starting the daemon: call
+    /// [`Daemon::spawn`] once what it needs is up.
+    pub fn configure(top: &str, proxy: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
         let dir = tempfile::Builder::new().prefix("switchctl-test-").tempdir().unwrap();
         let port = free_port();
         let socket = dir.path().join("admin.sock");
@@ -124,7 +133,7 @@ stop_timeout = "3s"
             ),
         )
         .unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             config,
             socket,
@@ -133,9 +142,7 @@ stop_timeout = "3s"
             seen_pids: Mutex::new(Vec::new()),
             daemon_env: Vec::new(),
             inherited: None,
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// As [`Daemon::start`], but the public socket is created here and
@@ -222,6 +229,13 @@ stop_timeout = "3s"
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Send `sig` to the daemon process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            signal(c.id() as i32, sig);
         }
     }
 
