@@ -448,3 +448,35 @@ async fn a_service_with_fewer_answers_than_min_requests_is_not_judged() {
         "{last}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_previous_color_is_kept_for_the_window_even_with_standby_stop() {
+    let deploy = WATCH.replace("[deploy.watch]", "standby = \"stop\"\n[deploy.watch]");
+    let d = Daemon::start("process", &deploy, &process_service("web", ""));
+    assert_eq!(d.cli(&["deploy", "v1"]).await.status.code(), Some(0));
+    let deploying = tokio::spawn(
+        tokio::process::Command::new(common::switchctl())
+            .arg("--config")
+            .arg(&d.config)
+            .args(["deploy", "v2"])
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output(),
+    );
+    wait_for("the watch to start", Duration::from_secs(30), || async {
+        d.status().await["watch"].is_object()
+    })
+    .await;
+    let during = d.status().await;
+    assert_eq!(during["active"]["tag"], "v2", "{during}");
+    assert_eq!(during["services"][0]["blue"]["state"], "running", "{during}");
+    let out = deploying.await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let after = d.status().await;
+    assert_eq!(
+        after["services"][0]["blue"],
+        Value::Null,
+        "stopped after the window: {after}"
+    );
+    assert_eq!(after["standby"], Value::Null, "{after}");
+}
