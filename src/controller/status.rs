@@ -89,6 +89,7 @@ impl Controller {
             services,
             driver,
             problems: self.problems.lock().expect("problems lock").clone(),
+            daemon_pid: std::process::id(),
         }
     }
 }
