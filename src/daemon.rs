@@ -56,9 +56,10 @@ pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Hando
     };
     let proxy = Arc::new(proxy);
 
+    let admin_group = &config.proxy.admin_group;
     let admin_listener = match &handoff {
-        Some(h) => admin::server::bind_fresh(&h.admin_socket(&config.proxy.admin_socket))?,
-        None => admin::server::bind(&config.proxy.admin_socket).await?,
+        Some(h) => admin::server::bind_fresh(&h.admin_socket(&config.proxy.admin_socket), admin_group)?,
+        None => admin::server::bind(&config.proxy.admin_socket, admin_group).await?,
     };
     let socket_path = config.proxy.admin_socket.clone();
     let drain_timeout = config.proxy.drain_timeout;

@@ -60,8 +60,11 @@ pub async fn serve(
 }
 
 /// Bind the admin socket at `path`: create its directory, replace a stale
-/// socket file, refuse if another daemon answers there, chmod 0660.
-pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+/// socket file, refuse if another daemon answers there, chmod 0660, and give
+/// it to `group` so that its members can deploy without root. A missing
+/// group is an error, unless it is the default one (a host where the package
+/// did not create it): then the socket stays root's, with a warning.
+pub async fn bind(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
     use anyhow::Context;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -75,12 +78,12 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    bind_fresh(path)
+    bind_fresh(path, group)
 }
 
 /// Bind a new admin socket at `path` (a successor's staging path: nobody
-/// answers there), chmod 0660.
-pub fn bind_fresh(path: &Path) -> anyhow::Result<UnixListener> {
+/// answers there), chmod 0660, owned by `group` as [`bind`] does.
+pub fn bind_fresh(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
     use anyhow::Context;
     let _ = std::fs::remove_file(path);
     let listener =
@@ -88,6 +91,22 @@ pub fn bind_fresh(path: &Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => nix::unistd::chown(path, None, Some(g.gid)).with_context(|| {
+            format!(
+                "cannot give the admin socket {} to group {group}; run the daemon as root or as a member of {group}",
+                path.display()
+            )
+        })?,
+        Ok(None) if group == crate::config::DEFAULT_ADMIN_GROUP => tracing::warn!(
+            socket = %path.display(),
+            "group {group} does not exist, so only root can use the admin socket; create it (addgroup --system {group}) or set proxy.admin_group"
+        ),
+        Ok(None) => anyhow::bail!(
+            "proxy.admin_group: group {group:?} does not exist; create it (addgroup --system {group}) or name another group"
+        ),
+        Err(e) => anyhow::bail!("proxy.admin_group: cannot look up group {group:?}: {e}"),
+    }
     Ok(listener)
 }
 

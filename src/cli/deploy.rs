@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::output::Renderer;
-use super::{client, client_failed, exit, Cli};
+use super::{client, client_exit_code, client_failed, exit, Cli};
 use crate::admin::client::{Client, ClientError};
 use crate::admin::{DeployRequest, RollbackRequest};
 use crate::config::positive_seconds;
@@ -57,7 +57,10 @@ pub(crate) async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, 
     let renderer = Renderer::new(json);
     let client = match client(cli) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(e) => {
+            renderer.refusal(&format!("config: {e}"), Outcome::Refused);
+            return exit::USAGE;
+        }
     };
     match stream(&client, path, body, renderer).await {
         Ok(Some(outcome)) => outcome.exit_code(),
@@ -75,12 +78,7 @@ pub(crate) async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, 
                     _ => Outcome::Failed,
                 };
                 renderer.refusal(&e.to_string(), outcome);
-                return match e {
-                    ClientError::Unreachable { .. } => exit::UNREACHABLE,
-                    ClientError::BadRequest(_) => exit::USAGE,
-                    ClientError::Busy(_) => exit::BUSY,
-                    ClientError::Other { .. } => exit::FAILED,
-                };
+                return client_exit_code(&e);
             }
             client_failed(&e)
         }

@@ -69,6 +69,7 @@ pub fn route_table(config: &Config, release: Option<&Release>, upstreams: &Upstr
                 .collect(),
             path_prefix: s.route.path_prefix.clone(),
             service: s.name.clone(),
+            strip_prefix: false,
         })
         .collect();
     // The config was validated, so the table is valid; an empty table (all
