@@ -16,7 +16,8 @@
 //!    socket at a temporary path beside the real one, recovers, and says
 //!    `ready` on the control socket (or `failed <why>`).
 //! 3. The old daemon renames the child's admin socket over its own (new CLI
-//!    connections reach the child from then on), answers `ack`, stops
+//!    connections reach the child from then on) and answers `ack`; the child
+//!    stops dying with it (below) and says `serving`; the old daemon stops
 //!    accepting and drains: its sockets stay open in the child, so queued
 //!    connections wait for the child instead of being reset. The child then
 //!    tells systemd it is the main process (`MAINPID=`, `READY=1`; the unit
@@ -264,7 +265,7 @@ impl Upgrader {
             }
         };
         let handed = match outcome {
-            Ok(()) => self.move_admin_socket(&staging, &mut write).await,
+            Ok(()) => self.move_admin_socket(&staging, &mut write, &mut lines).await,
             Err(e) => Err(e),
         };
         match handed {
@@ -287,12 +288,14 @@ impl Upgrader {
         }
     }
 
-    /// Put the new daemon's admin socket at the real path, and tell it so.
-    /// Should it be gone by then, our own socket goes back.
+    /// Put the new daemon's admin socket at the real path, tell it so, and
+    /// wait until it no longer dies with this daemon (`serving`). Should it
+    /// be gone by then, our own socket goes back.
     async fn move_admin_socket(
         &self,
         staging: &Path,
         control: &mut tokio::net::unix::OwnedWriteHalf,
+        answers: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     ) -> Result<(), String> {
         let mut backup = self.admin_socket.clone().into_os_string();
         backup.push(format!(".old-{}", std::process::id()));
@@ -306,20 +309,23 @@ impl Upgrader {
                 self.admin_socket.display()
             )
         })?;
-        let acked = control
-            .write_all(
-                b"ack
-",
-            )
-            .await;
+        let confirmed = match control.write_all(b"ack\n").await {
+            Ok(()) => match tokio::time::timeout(GRACE, answers.next_line()).await {
+                Ok(Ok(Some(l))) if l == "serving" => Ok(()),
+                Ok(Ok(Some(l))) => Err(format!("it answered {l:?} instead of `serving`")),
+                Ok(Ok(None) | Err(_)) => Err("it went away before taking over".to_string()),
+                Err(_) => Err(format!("it did not confirm within {}s", GRACE.as_secs())),
+            },
+            Err(e) => Err(format!("it went away before taking over: {e}")),
+        };
         if linked {
-            if acked.is_err() {
+            if confirmed.is_err() {
                 let _ = std::fs::rename(&backup, &self.admin_socket);
             } else {
                 let _ = std::fs::remove_file(&backup);
             }
         }
-        acked.map_err(|e| format!("it went away before taking over: {e}"))
+        confirmed
     }
 
     /// Start the new daemon with every listening socket and the control socket.
@@ -520,9 +526,14 @@ impl Handoff {
             matches!(read, Ok(Ok(_))) && answer.trim() == "ack",
             "the old daemon went away before handing over; exiting (the next start begins afresh)"
         );
-        // From now on this is the daemon: it outlives the old one.
+        // From now on this is the daemon: it outlives the old one, which
+        // waits for this word before it may exit.
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+        control
+            .write_all(b"serving\n")
+            .await
+            .context("the old daemon went away before handing over")?;
         let _ = sd_notify::notify(
             false,
             &[

@@ -189,8 +189,54 @@ async fn a_new_daemon_that_cannot_start_leaves_the_old_one_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn upgrade_during_a_deploy_is_refused_with_exit_4() {
-    let d = daemon();
+async fn a_new_daemon_that_is_never_ready_is_killed_after_the_grace_period() {
+    let mut d = daemon();
+    let bin = d.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let installed = bin.join("switchctl");
+    if std::fs::hard_link(common::switchctl(), &installed).is_err() {
+        std::fs::copy(common::switchctl(), &installed).unwrap();
+    }
+    d.kill9();
+    d.exe = installed.clone();
+    d.spawn();
+    deploy_ok(&d, "v1").await;
+    let old_pid = daemon_pid(&d).await;
+    // The "new binary" hangs: it holds the sockets and never says ready.
+    let hang = bin.join("hang");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 300\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&hang, &installed).unwrap();
+
+    let load = Load::start(d.proxy, 10);
+    let out = d.cli(&["upgrade", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let evs = events(&out);
+    let done = evs.last().unwrap();
+    assert_eq!(done["outcome"], "failed");
+    let why = done["message"].as_str().unwrap();
+    assert!(why.contains("not ready within 30s"), "{why}");
+    // The hung child (named in the progress) is gone.
+    let child: i32 = evs
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .find_map(|m| m.strip_prefix("new daemon pid ")?.split(' ').next()?.parse().ok())
+        .expect("the progress names the new daemon's pid");
+    d.follow(child);
+    assert!(!common::alive(child), "the late child was killed");
+
+    assert_eq!(daemon_pid(&d).await, old_pid);
+    assert!(d.status().await["operation"].is_null(), "the lock is released");
+    deploy_ok(&d, "v2").await;
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(get(d.proxy, "/").await, (200, "v2\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_during_a_deploy_is_refused_with_exit_4_then_goes_through() {
+    let mut d = daemon();
     deploy_ok(&d, "v1").await;
     let deploy = tokio::process::Command::new(common::switchctl())
         .arg("--config")
@@ -210,9 +256,13 @@ async fn upgrade_during_a_deploy_is_refused_with_exit_4() {
     assert!(stderr.contains("deploy of v5"), "{stderr}");
     let deploy = deploy.wait_with_output().await.unwrap();
     assert_eq!(deploy.status.code(), Some(1));
-    // Once the deploy is over, the upgrade goes through.
+    // Once the deploy is over, the upgrade goes through. With nothing to
+    // drain the old daemon exits at once, and the new one lives on.
     let out = d.cli(&["upgrade"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let pid = daemon_pid(&d).await;
     d.follow(pid);
+    assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(0), "{}", d.log());
+    assert_eq!(get(d.proxy, "/").await, (200, "v1\n".into()));
+    assert_eq!(daemon_pid(&d).await, pid);
 }
