@@ -19,21 +19,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::config::Config;
-use crate::controller::state::StateStore;
+use crate::controller::recover::startup_state;
 use crate::controller::{route_table, Controller, UpstreamSet};
 use crate::driver::Driver;
-use crate::upgrade::{Handoff, Relaunch, Upgrader};
+use crate::upgrade::{Handoff, Relaunch, StateLock, Upgrader};
 
 /// Run the daemon until SIGTERM or SIGINT, or until a successor took over.
-/// `handoff`: the sockets of the daemon this one succeeds.
+/// `handoff`: the sockets (and the `state_dir` lock) of the daemon this one
+/// succeeds.
 pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Handoff>) -> anyhow::Result<()> {
     // Now, while the binary and the config are where they were started from.
     let relaunch = Relaunch::resolve(&config_path).map_err(|e| {
         tracing::warn!("`switchctl upgrade` will not work: {e:#}");
         format!("{e:#}")
     });
+    let state_lock = match handoff.as_mut().and_then(Handoff::take_state_lock) {
+        Some(inherited) => StateLock::Inherited(inherited),
+        None => StateLock::Own(lock_state_dir(&config.state_dir)?),
+    };
     let adopted = handoff.as_mut().and_then(Handoff::take_listeners);
-    let state = StateStore::new(&config.state_dir).load()?;
+    let driver = Driver::new(&config);
+    let (state, problems) = startup_state(&config, &driver).await?;
     let upstreams = Arc::new(UpstreamSet::default());
     let table = route_table(&config, state.active_release().map(|(_, r)| r), &upstreams);
 
@@ -63,12 +69,20 @@ pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Hando
     };
     let socket_path = config.proxy.admin_socket.clone();
     let drain_timeout = config.proxy.drain_timeout;
-    let driver = Driver::new(&config);
     let active = state.active_release().map(|(c, r)| format!("{c} ({})", r.tag));
     let controller = Controller::new(config_path, config, proxy.clone(), driver, state, upstreams);
+    for problem in problems {
+        controller.problem(problem);
+    }
 
     let shutdown = CancellationToken::new();
-    let upgrader = Upgrader::new(controller.clone(), proxy.clone(), relaunch, socket_path.clone());
+    let upgrader = Upgrader::new(
+        controller.clone(),
+        proxy.clone(),
+        relaunch,
+        socket_path.clone(),
+        state_lock.handle(),
+    );
     let admin_task = tokio::spawn(admin::server::serve(
         admin_listener,
         controller.clone(),
@@ -94,6 +108,7 @@ pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Hando
         Some(handoff) => {
             controller.recovered().await;
             handoff.ready().await?;
+            state_lock.record_pid();
         }
         None => {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -118,10 +133,52 @@ pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Hando
         tracing::warn!("proxy workers did not stop in time");
     }
     admin_task.abort();
-    if !succeeded {
+    if succeeded {
+        // The successor holds the state_dir lock through the same open file.
+        state_lock.leave_to_successor();
+    } else {
         // After an upgrade the path is the successor's socket.
         let _ = std::fs::remove_file(&socket_path);
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Lock `state_dir` for this daemon (flock on `state_dir/daemon.lock`, held
+/// until it exits): two daemons on one state would undo each other's work.
+fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+    let path = state_dir.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let _ = lock.set_len(0);
+            let _ = lock.rewind();
+            let _ = write!(lock, "{}", std::process::id());
+            Ok(lock)
+        }
+        Err((mut file, errno)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let holder = match pid.trim() {
+                "" => "another switchctl daemon".to_string(),
+                pid => format!("another switchctl daemon (pid {pid})"),
+            };
+            anyhow::bail!(
+                "{holder} uses state_dir {} (lock {}: {errno}); two daemons on one state dir would undo each \
+                 other's work: stop it first (systemctl stop switchctl), or give this one its own state_dir",
+                state_dir.display(),
+                path.display()
+            )
+        }
+    }
 }

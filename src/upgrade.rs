@@ -32,10 +32,13 @@
 //! between two versions of switchctl: change them only compatibly.
 //!
 //! The state directory: the old daemon stops writing state when it takes
-//! the lock, before the child exists. When `state_dir` gets a lock of its
-//! own (a flock, issue 13), the old daemon releases it where the child is
-//! spawned (`Upgrader::spawn_child`) and takes it back if the upgrade
-//! fails; the child takes it as any start does.
+//! the lock, before the child exists. Its flock on `state_dir/daemon.lock`
+//! is handed over too: the child inherits the locked open file (a flock
+//! belongs to the open file description, so both hold the same lock, and
+//! no third daemon can take it at any moment). Neither side ever unlocks it
+//! explicitly during the handoff: a failed child's exit leaves the old
+//! daemon's lock alone, and the old daemon, once replaced, leaves it to the
+//! child ([`StateLock::leave_to_successor`]).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -59,6 +62,9 @@ pub const LISTEN_FDS: &str = "SWITCHCTL_LISTEN_FDS";
 pub const LISTEN_KINDS: &str = "SWITCHCTL_LISTEN_KINDS";
 /// Env: the fd of the child's end of the control socket.
 pub const CONTROL_FD: &str = "SWITCHCTL_UPGRADE_FD";
+/// Env: the fd of the locked `state_dir/daemon.lock` (the one after the
+/// control socket), when the old daemon holds that lock.
+pub const STATE_LOCK_FD: &str = "SWITCHCTL_STATE_LOCK_FD";
 
 /// How long a new daemon has to become ready before it is killed.
 pub const GRACE: Duration = Duration::from_secs(30);
@@ -134,6 +140,8 @@ pub struct Upgrader {
     /// How to start the successor, or why that is not known.
     relaunch: Result<Relaunch, String>,
     admin_socket: PathBuf,
+    /// A handle on the locked `state_dir` lock file, for the successor.
+    state_lock: Option<std::fs::File>,
     took_over: CancellationToken,
     /// The operation lock, kept once a successor took over: this daemon
     /// only drains from then on.
@@ -150,12 +158,14 @@ impl Upgrader {
         proxy: Arc<Proxy>,
         relaunch: Result<Relaunch, String>,
         admin_socket: PathBuf,
+        state_lock: Option<std::fs::File>,
     ) -> Arc<Upgrader> {
         Arc::new(Upgrader {
             controller,
             proxy,
             relaunch,
             admin_socket,
+            state_lock,
             took_over: CancellationToken::new(),
             held: Mutex::new(None),
         })
@@ -349,6 +359,10 @@ impl Upgrader {
         }
         let sockets = fds.len();
         fds.push(theirs.as_raw_fd());
+        let state_lock = self.state_lock.as_ref().map(|f| {
+            fds.push(f.as_raw_fd());
+            (FIRST_FD + sockets as RawFd + 1).to_string()
+        });
         let mut cmd = tokio::process::Command::new(&relaunch.exe);
         cmd.args(relaunch.args())
             .env_remove("LISTEN_FDS")
@@ -357,6 +371,7 @@ impl Upgrader {
             .env(LISTEN_FDS, sockets.to_string())
             .env(LISTEN_KINDS, kinds.join(","))
             .env(CONTROL_FD, (FIRST_FD + sockets as RawFd).to_string())
+            .env(STATE_LOCK_FD, state_lock.unwrap_or_default())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(false);
         let mut parked: Vec<RawFd> = vec![-1; fds.len()];
@@ -409,6 +424,7 @@ impl Upgrader {
 /// The new daemon's side: what the old one handed over.
 pub struct Handoff {
     listeners: Option<WorkerListeners>,
+    state_lock: Option<std::fs::File>,
     control: StdUnixStream,
 }
 
@@ -436,10 +452,11 @@ impl Handoff {
         };
         let count = std::env::var(LISTEN_FDS).unwrap_or_default();
         let kinds = std::env::var(LISTEN_KINDS).unwrap_or_default();
+        let lock = std::env::var(STATE_LOCK_FD).unwrap_or_default();
         // At start, before the proxy's threads exist.
-        std::env::remove_var(CONTROL_FD);
-        std::env::remove_var(LISTEN_FDS);
-        std::env::remove_var(LISTEN_KINDS);
+        for var in [CONTROL_FD, LISTEN_FDS, LISTEN_KINDS, STATE_LOCK_FD] {
+            std::env::remove_var(var);
+        }
         let control: RawFd = control
             .to_str()
             .and_then(|s| s.parse().ok())
@@ -458,6 +475,19 @@ impl Handoff {
             let ok = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == 0;
             anyhow::ensure!(ok, "inherited fd {fd} is not open");
             Ok(())
+        };
+        let state_lock = match lock.as_str() {
+            "" => None,
+            fd => {
+                let fd: RawFd = fd
+                    .parse()
+                    .ok()
+                    .filter(|fd| *fd == control + 1)
+                    .with_context(|| format!("{STATE_LOCK_FD}={fd:?} is not the fd after the control socket"))?;
+                adopt(fd)?;
+                // SAFETY: an open fd handed to this process for this use only.
+                Some(unsafe { std::fs::File::from_raw_fd(fd) })
+            }
         };
         adopt(control)?;
         // SAFETY: an open fd handed to this process for this use only.
@@ -490,6 +520,7 @@ impl Handoff {
         listeners.tls.resize_with(workers, Vec::new);
         Ok(Some(Handoff {
             listeners: Some(listeners),
+            state_lock,
             control,
         }))
     }
@@ -497,6 +528,11 @@ impl Handoff {
     /// A way to report a failure to start, kept apart from the handoff.
     pub fn failure_report(&self) -> FailureReport {
         FailureReport(self.control.try_clone().ok())
+    }
+
+    /// The inherited, locked `state_dir` lock file (once).
+    pub fn take_state_lock(&mut self) -> Option<std::fs::File> {
+        self.state_lock.take()
     }
 
     /// The inherited listening sockets (once).
@@ -542,6 +578,55 @@ impl Handoff {
             ],
         );
         Ok(())
+    }
+}
+
+/// The daemon's lock on `state_dir`: taken at start, or handed over by the
+/// daemon this one succeeds (the same open file, so the same flock).
+pub enum StateLock {
+    /// Locked by this daemon; unlocked when dropped.
+    Own(nix::fcntl::Flock<std::fs::File>),
+    /// The predecessor's locked file; the lock lasts while any daemon holds
+    /// the file open, and dropping it only closes this handle.
+    Inherited(std::fs::File),
+}
+
+impl StateLock {
+    /// Another handle on the locked file, to hand to a successor.
+    pub fn handle(&self) -> Option<std::fs::File> {
+        let file: &std::fs::File = match self {
+            StateLock::Own(lock) => lock,
+            StateLock::Inherited(file) => file,
+        };
+        match file.try_clone() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!("cannot keep a handle on the state_dir lock for an upgrade: {e}");
+                None
+            }
+        }
+    }
+
+    /// A successor took over: it holds the same lock, so this daemon must
+    /// not unlock it on the way out (`Flock`'s drop would, for both).
+    pub fn leave_to_successor(self) {
+        match self {
+            // The handle closes when the process exits, a moment from now.
+            StateLock::Own(lock) => std::mem::forget(lock),
+            StateLock::Inherited(file) => drop(file),
+        }
+    }
+
+    /// Record this daemon's pid in the lock file (the holder's name in a
+    /// refusal), without moving the offset the predecessor shares.
+    pub fn record_pid(&self) {
+        use std::os::unix::fs::FileExt;
+        if let StateLock::Inherited(file) = self {
+            let pid = std::process::id().to_string();
+            if file.set_len(0).is_ok() {
+                let _ = file.write_all_at(pid.as_bytes(), 0);
+            }
+        }
     }
 }
 

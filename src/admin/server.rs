@@ -234,16 +234,18 @@ async fn handle(
 
 /// The client's timing overrides (seconds), checked.
 fn overrides(timeout: Option<f64>, interval: Option<f64>) -> Result<Overrides, Refusal> {
-    let secs = |v: Option<f64>, name: &str| {
-        v.map(|v| {
-            crate::config::seconds(v)
-                .ok_or_else(|| Refusal::bad_request(format!("{name} must be a positive number of seconds")))
-        })
-        .transpose()
+    use crate::config::{seconds, MAX_INTERVAL, MAX_TIMEOUT};
+    let secs = |v: Option<f64>, name: &str, max| {
+        v.map(|v| seconds(name, v, max).map_err(Refusal::bad_request))
+            .transpose()
     };
     Ok(Overrides {
-        timeout: secs(timeout, "DEPLOY_TIMEOUT")?,
-        health_check_interval: secs(interval, "HEALTH_CHECK_INTERVAL")?,
+        timeout: secs(timeout, "DEPLOY_TIMEOUT (timeout_secs)", MAX_TIMEOUT)?,
+        health_check_interval: secs(
+            interval,
+            "HEALTH_CHECK_INTERVAL (health_check_interval_secs)",
+            MAX_INTERVAL,
+        )?,
     })
 }
 

@@ -7,7 +7,7 @@ use super::output::Renderer;
 use super::{client, client_exit_code, client_failed, exit, Cli};
 use crate::admin::client::{Client, ClientError};
 use crate::admin::{DeployRequest, RollbackRequest};
-use crate::config::positive_seconds;
+use crate::config::{positive_seconds, MAX_INTERVAL, MAX_TIMEOUT};
 use crate::controller::event::Outcome;
 
 /// `DEPLOY_TIMEOUT` / `HEALTH_CHECK_INTERVAL` from the CLI's environment,
@@ -20,16 +20,16 @@ fn env_overrides(json: bool) -> Result<(Option<f64>, Option<f64>), i32> {
 }
 
 fn read_env_overrides() -> Result<(Option<f64>, Option<f64>), String> {
-    let read = |name: &str| -> Result<Option<f64>, String> {
+    let read = |name: &str, max| -> Result<Option<f64>, String> {
         match std::env::var(name) {
-            Ok(v) if !v.trim().is_empty() => match positive_seconds(&v) {
-                Some(d) => Ok(Some(d.as_secs_f64())),
-                None => Err(format!("{name}={v:?} is not a positive number of seconds")),
-            },
+            Ok(v) if !v.trim().is_empty() => positive_seconds(name, &v, max).map(|d| Some(d.as_secs_f64())),
             _ => Ok(None),
         }
     };
-    Ok((read("DEPLOY_TIMEOUT")?, read("HEALTH_CHECK_INTERVAL")?))
+    Ok((
+        read("DEPLOY_TIMEOUT", MAX_TIMEOUT)?,
+        read("HEALTH_CHECK_INTERVAL", MAX_INTERVAL)?,
+    ))
 }
 
 /// Stream one operation; returns its outcome, or how the request failed.

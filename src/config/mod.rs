@@ -10,6 +10,7 @@ pub mod env;
 mod validate;
 
 pub use env::{positive_seconds, read_env_file, seconds};
+pub use validate::{MAX_HEADER_BYTES, MAX_KEEP_IMAGES, MAX_WORKERS};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +18,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// Longest any timeout may be (a day): a larger value is a typo, and every
+/// `Instant + timeout` stays far from overflowing.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Longest time between two health probes (an hour).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
