@@ -28,6 +28,11 @@
 //!    old daemon (`PR_SET_PDEATHSIG`): a crash mid-upgrade never leaves two
 //!    daemons, and the next start begins afresh.
 //!
+//! Any other port the daemon listens on (say, a metrics endpoint) must be
+//! handed over the same way, with a kind of its own in [`LISTEN_KINDS`]: a
+//! successor cannot bind a port its predecessor still holds, and would fail
+//! its start (cleanly: the old daemon serves on).
+//!
 //! The environment variables and the control messages are the contract
 //! between two versions of switchctl: change them only compatibly.
 //!
@@ -250,27 +255,23 @@ impl Upgrader {
         let (read, mut write) = control.into_split();
         let mut lines = BufReader::new(read).lines();
         let deadline = tokio::time::Instant::now() + GRACE;
-        let mut said: Option<String> = None;
+        let mut closed = false;
         let outcome = loop {
             tokio::select! {
-                line = lines.next_line(), if said.is_none() => match line {
+                // A child that says why it failed, then exits: read its words first.
+                biased;
+                line = lines.next_line(), if !closed => match line {
                     Ok(Some(l)) if l == "ready" => break Ok(()),
                     Ok(Some(l)) => break Err(l.strip_prefix("failed ").unwrap_or(&l).to_string()),
-                    // The child's end closed: it is exiting; its status says more.
-                    Ok(None) | Err(_) => said = Some(String::new()),
+                    // Its end closed: it is exiting, and its status says how.
+                    Ok(None) | Err(_) => closed = true,
                 },
                 status = child.wait() => {
                     let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                    break Err(match said.take().filter(|s| !s.is_empty()) {
-                        Some(why) => format!("{why} (it exited: {status})"),
-                        None => format!("it exited ({status}) before it was ready; its log says why"),
-                    });
+                    break Err(format!("it exited ({status}) before it was ready; its log says why"));
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    break Err(match said.take().filter(|s| !s.is_empty()) {
-                        Some(why) => why,
-                        None => format!("not ready within {}s", GRACE.as_secs()),
-                    });
+                    break Err(format!("not ready within {}s", GRACE.as_secs()));
                 }
             }
         };
