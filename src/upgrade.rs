@@ -24,7 +24,9 @@
 //!    needs `NotifyAccess=all`).
 //! 4. A child that exits, says it failed, or is not ready within [`GRACE`]
 //!    is killed; the old daemon releases the lock and keeps serving, and the
-//!    caller learns why (exit 1). Until its `ack`, the child dies with the
+//!    caller learns why (exit 1): the child's words, else the tail of its
+//!    stderr, which the old daemon copies to its own until the child takes
+//!    over and writes there itself ([`STDERR_FD`]). Until its `ack`, the child dies with the
 //!    old daemon (`PR_SET_PDEATHSIG`): a crash mid-upgrade never leaves two
 //!    daemons, and the next start begins afresh.
 //!
@@ -47,7 +49,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -70,6 +72,14 @@ pub const CONTROL_FD: &str = "SWITCHCTL_UPGRADE_FD";
 /// Env: the fd of the locked `state_dir/daemon.lock` (the one after the
 /// control socket), when the old daemon holds that lock.
 pub const STATE_LOCK_FD: &str = "SWITCHCTL_STATE_LOCK_FD";
+
+/// Env: the fd of the old daemon's own stderr, which the child makes its
+/// stderr once it has taken over (until then its stderr is a pipe the old
+/// daemon copies to its own and keeps the tail of, for the caller).
+pub const STDERR_FD: &str = "SWITCHCTL_STDERR_FD";
+
+/// Lines of a failed child's output shown to the caller.
+const TAIL_LINES: usize = 10;
 
 /// How long a new daemon has to become ready before it is killed.
 pub const GRACE: Duration = Duration::from_secs(30);
@@ -243,6 +253,7 @@ impl Upgrader {
     async fn hand_over(&self, relaunch: &Relaunch, reporter: &Reporter) -> Result<u32, NotReady> {
         let (mut child, control) = self.spawn_child(relaunch)?;
         let pid = child.id().unwrap_or_default();
+        let tail = child.stderr.take().map(tee_tail);
         reporter.info(
             Phase::Upgrade,
             None,
@@ -288,11 +299,20 @@ impl Upgrader {
                 );
                 Ok(pid)
             }
-            Err(why) => {
+            Err(mut why) => {
                 // Crash-safe: whatever state it reached, it goes; ours is intact.
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 let _ = std::fs::remove_file(&staging);
+                if let Some(tail) = tail {
+                    // Its stderr ends with it; what it printed last says why.
+                    let lines = tokio::time::timeout(Duration::from_secs(2), tail).await;
+                    if let Ok(Ok(lines)) = lines.map(|j| j.map(|l| l.into_iter().collect::<Vec<_>>())) {
+                        if !lines.is_empty() {
+                            why = format!("{why}; its last output: {}", lines.join(" | "));
+                        }
+                    }
+                }
                 reporter.error(Phase::Upgrade, None, format!("new daemon pid {pid}: {why}"));
                 Err(NotReady(why))
             }
@@ -364,6 +384,12 @@ impl Upgrader {
             fds.push(f.as_raw_fd());
             (FIRST_FD + sockets as RawFd + 1).to_string()
         });
+        // Without a handle on our stderr to give back, the child keeps ours.
+        let own_stderr = std::io::stderr().as_fd().try_clone_to_owned().ok();
+        let stderr_fd = own_stderr.as_ref().map(|fd| {
+            fds.push(fd.as_raw_fd());
+            (FIRST_FD + fds.len() as RawFd - 1).to_string()
+        });
         let mut cmd = tokio::process::Command::new(&relaunch.exe);
         cmd.args(relaunch.args())
             .env_remove("LISTEN_FDS")
@@ -373,7 +399,12 @@ impl Upgrader {
             .env(LISTEN_KINDS, kinds.join(","))
             .env(CONTROL_FD, (FIRST_FD + sockets as RawFd).to_string())
             .env(STATE_LOCK_FD, state_lock.unwrap_or_default())
+            .env(STDERR_FD, stderr_fd.as_deref().unwrap_or_default())
             .stdin(std::process::Stdio::null())
+            .stderr(match stderr_fd {
+                Some(_) => std::process::Stdio::piped(),
+                None => std::process::Stdio::inherit(),
+            })
             .kill_on_drop(false);
         let mut parked: Vec<RawFd> = vec![-1; fds.len()];
         let parent = std::process::id() as libc::pid_t;
@@ -414,7 +445,7 @@ impl Upgrader {
             ))
         })?;
         // Our copies close here; the child holds its own.
-        drop((listeners, theirs));
+        drop((listeners, theirs, own_stderr));
         ours.set_nonblocking(true)
             .map_err(|e| NotReady(format!("control socket: {e}")))?;
         let control = tokio::net::UnixStream::from_std(ours).map_err(|e| NotReady(format!("control socket: {e}")))?;
@@ -422,10 +453,30 @@ impl Upgrader {
     }
 }
 
+/// Copy a child's stderr to ours line by line while it lasts (the child
+/// gives its stderr back to ours once it has taken over); the last
+/// [`TAIL_LINES`] lines when it ends.
+fn tee_tail(stderr: tokio::process::ChildStderr) -> tokio::task::JoinHandle<std::collections::VecDeque<String>> {
+    tokio::spawn(async move {
+        let mut tail = std::collections::VecDeque::with_capacity(TAIL_LINES);
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("{line}");
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        tail
+    })
+}
+
 /// The new daemon's side: what the old one handed over.
 pub struct Handoff {
     listeners: Option<WorkerListeners>,
     state_lock: Option<std::fs::File>,
+    /// The old daemon's stderr, ours once we have taken over.
+    stderr: Option<OwnedFd>,
     control: StdUnixStream,
 }
 
@@ -454,8 +505,9 @@ impl Handoff {
         let count = std::env::var(LISTEN_FDS).unwrap_or_default();
         let kinds = std::env::var(LISTEN_KINDS).unwrap_or_default();
         let lock = std::env::var(STATE_LOCK_FD).unwrap_or_default();
+        let stderr = std::env::var(STDERR_FD).unwrap_or_default();
         // At start, before the proxy's threads exist.
-        for var in [CONTROL_FD, LISTEN_FDS, LISTEN_KINDS, STATE_LOCK_FD] {
+        for var in [CONTROL_FD, LISTEN_FDS, LISTEN_KINDS, STATE_LOCK_FD, STDERR_FD] {
             std::env::remove_var(var);
         }
         let control: RawFd = control
@@ -490,6 +542,19 @@ impl Handoff {
                 Some(unsafe { std::fs::File::from_raw_fd(fd) })
             }
         };
+        let stderr = match stderr.as_str() {
+            "" => None,
+            fd => {
+                let fd: RawFd = fd
+                    .parse()
+                    .ok()
+                    .filter(|fd| *fd > control)
+                    .with_context(|| format!("{STDERR_FD}={fd:?} is not an fd after the control socket"))?;
+                adopt(fd)?;
+                // SAFETY: an open fd handed to this process for this use only.
+                Some(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        };
         adopt(control)?;
         // SAFETY: an open fd handed to this process for this use only.
         let control = unsafe { StdUnixStream::from_raw_fd(control) };
@@ -522,6 +587,7 @@ impl Handoff {
         Ok(Some(Handoff {
             listeners: Some(listeners),
             state_lock,
+            stderr,
             control,
         }))
     }
@@ -564,9 +630,15 @@ impl Handoff {
             "the old daemon went away before handing over; exiting (the next start begins afresh)"
         );
         // From now on this is the daemon: it outlives the old one, which
-        // waits for this word before it may exit.
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+        // waits for this word before it may exit; and it writes its log
+        // where the old one did, not into a pipe that dies with it.
+        // SAFETY: prctl with integer arguments; dup2 of an fd we own onto 2.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, 0);
+            if let Some(stderr) = &self.stderr {
+                libc::dup2(stderr.as_raw_fd(), 2);
+            }
+        }
         control
             .write_all(b"serving\n")
             .await

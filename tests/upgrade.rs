@@ -123,6 +123,10 @@ async fn upgrade_under_load(d: &mut Daemon) {
     deploy_ok(d, "v2").await;
     assert_eq!(get(d.proxy, "/").await, (200, "v2\n".into()));
     assert_eq!(daemon_pid(d).await, new_pid);
+    assert!(
+        d.log().contains("deployed v2"),
+        "the new daemon logs where the old one did, after the old one is gone"
+    );
     let (keep_alive, fresh) = (keep_alive.stop().await, fresh.stop().await);
     assert_eq!(keep_alive.failed, 0, "{keep_alive:?}");
     assert_eq!(fresh.failed, 0, "{fresh:?}");
@@ -222,8 +226,9 @@ async fn a_new_daemon_that_cannot_start_leaves_the_old_one_serving() {
     assert!(staged.is_empty(), "no staging socket left behind: {staged:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_new_daemon_that_is_never_ready_is_killed_after_the_grace_period() {
+/// A daemon serving v1, started from `<dir>/bin/switchctl` (the path a
+/// package would replace).
+async fn daemon_started_from_its_own_path() -> (Daemon, std::path::PathBuf) {
     let mut d = daemon();
     let bin = d.dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -235,13 +240,45 @@ async fn a_new_daemon_that_is_never_ready_is_killed_after_the_grace_period() {
     d.exe = installed.clone();
     d.spawn();
     deploy_ok(&d, "v1").await;
+    (d, installed)
+}
+
+/// Replace the binary at `path` with a shell script running `body`.
+fn install_script(path: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let staged = path.with_extension("new");
+    std::fs::write(&staged, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_daemon_that_crashes_is_reported_with_its_last_output() {
+    let (d, installed) = daemon_started_from_its_own_path().await;
+    let old_pid = daemon_pid(&d).await;
+    install_script(&installed, "echo 'thread main panicked: boom' >&2\nexit 101");
+    let out = d.cli(&["upgrade", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let why = events(&out).last().unwrap()["message"].as_str().unwrap().to_string();
+    assert!(why.contains("exited"), "{why}");
+    assert!(
+        why.contains("thread main panicked: boom"),
+        "its stderr tail is shown: {why}"
+    );
+    assert_eq!(daemon_pid(&d).await, old_pid);
+    assert!(
+        d.log().contains("thread main panicked: boom"),
+        "and logged by the old daemon"
+    );
+    assert_eq!(get(d.proxy, "/").await, (200, "v1\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_daemon_that_is_never_ready_is_killed_after_the_grace_period() {
+    let (d, installed) = daemon_started_from_its_own_path().await;
     let old_pid = daemon_pid(&d).await;
     // The "new binary" hangs: it holds the sockets and never says ready.
-    let hang = bin.join("hang");
-    std::fs::write(&hang, "#!/bin/sh\nexec sleep 300\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&hang, &installed).unwrap();
+    install_script(&installed, "exec sleep 300");
 
     let load = Load::start(d.proxy, 10);
     let out = d.cli(&["upgrade", "--json"]).await;
