@@ -137,7 +137,7 @@ pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Hando
         // The successor holds the state_dir lock through the same open file.
         state_lock.leave_to_successor();
     } else {
-        // After an upgrade the path is the successor's socket.
+        // Ours to remove: only after an upgrade is the path the successor's.
         let _ = std::fs::remove_file(&socket_path);
     }
     tracing::info!("stopped");
