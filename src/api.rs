@@ -80,6 +80,9 @@ pub struct Status {
     pub driver: DriverStatus,
     /// Problems found at start (upstreams gone...).
     pub problems: Vec<String>,
+    /// The pid of the daemon that answered (it changes with `upgrade`).
+    #[serde(default)]
+    pub daemon_pid: u32,
     /// The TLS certificates, files first, then ACME's (empty without TLS).
     #[serde(default)]
     pub certificates: Vec<CertificateStatus>,

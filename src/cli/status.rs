@@ -144,6 +144,7 @@ mod tests {
                 error: None,
             },
             problems: Vec::new(),
+            daemon_pid: 1,
             certificates: vec![broken, cert(&["a.example.org"], "acme"), failing],
         };
         let out = render(&status);

@@ -90,6 +90,7 @@ impl Controller {
             driver,
             problems: self.problems.lock().expect("problems lock").clone(),
             certificates: crate::tls::status(&self.proxy, self.acme.get().map(|a| &**a)),
+            daemon_pid: std::process::id(),
         }
     }
 }
