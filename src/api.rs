@@ -86,6 +86,9 @@ pub struct Status {
     /// The post-flip watch in progress, if one.
     #[serde(default)]
     pub watch: Option<WatchInfo>,
+    /// The pid of the daemon that answered (it changes with `upgrade`).
+    #[serde(default)]
+    pub daemon_pid: u32,
     /// The TLS certificates, files first, then ACME's (empty without TLS).
     #[serde(default)]
     pub certificates: Vec<CertificateStatus>,

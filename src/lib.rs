@@ -5,9 +5,9 @@
 //! upstreams ([`driver`]), the deploy state machine ([`controller`]), the
 //! daemon that hosts proxy + controller + admin API ([`daemon`], [`admin`],
 //! whose wire types are [`api`]; [`metrics`] for Prometheus, [`notify`] for
-//! notifications), and the CLI ([`cli`], with [`probe`] for
-//! `check` and [`demo_app`] for `demo`). [`release`] is the vocabulary they
-//! share. Dependencies run one way: cli → admin → controller → driver →
+//! notifications) and hands them over to a successor ([`upgrade`]), and the
+//! CLI ([`cli`], with [`probe`] for `check` and [`demo_app`] for `demo`).
+//! [`release`] is the vocabulary they share. Dependencies run one way: cli → admin → controller → driver →
 //! config (docs/architecture.md has the map).
 
 pub mod acme;
@@ -24,3 +24,4 @@ pub mod notify;
 pub mod probe;
 pub mod release;
 pub mod tls;
+pub mod upgrade;

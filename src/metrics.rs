@@ -218,11 +218,22 @@ impl Collector for Metrics {
     }
 }
 
-/// Bind `addr` for the metrics endpoint (an error names the key).
+/// Bind `addr` for the metrics endpoint (an error names the key). With
+/// `SO_REUSEPORT`, so the daemon that takes over in a `switchctl upgrade`
+/// binds it while the old one still serves it (the kernel lets only the
+/// same user share the port).
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("proxy.metrics_listen: cannot listen on {addr}: {e}"))
+    let bound = (|| {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        socket.listen(128)
+    })();
+    bound.map_err(|e| anyhow::anyhow!("proxy.metrics_listen: cannot listen on {addr}: {e}"))
 }
 
 /// Serve `GET /metrics` on `listener` until `shutdown`.

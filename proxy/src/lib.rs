@@ -39,7 +39,7 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -137,6 +137,39 @@ pub enum ProxyError {
     /// No listener was given.
     #[error("the proxy needs at least one listen address")]
     NoListeners,
+    /// TLS listeners were given without a TLS configuration.
+    #[error("TLS listeners need a TLS configuration")]
+    NoTlsConfig,
+}
+
+/// The listening sockets of a proxy, grouped per worker: `plain[i]` and
+/// `tls[i]` are what worker `i` accepts on. A successor process adopts them
+/// with [`Proxy::from_worker_listeners`] (a hitless self-upgrade).
+#[derive(Debug, Default)]
+pub struct WorkerListeners {
+    /// Per worker, its plain HTTP listeners.
+    pub plain: Vec<Vec<std::net::TcpListener>>,
+    /// Per worker, its TLS listeners.
+    pub tls: Vec<Vec<std::net::TcpListener>>,
+}
+
+impl WorkerListeners {
+    /// Another handle on every socket (`dup`, sharing the kernel's socket
+    /// and its accept queue).
+    pub fn try_clone(&self) -> std::io::Result<WorkerListeners> {
+        Ok(WorkerListeners {
+            plain: dup_groups(&self.plain)?,
+            tls: dup_groups(&self.tls)?,
+        })
+    }
+}
+
+/// Another handle on each listener of `groups` (`dup`: the same socket).
+fn dup_groups(groups: &[Vec<std::net::TcpListener>]) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
+    groups
+        .iter()
+        .map(|g| g.iter().map(|l| l.try_clone()).collect())
+        .collect()
 }
 
 /// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
@@ -148,6 +181,10 @@ pub struct Proxy {
     certs: Option<CertStore>,
     shutdown: CancellationToken,
     stopped: CancellationToken,
+    /// Handles on the workers' sockets, for [`Proxy::listeners`]; dropped
+    /// at shutdown, so that the sockets close with the accept loops as
+    /// before unless a successor holds them.
+    listeners: Mutex<Option<WorkerListeners>>,
 }
 
 impl Proxy {
@@ -195,6 +232,27 @@ impl Proxy {
         Self::start(config, plain, secure, Some(tls), table)
     }
 
+    /// Start on listeners already grouped per worker, as a predecessor's
+    /// [`Proxy::listeners`] gave them: one worker per group, whatever
+    /// `config.workers` says, so that every `SO_REUSEPORT` socket (each
+    /// with its own accept queue) keeps a worker accepting on it. `tls` is
+    /// needed when there are TLS listeners.
+    pub fn from_worker_listeners(
+        config: ProxyConfig,
+        listeners: WorkerListeners,
+        tls: Option<TlsConfig>,
+        table: RouteTable,
+    ) -> Result<Proxy, ProxyError> {
+        let WorkerListeners { plain, tls: secure } = listeners;
+        if tls.is_none() && secure.iter().any(|g| !g.is_empty()) {
+            return Err(ProxyError::NoTlsConfig);
+        }
+        for l in plain.iter().chain(secure.iter()).flatten() {
+            l.set_nonblocking(true).map_err(ProxyError::Worker)?;
+        }
+        Self::start(config, plain, secure, tls, table)
+    }
+
     fn start(
         config: ProxyConfig,
         per_worker: Vec<Vec<std::net::TcpListener>>,
@@ -212,6 +270,10 @@ impl Proxy {
                 .unwrap_or_default()
         };
         let (local_addrs, tls_addrs) = (addrs_of(&per_worker), addrs_of(&tls_per_worker));
+        let handles = WorkerListeners {
+            plain: dup_groups(&per_worker).map_err(ProxyError::Worker)?,
+            tls: dup_groups(&tls_per_worker).map_err(ProxyError::Worker)?,
+        };
         let https_redirect = tls
             .as_ref()
             .filter(|t| t.redirect_http)
@@ -272,7 +334,16 @@ impl Proxy {
             certs: tls.map(|t| t.certs),
             shutdown,
             stopped,
+            listeners: Mutex::new(Some(handles)),
         })
+    }
+
+    /// New handles on every worker's listening sockets, grouped per worker,
+    /// for a successor process to accept on (see
+    /// [`Proxy::from_worker_listeners`]). `None` once shutdown has begun.
+    pub fn listeners(&self) -> Option<std::io::Result<WorkerListeners>> {
+        let handles = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        handles.as_ref().map(WorkerListeners::try_clone)
     }
 
     /// The addresses being served, in the order given (ports resolved).
@@ -307,7 +378,12 @@ impl Proxy {
     }
 
     /// Stop accepting and let open requests finish within the drain timeout.
+    /// A listening socket closes when the last handle on it does: at once
+    /// for sockets only this proxy held (the accept loops stop), never for
+    /// those a successor or systemd also holds, whose queued connections
+    /// wait for them.
     pub fn shutdown(&self) {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.shutdown.cancel();
     }
 

@@ -151,6 +151,7 @@ mod tests {
             },
             problems: Vec::new(),
             watch: None,
+            daemon_pid: 1,
             certificates: vec![broken, cert(&["a.example.org"], "acme"), failing],
         };
         let out = render(&status);

@@ -37,13 +37,16 @@ pub enum Outcome {
     /// back to the previous one. History records it so; a `done` event says
     /// `rolled_back` (DESIGN's outcomes), its message naming the watch.
     AutoFlippedBack,
+    /// A new daemon took over the sockets (`switchctl upgrade`); the old
+    /// one drains and exits.
+    Upgraded,
 }
 
 impl Outcome {
     /// The CLI's exit status for this outcome.
     pub fn exit_code(self) -> i32 {
         match self {
-            Outcome::Deployed | Outcome::Flipped => 0,
+            Outcome::Deployed | Outcome::Flipped | Outcome::Upgraded => 0,
             Outcome::RolledBack | Outcome::Failed | Outcome::Refused | Outcome::AutoFlippedBack => 1,
         }
     }
@@ -87,6 +90,8 @@ pub enum Phase {
     Notify,
     /// Upstreams are stopped.
     Stop,
+    /// A new daemon takes over the sockets (`switchctl upgrade`).
+    Upgrade,
     /// The final event, with the outcome.
     Done,
 }
@@ -111,6 +116,7 @@ impl Phase {
             Phase::Watch => "watch",
             Phase::Notify => "notify",
             Phase::Stop => "stop",
+            Phase::Upgrade => "upgrade",
             Phase::Done => "done",
         }
     }
@@ -158,7 +164,7 @@ impl Event {
     /// The final event of an operation.
     pub fn done(outcome: Outcome, message: impl Into<String>) -> Self {
         let level = match outcome {
-            Outcome::Deployed | Outcome::Flipped => Level::Success,
+            Outcome::Deployed | Outcome::Flipped | Outcome::Upgraded => Level::Success,
             _ => Level::Error,
         };
         let outcome = match outcome {
@@ -250,6 +256,10 @@ mod tests {
             serde_json::to_value(Outcome::AutoFlippedBack).unwrap(),
             "auto_flipped_back"
         );
+        let u = serde_json::to_value(Event::done(Outcome::Upgraded, "x")).unwrap();
+        assert_eq!(u["outcome"], "upgraded");
+        assert_eq!(u["level"], "success");
+        assert_eq!(Outcome::Upgraded.exit_code(), 0);
     }
 
     #[test]
@@ -271,6 +281,7 @@ mod tests {
             Phase::Watch,
             Phase::Notify,
             Phase::Stop,
+            Phase::Upgrade,
             Phase::Done,
         ];
         for phase in all {

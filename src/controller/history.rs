@@ -129,7 +129,7 @@ fn notify_event(outcome: Outcome) -> Option<notify::Event> {
         Outcome::Failed => Some(notify::Event::Failed),
         Outcome::Flipped => Some(notify::Event::Flipped),
         Outcome::AutoFlippedBack => Some(notify::Event::AutoFlippedBack),
-        Outcome::Refused => None,
+        Outcome::Refused | Outcome::Upgraded => None,
     }
 }
 

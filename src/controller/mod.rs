@@ -202,7 +202,7 @@ impl Controller {
     }
 
     /// Take the operation lock, or say who holds it.
-    fn try_begin(self: &Arc<Self>, kind: &str, tag: Option<&str>) -> Result<OperationGuard, OperationInfo> {
+    pub(crate) fn try_begin(self: &Arc<Self>, kind: &str, tag: Option<&str>) -> Result<OperationGuard, OperationInfo> {
         let mut op = self.operation.lock().expect("operation lock");
         if let Some(holder) = op.as_ref() {
             return Err(holder.clone());

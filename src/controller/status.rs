@@ -91,6 +91,7 @@ impl Controller {
             problems: self.problems.lock().expect("problems lock").clone(),
             watch: self.watch_status(),
             certificates: crate::tls::status(&self.proxy, self.acme.get().map(|a| &**a)),
+            daemon_pid: std::process::id(),
         }
     }
 }

@@ -81,6 +81,10 @@ pub struct Daemon {
     /// A listening socket handed to every daemon start as systemd would
     /// (fd 3, `LISTEN_FDS=1`): it outlives the daemon, like a socket unit.
     pub inherited: Option<std::net::TcpListener>,
+    /// Daemons started by `switchctl upgrade` (not our children), killed on drop.
+    successors: Mutex<Vec<i32>>,
+    /// The binary the daemon is started from.
+    pub exe: PathBuf,
 }
 
 impl Daemon {
@@ -142,6 +146,8 @@ stop_timeout = "3s"
             seen_pids: Mutex::new(Vec::new()),
             daemon_env: Vec::new(),
             inherited: None,
+            successors: Mutex::new(Vec::new()),
+            exe: PathBuf::from(switchctl()),
         }
     }
 
@@ -165,7 +171,7 @@ stop_timeout = "3s"
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        let mut cmd = Command::new(switchctl());
+        let mut cmd = Command::new(&self.exe);
         cmd.arg("--config")
             .arg(&self.config)
             .arg("proxy")
@@ -256,6 +262,27 @@ stop_timeout = "3s"
         None
     }
 
+    /// The daemon started by `switchctl upgrade` as `pid` now serves: stop
+    /// it on drop too.
+    pub fn follow(&self, pid: i32) {
+        self.successors.lock().unwrap().push(pid);
+    }
+
+    /// Wait for the daemon process this harness started to exit (after an
+    /// upgrade it drains, then exits); its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Run the CLI with this daemon's config.
     pub async fn cli(&self, args: &[&str]) -> Output {
         self.cli_env(args, &[]).await
@@ -332,6 +359,9 @@ stop_timeout = "3s"
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        for pid in self.successors.lock().unwrap().iter() {
+            signal(*pid, 9);
+        }
         // Upstreams live in their own process groups: stop every group seen.
         for pid in self.seen_pids.lock().unwrap().iter() {
             signal(-pid, 9);
@@ -415,7 +445,17 @@ const LOAD_MAX_REQUESTS: u64 = 3_000_000;
 const LOAD_MAX_TIME: Duration = Duration::from_secs(240);
 
 impl Load {
+    /// `clients` keep-alive connections.
     pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        Load::start_with(addr, clients, false)
+    }
+
+    /// `clients` loops that open a new connection for every request.
+    pub fn start_fresh(addr: SocketAddr, clients: usize) -> Load {
+        Load::start_with(addr, clients, true)
+    }
+
+    fn start_with(addr: SocketAddr, clients: usize, fresh: bool) -> Load {
         let mut load = Load {
             stop: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(AtomicU64::new(0)),
@@ -476,6 +516,11 @@ impl Load {
                                 fail(format!("request: {e}"));
                                 continue 'connect;
                             }
+                        }
+                        if fresh {
+                            // Paced: each closed connection holds a port in TIME_WAIT.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue 'connect;
                         }
                     }
                     return;
