@@ -480,3 +480,26 @@ async fn the_previous_color_is_kept_for_the_window_even_with_standby_stop() {
     );
     assert_eq!(after["standby"], Value::Null, "{after}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_metrics_port_goes_over_to_the_new_daemon_in_an_upgrade() {
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut d = Daemon::start_with_proxy(
+        "",
+        &format!("metrics_listen = \"{metrics}\""),
+        "process",
+        "timeout = \"30s\"",
+        &process_service("web", ""),
+    );
+    assert_eq!(d.cli(&["deploy", "v1"]).await.status.code(), Some(0));
+    let out = d.cli(&["upgrade", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), d.log());
+    let new_pid = d.status().await["daemon_pid"].as_i64().unwrap() as i32;
+    d.follow(new_pid);
+    assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(0), "{}", d.log());
+    let s = scrape(metrics).await;
+    assert_eq!(
+        value(&s, "switchctl_active_release_info{color=\"blue\",tag=\"v1\"}"),
+        1.0
+    );
+}
