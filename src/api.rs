@@ -6,7 +6,7 @@
 //! vocabulary), never the admin server or the controller's machinery, so
 //! every arrow into it runs one way.
 //!
-//! Field names and shapes here are the `--json` interface of DESIGN.md:
+//! Field names and shapes here are the `--json` interface of docs/design.md:
 //! change them and scripts break.
 
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! The command line: clap definitions and dispatch, one file per command.
-//! Every command returns its exit status (DESIGN.md): 0 done, 1 failed and
+//! Every command returns its exit status (docs/design.md): 0 done, 1 failed and
 //! rolled back, 2 bad usage or config, 3 daemon unreachable, 4 another
 //! operation in progress.
 

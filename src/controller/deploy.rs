@@ -1,4 +1,4 @@
-//! [`Deploy`]: the deploy state machine of DESIGN.md, one method per phase:
+//! [`Deploy`]: the deploy state machine of docs/design.md, one method per phase:
 //!
 //! preflight → prepare (clear the idle color) → start → health → flip (one
 //! `ArcSwap` store, then persist) → drain the old color (and, with
