@@ -222,3 +222,95 @@ async fn a_second_daemon_on_the_same_state_dir_refuses_to_start_naming_the_first
     assert!(err.contains("state_dir") && err.contains("pid"), "{err}");
     assert_eq!(d.status().await["operation"], serde_json::Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_deploy_keeps_the_warm_standby_for_flip_back() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let load = Load::start(d.proxy, 4);
+    // v3 never gets healthy, v4 exits at start: both fail before the flip.
+    for bad in ["v3", "v4"] {
+        let out = d.cli_env(&["deploy", bad], &[("DEPLOY_TIMEOUT", "2")]).await;
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let status = d.status().await;
+        assert_eq!(status["active"]["tag"], "v2", "{status}");
+        assert_eq!(status["standby"]["color"], "blue", "after {bad}: {status}");
+        assert_eq!(status["standby"]["tag"], "v1", "after {bad}: {status}");
+        assert_eq!(status["services"][0]["blue"]["healthy"], true, "{status}");
+    }
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_message_claims_a_standby_that_does_not_run() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        !said.contains("standby = \"stop\""),
+        "wrong reason with standby = keep: {said}"
+    );
+    assert!(said.contains("no earlier release runs in green"), "{said}");
+
+    // The old color dies before the deploy flips away from it.
+    let v1 = d.pids()[0];
+    common::signal(-v1, 9);
+    common::wait_for("v1 to die", Duration::from_secs(10), || async { !common::alive(v1) }).await;
+    let out = d.cli(&["deploy", "v2"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(!said.contains("kept running as standby"), "{said}");
+    assert!(said.contains("is not running"), "{said}");
+    assert!(d.status().await["standby"].is_null());
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no earlier release runs in blue"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_answers_while_a_standby_is_slow_to_stop() {
+    // An upstream whose group ignores SIGTERM: stopping it takes the whole
+    // stop_timeout (3 s in the harness).
+    let service = format!(
+        r#"
+[[service]]
+name = "web"
+command = ["sh", "-c", "trap '' TERM; {exe} --bind 127.0.0.1 --port {{port}} --version {{tag}} & while true; do sleep 1; done"]
+health = {{ path = "/health", timeout = "1s" }}
+"#,
+        exe = common::testapp().display()
+    );
+    let d = Daemon::start("process", "timeout = \"30s\"", &service);
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let deploy = {
+        let (config, exe) = (d.config.clone(), common::switchctl());
+        tokio::spawn(async move {
+            tokio::process::Command::new(exe)
+                .arg("--config")
+                .arg(config)
+                .args(["deploy", "v3"])
+                .output()
+                .await
+                .unwrap()
+        })
+    };
+    // `status` reads the operation after the state: had it waited for the
+    // state lock across the stop, it could not see the `prepare` phase.
+    let mut saw_prepare = false;
+    while !deploy.is_finished() && !saw_prepare {
+        let status = d.status().await;
+        saw_prepare = status["operation"]["phase"] == "prepare";
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = deploy.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(saw_prepare, "status never answered during the standby's stop");
+}
