@@ -63,6 +63,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         let controller = controller.clone();
         async move { controller.recover().await }
     });
+    tokio::spawn(controller.clone().supervise(shutdown.clone()));
 
     let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
     tracing::info!(

@@ -246,9 +246,14 @@ async fn a_failed_deploy_keeps_the_warm_standby_for_flip_back() {
     assert_eq!(report.failed, 0, "{report:?}");
 }
 
+/// A daemon whose upstreams answer their health check only after 1 s.
+fn slow_daemon(deploy: &str) -> Daemon {
+    Daemon::start("process", deploy, &process_service("web", r#"HEALTHY_AFTER = "1""#))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_message_claims_a_standby_that_does_not_run() {
-    let d = daemon();
+    let d = slow_daemon("timeout = \"30s\"");
     deploy_ok(&d, "v1").await;
     let out = d.cli(&["flip", "back"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -259,11 +264,28 @@ async fn no_message_claims_a_standby_that_does_not_run() {
     );
     assert!(said.contains("no earlier release runs in green"), "{said}");
 
-    // The old color dies before the deploy flips away from it.
+    // The old color dies during the deploy that flips away from it (while
+    // an operation runs, supervision leaves the upstreams alone).
     let v1 = d.pids()[0];
+    let deploy = {
+        let (config, exe) = (d.config.clone(), common::switchctl());
+        tokio::spawn(async move {
+            tokio::process::Command::new(exe)
+                .arg("--config")
+                .arg(config)
+                .args(["deploy", "v2"])
+                .env("NO_COLOR", "1")
+                .output()
+                .await
+                .unwrap()
+        })
+    };
+    common::wait_for("the deploy's health phase", Duration::from_secs(20), || async {
+        d.status().await["operation"]["phase"] == "health"
+    })
+    .await;
     common::signal(-v1, 9);
-    common::wait_for("v1 to die", Duration::from_secs(10), || async { !common::alive(v1) }).await;
-    let out = d.cli(&["deploy", "v2"]).await;
+    let out = deploy.await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let said = text(&out);
     assert!(!said.contains("kept running as standby"), "{said}");
@@ -313,4 +335,48 @@ health = {{ path = "/health", timeout = "1s" }}
     let out = deploy.await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(saw_prepare, "status never answered during the standby's stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_active_upstream_is_restarted_and_counted_in_status() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let v1 = d.pids()[0];
+    common::signal(-v1, 9);
+    common::wait_for("v1 restarted and served", Duration::from_secs(30), || async {
+        !common::alive(v1) && d.get("/").await == (200, "v1\n".into())
+    })
+    .await;
+    let status = d.status().await;
+    let blue = &status["services"][0]["blue"];
+    assert_eq!(blue["restarts"], 1, "{status}");
+    assert_eq!(blue["state"], "running", "{status}");
+    assert_eq!(status["active"]["tag"], "v1", "{status}");
+    assert!(!d.pids().contains(&v1), "the state records the new process");
+    assert!(d.log().contains("restarted"), "logged as an event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_to_standby_serves_from_the_standby_while_the_active_restarts() {
+    let d = slow_daemon("timeout = \"30s\"\nfailover_to_standby = true");
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let green = d.state()["colors"]["green"]["services"]["web"]["handle"]["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    common::signal(-green, 9);
+    // The restarted v2 needs 1 s to be healthy: meanwhile v1 serves.
+    common::wait_for("the standby to take the traffic", Duration::from_secs(20), || async {
+        d.get("/").await == (200, "v1\n".into())
+    })
+    .await;
+    common::wait_for(
+        "the restarted active color to serve again",
+        Duration::from_secs(30),
+        || async { d.get("/").await == (200, "v2\n".into()) },
+    )
+    .await;
+    let status = d.status().await;
+    assert_eq!(status["active"]["tag"], "v2", "{status}");
+    assert_eq!(status["services"][0]["green"]["restarts"], 1, "{status}");
 }

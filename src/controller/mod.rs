@@ -12,6 +12,7 @@
 //! | [`recover`] | what a daemon start finishes of an interrupted deploy |
 //! | [`status`] | the `status` report |
 //! | [`stop`] | stopping a release, or everything |
+//! | [`supervise`] | restarting the active color's upstreams that exit; failover to the standby |
 //! | [`routing`] | route tables and the shared upstream set |
 //! | [`state`], [`history`], [`health`], [`event`] | persisted state, history, health checks, progress events |
 
@@ -28,6 +29,7 @@ pub mod routing;
 pub mod state;
 pub mod status;
 pub mod stop;
+pub mod supervise;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -55,6 +57,8 @@ pub struct Controller {
     operation: Mutex<Option<OperationInfo>>,
     upstreams: Arc<UpstreamSet>,
     problems: Mutex<Vec<String>>,
+    /// Restarts by supervision, per color and service (shown by `status`).
+    restarts: Mutex<std::collections::HashMap<(crate::release::Color, String), u64>>,
     /// Cancelled once start-up recovery has finished.
     recovered: tokio_util::sync::CancellationToken,
 }
@@ -101,6 +105,7 @@ impl Controller {
             operation: Mutex::new(None),
             upstreams,
             problems: Mutex::new(Vec::new()),
+            restarts: Mutex::new(std::collections::HashMap::new()),
             recovered: tokio_util::sync::CancellationToken::new(),
         })
     }
