@@ -380,3 +380,23 @@ async fn failover_to_standby_serves_from_the_standby_while_the_active_restarts()
     assert_eq!(status["active"]["tag"], "v2", "{status}");
     assert_eq!(status["services"][0]["green"]["restarts"], 1, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_write_that_fails_before_the_flip_refuses_the_deploy_with_routes_unchanged() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    // The next state write cannot create its temporary file.
+    let blocker = state_file(&d, "state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let load = Load::start(d.proxy, 4);
+    let out = d.cli(&["deploy", "v2"]).await;
+    let report = load.stop().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot write state file"), "{}", text(&out));
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.bodies.keys().collect::<Vec<_>>(), ["v1"], "{report:?}");
+    assert_eq!(d.status().await["active"]["tag"], "v1");
+    std::fs::remove_dir(&blocker).unwrap();
+    deploy_ok(&d, "v2").await;
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+}
