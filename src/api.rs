@@ -27,6 +27,9 @@ pub struct DeployRequest {
     /// Overrides `deploy.health_check_interval` (`HEALTH_CHECK_INTERVAL`), seconds.
     #[serde(default)]
     pub health_check_interval_secs: Option<f64>,
+    /// Skip the post-flip watch (`deploy --no-watch`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_watch: bool,
 }
 
 /// Body of `POST /v1/rollback`.
@@ -80,6 +83,37 @@ pub struct Status {
     pub driver: DriverStatus,
     /// Problems found at start (upstreams gone...).
     pub problems: Vec<String>,
+    /// The post-flip watch in progress, if one.
+    #[serde(default)]
+    pub watch: Option<WatchInfo>,
+    /// The pid of the daemon that answered (it changes with `upgrade`).
+    #[serde(default)]
+    pub daemon_pid: u32,
+    /// The TLS certificates, files first, then ACME's (empty without TLS).
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One TLS certificate in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// The DNS names it serves (its SANs); for an ACME domain with no
+    /// certificate yet, the domain.
+    pub names: Vec<String>,
+    /// The issuer's distinguished name; none when nothing is served.
+    pub issuer: Option<String>,
+    /// When the served certificate expires (RFC 3339).
+    pub not_after: Option<String>,
+    /// `file` or `acme`.
+    pub source: String,
+    /// The certificate file, or the ACME cache file.
+    pub path: Option<String>,
+    /// Why the last load failed (the previous certificate, if any, serves).
+    pub last_error: Option<String>,
+    /// ACME: why the last order failed; cleared by a success.
+    pub acme_error: Option<String>,
+    /// ACME: when the next order (renewal or retry) is due (RFC 3339).
+    pub acme_next_attempt: Option<String>,
 }
 
 /// One service in `status`.
@@ -151,6 +185,41 @@ pub struct HistoryEntry {
     /// Time the old color took to drain.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub drain_ms: Option<u64>,
+    /// What the post-flip watch counted, when one ran.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub watch: Option<WatchInfo>,
+    /// Notifications that failed, and other warnings about the outcome.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub warnings: Vec<String>,
+}
+
+/// The post-flip watch: in `status` while it runs, in history after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchInfo {
+    /// The color watched (the one the deploy flipped to).
+    pub color: Color,
+    /// When the window ends (RFC 3339).
+    pub until: String,
+    /// Answers of that color since the flip, every service.
+    pub requests: u64,
+    /// Of them, 5xx (the proxy's own 502/504 for that color included).
+    pub errors_5xx: u64,
+    /// The same per service.
+    pub services: Vec<WatchService>,
+    /// The service past the threshold, when the watch flipped back.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tripped: Option<String>,
+}
+
+/// One service's figures in [`WatchInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchService {
+    /// The service.
+    pub name: String,
+    /// Answers since the flip.
+    pub requests: u64,
+    /// Of them, 5xx.
+    pub errors_5xx: u64,
 }
 
 /// A color and the tag it ran.

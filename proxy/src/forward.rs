@@ -13,13 +13,15 @@
 //! 4. [`respond`]: hop-by-hop headers removed, the body streamed back; a
 //!    `101 Switching Protocols` becomes a two-way tunnel the worker tracks.
 //!
+//! Each answer of a routed request is counted in its upstream's
+//! [`Stats`](crate::stats::Stats) (status class, time to the response head).
 //! Nothing here logs per request, locks, or allocates what it can avoid.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use futures_util::task::AtomicWaker;
@@ -34,6 +36,7 @@ use crate::body::{ProxyBody, RequestBody, Upload};
 use crate::listener::Slots;
 use crate::pool::{self, ConnectError};
 use crate::routes::RouteTable;
+use crate::stats::UpstreamError;
 use crate::upstream::InFlight;
 use crate::{target, tunnel};
 
@@ -75,6 +78,10 @@ pub(crate) struct Forwarder {
     pub(crate) body_read_timeout: Duration,
     /// Set when plain connections answer with a redirect to https.
     pub(crate) https_redirect: Option<crate::tls::HttpsRedirect>,
+    /// Peers whose `X-Forwarded-*` headers are kept.
+    pub(crate) trusted_proxies: Vec<crate::Cidr>,
+    /// Where ACME HTTP-01 answers are looked up (with TLS on).
+    pub(crate) acme_http: Option<crate::CertStore>,
 }
 
 /// Where a worker keeps the tunnels of upgraded connections: they outlive
@@ -100,6 +107,8 @@ pub(crate) struct ClientConn {
     client_ip: HeaderValue,
     proto: HeaderValue,
     tls: bool,
+    /// The peer is a trusted proxy: its `X-Forwarded-*` are kept.
+    trusted: bool,
     requests: AtomicU64,
     close: AtomicU8,
     waker: AtomicWaker,
@@ -124,6 +133,7 @@ impl ClientConn {
     pub(crate) fn new(forwarder: Arc<Forwarder>, tunnels: Tunnels, slots: Slots, peer: SocketAddr, tls: bool) -> Self {
         let client_ip =
             HeaderValue::try_from(peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let trusted = forwarder.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
         ClientConn {
             forwarder,
             tunnels,
@@ -131,6 +141,7 @@ impl ClientConn {
             client_ip,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             tls,
+            trusted,
             requests: AtomicU64::new(0),
             close: AtomicU8::new(Close::No as u8),
             waker: AtomicWaker::new(),
@@ -167,21 +178,36 @@ impl ClientConn {
     pub(crate) async fn serve(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let fwd = &*self.forwarder;
+        if let Some(answer) = fwd.acme_http.as_ref().and_then(|c| c.http_challenge_response(&req)) {
+            return answer;
+        }
         if let (false, Some(redirect)) = (self.tls, &fwd.https_redirect) {
             if let Some(resp) = redirect.response(&req) {
                 return resp;
             }
         }
         let http1 = req.version() <= Version::HTTP_11;
+        let arrived = Instant::now();
         let in_flight = match fwd.route(&mut req) {
             Ok(in_flight) => in_flight,
             Err(failure) => return failure.response(http1),
         };
         let client_upgrade = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
+        let stats = in_flight.upstream().stats();
         let mut resp = match fwd.send(addr, req).await {
-            Ok((resp, conn, upload)) => respond(resp, conn, upload, addr, in_flight, client_upgrade, self),
-            Err(failure) => failure.response(http1),
+            Ok((resp, conn, upload)) => {
+                stats.record(resp.status().as_u16(), arrived.elapsed());
+                respond(resp, conn, upload, addr, in_flight, client_upgrade, self)
+            }
+            Err(failure) => {
+                if let Some(error) = failure.upstream_error() {
+                    stats.record_error(error);
+                }
+                let resp = failure.response(http1);
+                stats.record(resp.status().as_u16(), arrived.elapsed());
+                resp
+            }
         };
         // A `101` hands the connection over to the tunnel: `Connection: close`
         // would replace its `Connection: upgrade` and break the handshake.
@@ -213,6 +239,16 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
+    /// The upstream's own failure behind this answer, if it is one.
+    fn upstream_error(self) -> Option<UpstreamError> {
+        match self {
+            Failure::Refused => Some(UpstreamError::Connect),
+            Failure::ConnectTimeout => Some(UpstreamError::ConnectTimeout),
+            Failure::ResponseTimeout => Some(UpstreamError::ResponseTimeout),
+            _ => None,
+        }
+    }
+
     /// The proxy's answer; `http1` says whether the client speaks HTTP/1,
     /// whose connection is closed after a malformed request.
     fn response(self, http1: bool) -> Response<ProxyBody> {
@@ -446,7 +482,9 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
 
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, present, upgrade);
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+    // From a trusted proxy, what it says about the client stays (For gets
+    // this hop appended); from anyone else it is replaced, not believed.
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).filter(|_| conn.trusted) {
         None => conn.client_ip.clone(),
         Some(prior) => {
             let mut joined = Vec::with_capacity(prior.len() + 2 + conn.client_ip.len());
@@ -457,9 +495,14 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
         }
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    }
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match headers.get(header::HOST).cloned() {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
     }
     upgrade.then(|| hyper::upgrade::on(req))
 }
@@ -605,6 +648,8 @@ mod tests {
             upstream_idle_timeout: Duration::from_secs(1),
             body_read_timeout: Duration::from_secs(1),
             https_redirect: None,
+            trusted_proxies: Vec::new(),
+            acme_http: None,
         });
         // The flip lands after this request looked blue up, and the drain of
         // blue looks at once.

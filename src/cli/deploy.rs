@@ -51,7 +51,9 @@ pub async fn stream(
     Ok(outcome)
 }
 
-async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool) -> i32 {
+/// Run the operation at `path` on the daemon, printing its events; its
+/// exit status.
+pub(crate) async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool) -> i32 {
     let renderer = Renderer::new(json);
     let client = match client(cli) {
         Ok(c) => c,
@@ -84,7 +86,7 @@ async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool)
 }
 
 /// `switchctl deploy <tag>`
-pub async fn deploy(cli: &Cli, tag: &str, json: bool) -> i32 {
+pub async fn deploy(cli: &Cli, tag: &str, json: bool, no_watch: bool) -> i32 {
     let (timeout_secs, health_check_interval_secs) = match env_overrides(json) {
         Ok(o) => o,
         Err(code) => return code,
@@ -93,6 +95,7 @@ pub async fn deploy(cli: &Cli, tag: &str, json: bool) -> i32 {
         tag: tag.to_string(),
         timeout_secs,
         health_check_interval_secs,
+        no_watch,
     };
     run_operation(cli, "/v1/deploy", &body, json).await
 }

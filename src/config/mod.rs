@@ -7,6 +7,7 @@
 
 pub mod compose;
 pub mod env;
+pub mod tls;
 mod validate;
 
 pub use env::{positive_seconds, read_env_file, seconds};
@@ -47,6 +48,9 @@ pub struct Config {
     /// The services deployed together.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// Where outcomes are sent (`[[notify]]`).
+    #[serde(default)]
+    pub notify: Vec<crate::notify::NotifyConfig>,
     /// The file this was read from (relative paths inside resolve against
     /// its directory).
     #[serde(skip)]
@@ -101,6 +105,10 @@ pub struct ProxySection {
     /// Time for an upstream's response head.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// CIDRs of proxies in front whose `X-Forwarded-*` are kept.
+    pub trusted_proxies: Vec<String>,
+    /// TLS listeners and certificates (`[proxy.tls]`).
+    pub tls: Option<tls::TlsSection>,
     /// A pooled upstream connection idle this long is not reused (it should
     /// be shorter than the upstream's own keep-alive timeout).
     #[serde(with = "humantime_serde")]
@@ -110,6 +118,8 @@ pub struct ProxySection {
     pub body_read_timeout: Duration,
     /// Most connections from one client address (IPv6: per /64); 0: no limit.
     pub max_connections_per_ip: usize,
+    /// Where Prometheus scrapes `/metrics` (off when unset).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ProxySection {
@@ -127,9 +137,12 @@ impl Default for ProxySection {
             max_connections: d.max_connections,
             connect_timeout: d.connect_timeout,
             response_timeout: d.response_timeout,
+            trusted_proxies: Vec::new(),
+            tls: None,
             upstream_idle_timeout: d.upstream_idle_timeout,
             body_read_timeout: d.body_read_timeout,
             max_connections_per_ip: d.max_connections_per_ip,
+            metrics_listen: None,
         }
     }
 }
@@ -146,6 +159,8 @@ impl ProxySection {
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             drain_timeout: self.drain_timeout,
+            // Validated at load; nothing unparsable gets here.
+            trusted_proxies: self.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect(),
             upstream_idle_timeout: self.upstream_idle_timeout,
             body_read_timeout: self.body_read_timeout,
             max_connections_per_ip: self.max_connections_per_ip,
@@ -184,6 +199,27 @@ pub struct DeploySection {
     /// While an active upstream is down (and being restarted), send its
     /// traffic to the healthy warm standby.
     pub failover_to_standby: bool,
+    /// The post-flip watch (`[deploy.watch]`); none when absent.
+    pub watch: Option<WatchConfig>,
+}
+
+/// `[deploy.watch]`: after a deploy's flip, too many 5xx from the new color
+/// flip traffic back by itself.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// How long after the flip the new color is watched.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Largest share of 5xx answers a service may give (0 to 1).
+    pub max_5xx_ratio: f64,
+    /// Fewest answers of a service before its ratio is judged.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+}
+
+fn default_min_requests() -> u64 {
+    20
 }
 
 impl Default for DeploySection {
@@ -195,6 +231,7 @@ impl Default for DeploySection {
             keep_images: 3,
             stop_timeout: Duration::from_secs(10),
             failover_to_standby: false,
+            watch: None,
         }
     }
 }
@@ -374,56 +411,35 @@ impl Config {
             config.services = imported;
         }
         config.apply_env(|k| std::env::var(k).ok())?;
+        let base = config.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        for entry in &mut config.notify {
+            entry.resolve_paths(&base);
+        }
         config.validate(&text)?;
         Ok(config)
     }
 
     /// Parse TOML text (no environment, no Compose, no validation).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|span| line_col(text, span.start)).unwrap_or((1, 1));
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }
-        })?;
+        let mut config: Config = from_toml(path, text)?;
         config.path = path.to_path_buf();
         Ok(config)
     }
 
     /// Only `proxy.admin_socket` of the file at `path`, resolved against the
     /// file's directory: the short path of commands that just talk to the
-    /// daemon. Nothing else is read or validated (no Compose file, no env
-    /// file), so a CI user needs no access to secrets, and a flip stays quick.
-    /// `Ok(None)` when the file cannot be read (missing, or not readable by
-    /// this user): the caller falls back to [`DEFAULT_ADMIN_SOCKET`].
+    /// daemon. The file is parsed against the schema (a typo is still exit 2,
+    /// naming the line), but nothing else is read or validated: no Compose
+    /// file, no env file, so a CI user needs no access to secrets and a flip
+    /// stays quick. `Ok(None)` when the file cannot be read (missing, or not
+    /// readable by this user): the caller falls back to
+    /// [`DEFAULT_ADMIN_SOCKET`].
     pub fn admin_socket_of(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
         let Ok(text) = std::fs::read_to_string(path) else {
             return Ok(None);
         };
-        let table: toml::Table = toml::from_str(&text).map_err(|e| {
-            let (line, column) = e.span().map(|span| line_col(&text, span.start)).unwrap_or((1, 1));
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }
-        })?;
-        let socket = match table.get("proxy").and_then(|p| p.get("admin_socket")) {
-            None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
-            Some(toml::Value::String(s)) => PathBuf::from(s),
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    key: "proxy.admin_socket".into(),
-                    message: "must be a path string".into(),
-                })
-            }
-        };
-        Ok(Some(join_relative(path.parent().unwrap_or(Path::new(".")), &socket)))
+        let config = Config::parse(path, &text)?;
+        Ok(Some(config.resolve(&config.proxy.admin_socket)))
     }
 
     /// A path from the config, relative to the config file's directory.
@@ -452,6 +468,19 @@ pub fn join_relative(dir: &Path, p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Deserialize TOML `text` read from `path`; errors name the line and column.
+fn from_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|span| line_col(text, span.start)).unwrap_or((1, 1));
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })
 }
 
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -520,6 +549,28 @@ health = { path = "/up", healthy_threshold = 2 }
     fn missing_field_is_reported() {
         let err = parse(&GOOD.replace("name = \"web\"", "")).unwrap_err().to_string();
         assert!(err.contains("missing field `name`"), "{err}");
+    }
+
+    #[test]
+    fn deploy_watch_and_notify_parse_and_are_checked() {
+        let text = GOOD.replace(
+            "timeout = \"30s\"",
+            "timeout = \"30s\"\n[deploy.watch]\nwindow = \"60s\"\nmax_5xx_ratio = 0.05",
+        );
+        let c = parse(&text).unwrap();
+        let w = c.deploy.watch.unwrap();
+        assert_eq!(
+            (w.window, w.max_5xx_ratio, w.min_requests),
+            (Duration::from_secs(60), 0.05, 20)
+        );
+        assert!(parse(GOOD).unwrap().deploy.watch.is_none(), "no section, no watch");
+        let err = parse(&text.replace("0.05", "1.5")).unwrap_err().to_string();
+        assert!(err.contains("deploy.watch.max_5xx_ratio"), "{err}");
+        let notify = format!("{GOOD}\n[[notify]]\nkind = \"webhook\"\nurl = \"ftp://x\"\n");
+        let err = parse(&notify).unwrap_err().to_string();
+        assert!(err.contains("notify[0].url"), "{err}");
+        let notify = notify.replace("ftp://x", "https://hooks.example.org/x");
+        assert_eq!(parse(&notify).unwrap().notify.len(), 1);
     }
 
     #[test]

@@ -28,6 +28,14 @@ impl Config {
         if self.proxy.listen.is_empty() {
             return Err(invalid("proxy.listen".into(), "needs at least one address".into()));
         }
+        for (i, cidr) in self.proxy.trusted_proxies.iter().enumerate() {
+            if let Err(e) = cidr.parse::<switchctl_proxy::Cidr>() {
+                return Err(invalid(format!("proxy.trusted_proxies[{i}]"), e.to_string()));
+            }
+        }
+        if let Some(tls) = &self.proxy.tls {
+            tls.check(self).map_err(|(key, message)| invalid(key, message))?;
+        }
         if self.services.is_empty() {
             return Err(invalid(
                 "service".into(),
@@ -44,6 +52,31 @@ impl Config {
             return Err(invalid("deploy.timeout".into(), "must be greater than 0".into()));
         }
         self.check_bounds()?;
+        if let Some(watch) = &self.deploy.watch {
+            if watch.window.is_zero() {
+                return Err(invalid("deploy.watch.window".into(), "must be greater than 0".into()));
+            }
+            if !(0.0..=1.0).contains(&watch.max_5xx_ratio) {
+                return Err(invalid(
+                    "deploy.watch.max_5xx_ratio".into(),
+                    "must be between 0 and 1 (0.05 flips back past 5% of 5xx)".into(),
+                ));
+            }
+            if watch.min_requests == 0 {
+                return Err(invalid(
+                    "deploy.watch.min_requests".into(),
+                    "must be at least 1: a ratio over no request means nothing".into(),
+                ));
+            }
+        }
+        if let Err(e) = crate::notify::validate_all(&self.notify) {
+            let key = e.key().unwrap_or_else(|| "notify".into());
+            let message = match &e {
+                crate::notify::NotifyError::Invalid { invalid, .. } => invalid.message.clone(),
+                other => other.to_string(),
+            };
+            return Err(invalid(key, message));
+        }
         for (i, s) in self.services.iter().enumerate() {
             let at = |key: &str| {
                 let line =
@@ -162,6 +195,9 @@ impl Config {
         duration("deploy.health_check_interval", d.health_check_interval, MAX_INTERVAL)?;
         duration("deploy.stop_timeout", d.stop_timeout, MAX_TIMEOUT)?;
         number("deploy.keep_images", d.keep_images, MAX_KEEP_IMAGES)?;
+        if let Some(w) = &d.watch {
+            duration("deploy.watch.window", w.window, MAX_TIMEOUT)?;
+        }
         duration("proxy.drain_timeout", p.drain_timeout, MAX_TIMEOUT)?;
         duration("proxy.header_read_timeout", p.header_read_timeout, MAX_TIMEOUT)?;
         duration("proxy.idle_timeout", p.idle_timeout, MAX_TIMEOUT)?;

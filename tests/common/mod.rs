@@ -81,6 +81,10 @@ pub struct Daemon {
     /// A listening socket handed to every daemon start as systemd would
     /// (fd 3, `LISTEN_FDS=1`): it outlives the daemon, like a socket unit.
     pub inherited: Option<std::net::TcpListener>,
+    /// Daemons started by `switchctl upgrade` (not our children), killed on drop.
+    successors: Mutex<Vec<i32>>,
+    /// The binary the daemon is started from.
+    pub exe: PathBuf,
 }
 
 impl Daemon {
@@ -91,6 +95,20 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra top-level keys (e.g. `compose = ...`).
     pub fn start_with(top: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
+        Daemon::start_with_proxy(top, "", driver, deploy, services)
+    }
+
+    /// As [`Daemon::start_with`], with extra `[proxy]` keys (e.g. `metrics_listen`).
+    pub fn start_with_proxy(top: &str, proxy: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
+        let mut d = Daemon::configure(top, proxy, driver, deploy, services);
+        d.spawn();
+        d
+    }
+
+    /// Write the config (`proxy` adds keys and tables after `[proxy]`'s
+    /// own, e.g. `[proxy.tls]`) without starting the daemon: call
+    /// [`Daemon::spawn`] once what it needs is up.
+    pub fn configure(top: &str, proxy: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
         let dir = tempfile::Builder::new().prefix("switchctl-test-").tempdir().unwrap();
         let port = free_port();
         let socket = dir.path().join("admin.sock");
@@ -107,6 +125,7 @@ listen = ["127.0.0.1:{port}"]
 admin_socket = "{socket}"
 drain_timeout = "10s"
 workers = 2
+{proxy}
 
 [deploy]
 health_check_interval = "100ms"
@@ -118,7 +137,7 @@ stop_timeout = "3s"
             ),
         )
         .unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             config,
             socket,
@@ -127,9 +146,9 @@ stop_timeout = "3s"
             seen_pids: Mutex::new(Vec::new()),
             daemon_env: Vec::new(),
             inherited: None,
-        };
-        d.spawn();
-        d
+            successors: Mutex::new(Vec::new()),
+            exe: PathBuf::from(switchctl()),
+        }
     }
 
     /// As [`Daemon::start`], but the public socket is created here and
@@ -152,7 +171,7 @@ stop_timeout = "3s"
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        let mut cmd = Command::new(switchctl());
+        let mut cmd = Command::new(&self.exe);
         cmd.arg("--config")
             .arg(&self.config)
             .arg("proxy")
@@ -219,6 +238,13 @@ stop_timeout = "3s"
         }
     }
 
+    /// Send `sig` to the daemon process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            signal(c.id() as i32, sig);
+        }
+    }
+
     /// SIGTERM the daemon and wait for it; returns its exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         self.remember_pids();
@@ -233,6 +259,27 @@ stop_timeout = "3s"
         }
         let _ = c.kill();
         let _ = c.wait();
+        None
+    }
+
+    /// The daemon started by `switchctl upgrade` as `pid` now serves: stop
+    /// it on drop too.
+    pub fn follow(&self, pid: i32) {
+        self.successors.lock().unwrap().push(pid);
+    }
+
+    /// Wait for the daemon process this harness started to exit (after an
+    /// upgrade it drains, then exits); its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         None
     }
 
@@ -312,6 +359,9 @@ stop_timeout = "3s"
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        for pid in self.successors.lock().unwrap().iter() {
+            signal(*pid, 9);
+        }
         // Upstreams live in their own process groups: stop every group seen.
         for pid in self.seen_pids.lock().unwrap().iter() {
             signal(-pid, 9);
@@ -386,6 +436,8 @@ pub struct LoadReport {
     pub sent: u64,
     pub failed: usize,
     pub failures: Vec<String>,
+    /// Every failure, counted by its text.
+    pub failure_kinds: BTreeMap<String, u64>,
     pub bodies: BTreeMap<String, u64>,
 }
 
@@ -393,7 +445,17 @@ const LOAD_MAX_REQUESTS: u64 = 3_000_000;
 const LOAD_MAX_TIME: Duration = Duration::from_secs(240);
 
 impl Load {
+    /// `clients` keep-alive connections.
     pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        Load::start_with(addr, clients, false)
+    }
+
+    /// `clients` loops that open a new connection for every request.
+    pub fn start_fresh(addr: SocketAddr, clients: usize) -> Load {
+        Load::start_with(addr, clients, true)
+    }
+
+    fn start_with(addr: SocketAddr, clients: usize, fresh: bool) -> Load {
         let mut load = Load {
             stop: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(AtomicU64::new(0)),
@@ -455,6 +517,11 @@ impl Load {
                                 continue 'connect;
                             }
                         }
+                        if fresh {
+                            // Paced: each closed connection holds a port in TIME_WAIT.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue 'connect;
+                        }
                     }
                     return;
                 }
@@ -470,7 +537,12 @@ impl Load {
             let _ = t.await;
         }
         let failures = self.failures.lock().unwrap().clone();
+        let mut failure_kinds = BTreeMap::new();
+        for f in &failures {
+            *failure_kinds.entry(f.trim().to_string()).or_default() += 1;
+        }
         LoadReport {
+            failure_kinds,
             sent: self.sent.load(Ordering::Relaxed),
             failed: failures.len(),
             failures: failures.into_iter().take(10).collect(),
