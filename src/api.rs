@@ -140,6 +140,9 @@ pub struct ColorStatus {
     pub in_flight: usize,
     /// `running`, or how it ended
     pub state: String,
+    /// times supervision restarted it since the daemon started
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 /// The driver in `status`.

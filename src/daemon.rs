@@ -124,6 +124,7 @@ pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Hando
         let controller = controller.clone();
         async move { controller.recover().await }
     });
+    tokio::spawn(controller.clone().supervise(shutdown.clone()));
     if let Some(listener) = metrics_listener {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(metrics = %addr, "Prometheus metrics at http://{addr}/metrics");

@@ -222,3 +222,181 @@ async fn a_second_daemon_on_the_same_state_dir_refuses_to_start_naming_the_first
     assert!(err.contains("state_dir") && err.contains("pid"), "{err}");
     assert_eq!(d.status().await["operation"], serde_json::Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_deploy_keeps_the_warm_standby_for_flip_back() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let load = Load::start(d.proxy, 4);
+    // v3 never gets healthy, v4 exits at start: both fail before the flip.
+    for bad in ["v3", "v4"] {
+        let out = d.cli_env(&["deploy", bad], &[("DEPLOY_TIMEOUT", "2")]).await;
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let status = d.status().await;
+        assert_eq!(status["active"]["tag"], "v2", "{status}");
+        assert_eq!(status["standby"]["color"], "blue", "after {bad}: {status}");
+        assert_eq!(status["standby"]["tag"], "v1", "after {bad}: {status}");
+        assert_eq!(status["services"][0]["blue"]["healthy"], true, "{status}");
+    }
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+}
+
+/// A daemon whose upstreams answer their health check only after 1 s.
+fn slow_daemon(deploy: &str) -> Daemon {
+    Daemon::start("process", deploy, &process_service("web", r#"HEALTHY_AFTER = "1""#))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_message_claims_a_standby_that_does_not_run() {
+    let d = slow_daemon("timeout = \"30s\"");
+    deploy_ok(&d, "v1").await;
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        !said.contains("standby = \"stop\""),
+        "wrong reason with standby = keep: {said}"
+    );
+    assert!(said.contains("no earlier release runs in green"), "{said}");
+
+    // The old color dies during the deploy that flips away from it (while
+    // an operation runs, supervision leaves the upstreams alone).
+    let v1 = d.pids()[0];
+    let deploy = {
+        let (config, exe) = (d.config.clone(), common::switchctl());
+        tokio::spawn(async move {
+            tokio::process::Command::new(exe)
+                .arg("--config")
+                .arg(config)
+                .args(["deploy", "v2"])
+                .env("NO_COLOR", "1")
+                .output()
+                .await
+                .unwrap()
+        })
+    };
+    common::wait_for("the deploy's health phase", Duration::from_secs(20), || async {
+        d.status().await["operation"]["phase"] == "health"
+    })
+    .await;
+    common::signal(-v1, 9);
+    let out = deploy.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(!said.contains("kept running as standby"), "{said}");
+    assert!(said.contains("is not running"), "{said}");
+    assert!(d.status().await["standby"].is_null());
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no earlier release runs in blue"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_answers_while_a_standby_is_slow_to_stop() {
+    // An upstream whose group ignores SIGTERM: stopping it takes the whole
+    // stop_timeout (3 s in the harness).
+    let service = format!(
+        r#"
+[[service]]
+name = "web"
+command = ["sh", "-c", "trap '' TERM; {exe} --bind 127.0.0.1 --port {{port}} --version {{tag}} & while true; do sleep 1; done"]
+health = {{ path = "/health", timeout = "1s" }}
+"#,
+        exe = common::testapp().display()
+    );
+    let d = Daemon::start("process", "timeout = \"30s\"", &service);
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let deploy = {
+        let (config, exe) = (d.config.clone(), common::switchctl());
+        tokio::spawn(async move {
+            tokio::process::Command::new(exe)
+                .arg("--config")
+                .arg(config)
+                .args(["deploy", "v3"])
+                .output()
+                .await
+                .unwrap()
+        })
+    };
+    // `status` reads the operation after the state: had it waited for the
+    // state lock across the stop, it could not see the `prepare` phase.
+    let mut saw_prepare = false;
+    while !deploy.is_finished() && !saw_prepare {
+        let status = d.status().await;
+        saw_prepare = status["operation"]["phase"] == "prepare";
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = deploy.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(saw_prepare, "status never answered during the standby's stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_active_upstream_is_restarted_and_counted_in_status() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let v1 = d.pids()[0];
+    common::signal(-v1, 9);
+    common::wait_for("v1 restarted and served", Duration::from_secs(30), || async {
+        !common::alive(v1) && d.get("/").await == (200, "v1\n".into())
+    })
+    .await;
+    let status = d.status().await;
+    let blue = &status["services"][0]["blue"];
+    assert_eq!(blue["restarts"], 1, "{status}");
+    assert_eq!(blue["state"], "running", "{status}");
+    assert_eq!(status["active"]["tag"], "v1", "{status}");
+    assert!(!d.pids().contains(&v1), "the state records the new process");
+    assert!(d.log().contains("restarted"), "logged as an event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_to_standby_serves_from_the_standby_while_the_active_restarts() {
+    let d = slow_daemon("timeout = \"30s\"\nfailover_to_standby = true");
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    let green = d.state()["colors"]["green"]["services"]["web"]["handle"]["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    common::signal(-green, 9);
+    // The restarted v2 needs 1 s to be healthy: meanwhile v1 serves.
+    common::wait_for("the standby to take the traffic", Duration::from_secs(20), || async {
+        d.get("/").await == (200, "v1\n".into())
+    })
+    .await;
+    common::wait_for(
+        "the restarted active color to serve again",
+        Duration::from_secs(30),
+        || async { d.get("/").await == (200, "v2\n".into()) },
+    )
+    .await;
+    let status = d.status().await;
+    assert_eq!(status["active"]["tag"], "v2", "{status}");
+    assert_eq!(status["services"][0]["green"]["restarts"], 1, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_write_that_fails_before_the_flip_refuses_the_deploy_with_routes_unchanged() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    // The next state write cannot create its temporary file.
+    let blocker = state_file(&d, "state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let load = Load::start(d.proxy, 4);
+    let out = d.cli(&["deploy", "v2"]).await;
+    let report = load.stop().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot write state file"), "{}", text(&out));
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.bodies.keys().collect::<Vec<_>>(), ["v1"], "{report:?}");
+    assert_eq!(d.status().await["active"]["tag"], "v1");
+    std::fs::remove_dir(&blocker).unwrap();
+    deploy_ok(&d, "v2").await;
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+}

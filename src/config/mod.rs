@@ -196,6 +196,9 @@ pub struct DeploySection {
     /// Time an upstream gets between SIGTERM and SIGKILL.
     #[serde(with = "humantime_serde")]
     pub stop_timeout: Duration,
+    /// While an active upstream is down (and being restarted), send its
+    /// traffic to the healthy warm standby.
+    pub failover_to_standby: bool,
     /// The post-flip watch (`[deploy.watch]`); none when absent.
     pub watch: Option<WatchConfig>,
 }
@@ -227,6 +230,7 @@ impl Default for DeploySection {
             standby: StandbyPolicy::Keep,
             keep_images: 3,
             stop_timeout: Duration::from_secs(10),
+            failover_to_standby: false,
             watch: None,
         }
     }

@@ -195,6 +195,9 @@ impl Config {
         duration("deploy.health_check_interval", d.health_check_interval, MAX_INTERVAL)?;
         duration("deploy.stop_timeout", d.stop_timeout, MAX_TIMEOUT)?;
         number("deploy.keep_images", d.keep_images, MAX_KEEP_IMAGES)?;
+        if let Some(w) = &d.watch {
+            duration("deploy.watch.window", w.window, MAX_TIMEOUT)?;
+        }
         duration("proxy.drain_timeout", p.drain_timeout, MAX_TIMEOUT)?;
         duration("proxy.header_read_timeout", p.header_read_timeout, MAX_TIMEOUT)?;
         duration("proxy.idle_timeout", p.idle_timeout, MAX_TIMEOUT)?;

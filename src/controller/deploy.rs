@@ -75,6 +75,9 @@ pub struct Deploy {
     deadline: tokio::time::Instant,
     record: Record,
     reporter: Reporter,
+    /// The standby `prepare` stopped to make room: restarted if the deploy
+    /// fails, so that `flip back` works exactly as before it.
+    displaced: Option<Release>,
 }
 
 impl Deploy {
@@ -104,6 +107,7 @@ impl Deploy {
             tag,
             idle,
             reporter,
+            displaced: None,
         }
     }
 
@@ -188,19 +192,27 @@ impl Deploy {
         Ok(())
     }
 
-    /// Make room in the idle color (it may hold an old standby) and record
-    /// the deploy as pending, so a crash from here on is undone at restart.
-    async fn prepare(&self) -> Result<(), Failure> {
+    /// Make room in the idle color (it may hold an old standby, restarted
+    /// if the deploy fails) and record the deploy as pending, so a crash from
+    /// here on is undone at restart. The state lock is not held while the
+    /// standby stops (`status` must not wait for `stop_timeout`); the
+    /// operation lock keeps anyone else from changing the state meanwhile.
+    async fn prepare(&mut self) -> Result<(), Failure> {
         self.op.phase(Phase::Prepare);
-        let mut state = self.controller.state.lock().await;
-        if let Some(old) = state.colors.get(&self.idle).cloned() {
+        let old = self.controller.state.lock().await.colors.get(&self.idle).cloned();
+        if let Some(old) = old {
             self.reporter.info(
                 Phase::Prepare,
                 None,
-                format!("stopping standby {} ({}) to make room", self.idle, old.tag),
+                format!(
+                    "stopping standby {} ({}) to make room; it is restarted if this deploy fails",
+                    self.idle, old.tag
+                ),
             );
             self.controller.stop_release(&old, &self.config, &self.reporter).await;
+            self.displaced = Some(old);
         }
+        let mut state = self.controller.state.lock().await;
         state.begin(self.idle, &self.tag);
         self.controller.save(&state).await.map_err(Failure::new)
     }
@@ -208,11 +220,16 @@ impl Deploy {
     /// Start every service of the new color, each recorded as it exists.
     async fn start(&self) -> Result<(), Failure> {
         self.op.phase(Phase::Start);
+        self.start_release(&self.tag).await
+    }
+
+    /// Start every service of the idle color at `tag`, recording each.
+    async fn start_release(&self, tag: &str) -> Result<(), Failure> {
         for service in &self.config.services {
             let spec = StartSpec {
                 service,
                 color: self.idle,
-                tag: &self.tag,
+                tag,
                 config: &self.config,
             };
             let upstream = self.controller.driver.start(&spec).await.map_err(Failure::new)?;
@@ -232,6 +249,14 @@ impl Deploy {
     /// fails, or the deadline passes. Returns the release to flip to.
     async fn health(&mut self) -> Result<Release, Failure> {
         self.op.phase(Phase::Health);
+        let release = self.wait_healthy(self.deadline).await?;
+        self.record.ready_ms = Some(ms(self.record.started.elapsed()));
+        Ok(release)
+    }
+
+    /// Health-check every upstream of the idle color until `deadline`;
+    /// the first failure ends the wait.
+    async fn wait_healthy(&self, deadline: tokio::time::Instant) -> Result<Release, Failure> {
         let release = self
             .controller
             .state
@@ -253,7 +278,7 @@ impl Deploy {
                 addr: upstream.addr,
                 health: &service.health,
                 interval: self.config.deploy.health_check_interval,
-                deadline: self.deadline,
+                deadline,
                 reporter: &self.reporter,
                 service: &service.name,
             };
@@ -276,11 +301,10 @@ impl Deploy {
         // checks are dropped rather than waited for.
         if let Err((service, why)) = futures_util::future::try_join_all(checks).await {
             return Err(Failure {
-                reason: format!("{service} ({}, {}) is not healthy: {why}", self.idle, self.tag),
+                reason: format!("{service} ({}, {}) is not healthy: {why}", self.idle, release.tag),
                 service: Some(service),
             });
         }
-        self.record.ready_ms = Some(ms(self.record.started.elapsed()));
         Ok(release)
     }
 
@@ -474,8 +498,69 @@ impl Deploy {
             None => "no release is active".into(),
         };
         drop(state);
+        if let Some(standby) = &self.displaced {
+            self.restore_standby(standby).await;
+        }
         let msg = format!("deploy of {} rolled back: {}; {serving}", self.tag, failure.reason);
         self.finish(Outcome::RolledBack, Some(failure.reason), msg).await
+    }
+
+    /// After a failed deploy, start again the standby `prepare` stopped, so
+    /// `flip back` works as it did before the deploy. It is pending while it
+    /// starts (a crash undoes it) and a standby once healthy.
+    async fn restore_standby(&self, standby: &Release) {
+        let (idle, reporter, controller) = (self.idle, &self.reporter, &self.controller);
+        reporter.info(
+            Phase::Standby,
+            None,
+            format!(
+                "restarting standby {idle} ({}) so that `flip back` works as before",
+                standby.tag
+            ),
+        );
+        {
+            let mut state = controller.state.lock().await;
+            state.begin(idle, &standby.tag);
+            if let Err(e) = controller.save(&state).await {
+                state.abandon(idle);
+                reporter.warn(Phase::Standby, None, format!("standby {idle} not restarted: {e}"));
+                return;
+            }
+        }
+        let started = match self.start_release(&standby.tag).await {
+            Ok(()) => self.wait_healthy(deadline_after(self.config.deploy.timeout)).await,
+            Err(f) => Err(f),
+        };
+        let mut state = controller.state.lock().await;
+        match started {
+            Ok(_) => {
+                state.settle(idle);
+                reporter.success(
+                    Phase::Standby,
+                    None,
+                    format!("standby {idle} ({}) is running again", standby.tag),
+                );
+            }
+            Err(failure) => {
+                if let Some(release) = state.abandon(idle) {
+                    drop(state);
+                    controller.stop_release(&release, &self.config, reporter).await;
+                    state = controller.state.lock().await;
+                }
+                reporter.warn(
+                    Phase::Standby,
+                    None,
+                    format!(
+                        "standby {idle} ({}) could not be restarted ({}); `flip back` is not available, \
+                         `switchctl rollback` redeploys the previous release",
+                        standby.tag, failure.reason
+                    ),
+                );
+            }
+        }
+        if let Err(e) = controller.save(&state).await {
+            reporter.warn(Phase::Standby, None, e.to_string());
+        }
     }
 
     /// Record the deploy in history and send the final event.

@@ -13,6 +13,7 @@ use super::routing::route_table;
 use super::{Controller, OperationGuard};
 use crate::api::ColorTag;
 use crate::config::{Config, StandbyPolicy};
+use crate::driver::RunState;
 use crate::release::{Color, Release};
 
 impl Controller {
@@ -108,14 +109,46 @@ impl Controller {
     pub(super) async fn retire(&self, old: Option<(Color, Release)>, config: &Config, reporter: &Reporter) {
         let Some((color, release)) = old else { return };
         match config.deploy.standby {
-            StandbyPolicy::Keep => reporter.info(
-                Phase::Standby,
-                None,
-                format!(
-                    "{color} ({}) kept running as standby: `switchctl flip back` returns to it at once",
-                    release.tag
-                ),
-            ),
+            StandbyPolicy::Keep => {
+                // Claim a standby only if the driver says it runs.
+                let mut down = Vec::new();
+                for (service, up) in &release.services {
+                    match self.driver.state(&up.handle).await {
+                        RunState::Running { .. } => {}
+                        RunState::Exited { reason } | RunState::Unknown { reason } => {
+                            down.push(format!("{service}: {reason}"))
+                        }
+                        RunState::Missing => down.push(format!("{service}: gone")),
+                    }
+                }
+                if down.is_empty() {
+                    reporter.info(
+                        Phase::Standby,
+                        None,
+                        format!(
+                            "{color} ({}) kept running as standby: `switchctl flip back` returns to it at once",
+                            release.tag
+                        ),
+                    );
+                    return;
+                }
+                reporter.warn(
+                    Phase::Standby,
+                    None,
+                    format!(
+                        "{color} ({}) is not running ({}): there is no standby to flip back to; \
+                         `switchctl rollback` redeploys it",
+                        release.tag,
+                        down.join("; ")
+                    ),
+                );
+                self.stop_release(&release, config, reporter).await;
+                let mut state = self.state.lock().await;
+                state.retire(color);
+                if let Err(e) = self.save(&state).await {
+                    reporter.warn(Phase::Standby, None, e.to_string());
+                }
+            }
             StandbyPolicy::Stop => {
                 self.stop_release(&release, config, reporter).await;
                 let mut state = self.state.lock().await;
@@ -140,9 +173,18 @@ impl Controller {
             (state.standby_release().map(|(c, r)| (c, r.clone())), from)
         };
         let Some((color, release)) = standby else {
+            let why = match (from.is_some(), config.deploy.standby) {
+                (false, _) => "nothing has been deployed yet".to_string(),
+                (true, StandbyPolicy::Stop) => {
+                    "the previous color was stopped after the flip (standby = \"stop\")".to_string()
+                }
+                (true, StandbyPolicy::Keep) => format!(
+                    "no earlier release runs in {} (none was deployed there, or it exited or was removed)",
+                    from.as_ref().map_or(Color::Green, |f| f.color.other())
+                ),
+            };
             let msg =
-                "no standby to flip back to: the previous color was stopped (standby = \"stop\") or never deployed; \
-                       use `switchctl rollback` to redeploy the previous release";
+                format!("no standby to flip back to: {why}; use `switchctl rollback` to redeploy the previous release");
             reporter.send(Event::done(Outcome::Refused, msg));
             return Outcome::Refused;
         };

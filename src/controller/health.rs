@@ -115,7 +115,7 @@ impl HealthCheck<'_> {
     pub async fn wait(&self) -> Result<(), Unhealthy> {
         let mut good = 0u32;
         let mut last;
-        let mut last_report: Option<Instant> = None;
+        let mut last_report: Option<(Instant, String)> = None;
         let mut wait = FIRST_RETRY.min(self.interval);
         loop {
             let container_health = match self.driver.state(self.handle).await {
@@ -152,10 +152,16 @@ impl HealthCheck<'_> {
                 }
             }
             // Say what is going on now and then, not on every probe.
-            if good == 0 && last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+            // ...and at once when the reason changes (e.g. from "connection
+            // refused" to "Docker HEALTHCHECK still starting").
+            if good == 0
+                && last_report
+                    .as_ref()
+                    .is_none_or(|(t, said)| t.elapsed() >= REPORT_EVERY || *said != last)
+            {
                 self.reporter
                     .warn(Phase::Health, Some(self.service), format!("not healthy yet: {last}"));
-                last_report = Some(Instant::now());
+                last_report = Some((Instant::now(), last.clone()));
             }
             let next = Instant::now() + wait;
             wait = next_wait(wait, self.interval);

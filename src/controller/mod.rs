@@ -12,6 +12,7 @@
 //! | [`recover`] | what a daemon start finishes of an interrupted deploy |
 //! | [`status`] | the `status` report |
 //! | [`stop`] | stopping a release, or everything |
+//! | [`supervise`] | restarting the active color's upstreams that exit; failover to the standby |
 //! | [`routing`] | route tables and the shared upstream set |
 //! | [`watch`] | the post-flip watch: the new color's 5xx ratio, and the flip back |
 //! | [`counters`] | operation counters for metrics |
@@ -31,6 +32,7 @@ pub mod routing;
 pub mod state;
 pub mod status;
 pub mod stop;
+pub mod supervise;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -60,6 +62,8 @@ pub struct Controller {
     operation: Mutex<Option<OperationInfo>>,
     upstreams: Arc<UpstreamSet>,
     problems: Mutex<Vec<String>>,
+    /// Restarts by supervision, per color and service (shown by `status`).
+    restarts: Mutex<std::collections::HashMap<(crate::release::Color, String), u64>>,
     /// Cancelled once start-up recovery has finished.
     recovered: tokio_util::sync::CancellationToken,
     /// Sends outcomes to `[[notify]]` entries; rebuilt with the config.
@@ -118,6 +122,7 @@ impl Controller {
             operation: Mutex::new(None),
             upstreams,
             problems: Mutex::new(Vec::new()),
+            restarts: Mutex::new(std::collections::HashMap::new()),
             recovered: tokio_util::sync::CancellationToken::new(),
             acme: std::sync::OnceLock::new(),
         })

@@ -188,7 +188,11 @@ impl Controller {
         };
         let reporter = Reporter::silent();
         let config = self.config();
+        // The state lock is held only to change the state, never across a
+        // stop (`status` must not wait for `stop_timeout`); the operation
+        // lock keeps everyone else out meanwhile.
         let mut state = self.state.lock().await;
+        let mut to_stop = Vec::new();
         if state.pending.is_some() {
             let from = state.active_release().map(|(c, r)| ColorTag {
                 color: c,
@@ -207,11 +211,15 @@ impl Controller {
                         release.tag
                     ),
                 );
-                self.stop_release(&release, &config, &reporter).await;
+                to_stop.push(release);
             }
             if let Err(e) = self.save(&state).await {
                 reporter.error(Phase::Recover, None, e.to_string());
             }
+        }
+        let state = state.clone();
+        for release in &to_stop {
+            self.stop_release(release, &config, &reporter).await;
         }
         match self.driver.orphans(&state.handles()).await {
             Ok(orphans) => {

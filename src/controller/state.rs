@@ -72,6 +72,14 @@ impl State {
         old
     }
 
+    /// The release starting in `color` is ready but not routed: no longer
+    /// pending, it is the warm standby.
+    pub fn settle(&mut self, color: Color) {
+        if self.pending == Some(color) {
+            self.pending = None;
+        }
+    }
+
     /// The pending deploy in `color` failed: forget its release (its
     /// upstreams must have been stopped). A color that is not pending is
     /// left alone.

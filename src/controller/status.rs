@@ -56,6 +56,13 @@ impl Controller {
                         healthy: health::probe(rec.addr, &quick).await.is_ok(),
                         in_flight: self.upstreams.in_flight(rec.addr),
                         state: run,
+                        restarts: self
+                            .restarts
+                            .lock()
+                            .expect("restarts lock")
+                            .get(&(*color, name.clone()))
+                            .copied()
+                            .unwrap_or(0),
                     };
                     (name.clone(), *color, status)
                 })

@@ -34,8 +34,16 @@ impl Controller {
         let reporter = Reporter::silent();
         let mut state = self.state.lock().await;
         self.proxy.swap(route_table(&config, None, &self.upstreams));
+        let releases = state.clear();
+        if let Err(e) = self.save(&state).await {
+            // The upstreams are stopped whatever the file says; recovery at
+            // the next start reports them missing.
+            tracing::warn!(error = %e, "stopping every upstream but could not save the state");
+        }
+        // Not under the state lock: `status` answers while they stop.
+        drop(state);
         let mut stopped = Vec::new();
-        for (color, release) in state.clear() {
+        for (color, release) in releases {
             self.stop_release(&release, &config, &reporter).await;
             stopped.extend(
                 release
@@ -43,11 +51,6 @@ impl Controller {
                     .keys()
                     .map(|s| format!("{s} ({color}, {})", release.tag)),
             );
-        }
-        if let Err(e) = self.save(&state).await {
-            // The upstreams are gone whatever the file says; recovery at the
-            // next start reports them missing.
-            tracing::warn!(error = %e, "stopped every upstream but could not save the state");
         }
         Ok(StopAllAnswer { stopped })
     }

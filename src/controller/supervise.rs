@@ -1,0 +1,234 @@
+//! Supervision of the active color: an upstream that exits (a crashed
+//! process, a container that died or was removed) is started again, with
+//! backoff, at the same tag, health-checked, recorded and routed to; each
+//! restart is logged and counted in `status`. With
+//! `deploy.failover_to_standby`, traffic for a service that is down goes to
+//! a healthy warm standby until the active one is back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::event::{Phase, Reporter};
+use super::health::{self, HealthCheck};
+use super::routing::route_table;
+use super::Controller;
+use crate::config::Config;
+use crate::driver::{RunState, StartSpec};
+use crate::release::{Color, Release};
+
+/// How often the active color is looked at.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// The first wait before a failed restart is tried again; it doubles.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two restart attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Restart attempts of one service of one color.
+#[derive(Debug, Clone, Copy)]
+struct Attempts {
+    next: Instant,
+    backoff: Duration,
+}
+
+/// The wait after a failed attempt that waited `backoff`.
+fn next_backoff(backoff: Duration) -> Duration {
+    backoff.saturating_mul(2).min(MAX_BACKOFF)
+}
+
+impl Controller {
+    /// Watch the active color until `shutdown`.
+    pub async fn supervise(self: Arc<Self>, shutdown: CancellationToken) {
+        self.recovered().await;
+        let mut attempts: HashMap<String, Attempts> = HashMap::new();
+        let mut failed_over = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+            // An operation in progress owns the upstreams.
+            if self.operation.lock().expect("operation lock").is_some() {
+                continue;
+            }
+            let (active, standby) = {
+                let state = self.state.lock().await;
+                if state.pending.is_some() || state.flipping_to.is_some() {
+                    continue;
+                }
+                (
+                    state.active_release().map(|(c, r)| (c, r.clone())),
+                    state.standby_release().map(|(c, r)| (c, r.clone())),
+                )
+            };
+            let Some((color, release)) = active else { continue };
+            let config = self.config();
+            let mut down = Vec::new();
+            for (service, up) in &release.services {
+                if matches!(
+                    self.driver.state(&up.handle).await,
+                    RunState::Exited { .. } | RunState::Missing
+                ) {
+                    down.push(service.clone());
+                }
+            }
+            attempts.retain(|s, _| down.contains(s));
+            if down.is_empty() {
+                if failed_over {
+                    self.proxy.swap(route_table(&config, Some(&release), &self.upstreams));
+                    failed_over = false;
+                }
+                continue;
+            }
+            if config.deploy.failover_to_standby && !failed_over {
+                failed_over = self.fail_over(&config, &release, standby.as_ref(), &down).await;
+            }
+            for service in down {
+                let now = Instant::now();
+                let entry = attempts.entry(service.clone()).or_insert(Attempts {
+                    next: now,
+                    backoff: FIRST_BACKOFF,
+                });
+                if entry.next > now {
+                    continue;
+                }
+                if self.restart(&config, color, &release, &service).await {
+                    attempts.remove(&service);
+                    failed_over = false;
+                } else {
+                    entry.next = Instant::now() + entry.backoff;
+                    entry.backoff = next_backoff(entry.backoff);
+                }
+            }
+        }
+    }
+
+    /// Send the services in `down` to the healthy standby; true if done.
+    async fn fail_over(
+        &self,
+        config: &Config,
+        active: &Release,
+        standby: Option<&(Color, Release)>,
+        down: &[String],
+    ) -> bool {
+        let Some((standby_color, standby)) = standby else {
+            return false;
+        };
+        let mut mixed = active.clone();
+        for name in down {
+            let (Some(up), Some(service)) = (standby.services.get(name), config.service(name)) else {
+                return false;
+            };
+            if health::probe(up.addr, &service.health).await.is_err() {
+                return false;
+            }
+            mixed.services.insert(name.clone(), up.clone());
+        }
+        self.proxy.swap(route_table(config, Some(&mixed), &self.upstreams));
+        tracing::warn!(
+            phase = %Phase::Recover,
+            services = %down.join(", "),
+            "the active color is down: traffic goes to the standby {standby_color} ({}) until it is back (failover_to_standby)",
+            standby.tag
+        );
+        true
+    }
+
+    /// Start `service` of the active `color` again at its tag; true once it
+    /// is healthy, recorded and routed to.
+    async fn restart(self: &Arc<Self>, config: &Config, color: Color, release: &Release, service: &str) -> bool {
+        let Some(service_config) = config.service(service) else {
+            return false;
+        };
+        let Ok(_op) = self.try_begin("restart", Some(&release.tag)) else {
+            return false;
+        };
+        let reporter = Reporter::silent();
+        reporter.warn(
+            Phase::Recover,
+            Some(service),
+            format!("{service} ({color}, {}) is down; restarting it", release.tag),
+        );
+        if let Some(old) = release.services.get(service) {
+            // A container that died is removed first (its name is reused).
+            let _ = self.driver.stop(&old.handle, config.deploy.stop_timeout).await;
+            self.upstreams.remove(old.addr);
+        }
+        let spec = StartSpec {
+            service: service_config,
+            color,
+            tag: &release.tag,
+            config,
+        };
+        let upstream = match self.driver.start(&spec).await {
+            Ok(u) => u,
+            Err(e) => {
+                reporter.error(Phase::Recover, Some(service), format!("restart failed: {e}"));
+                return false;
+            }
+        };
+        let check = HealthCheck {
+            driver: &self.driver,
+            handle: &upstream.handle,
+            addr: upstream.addr,
+            health: &service_config.health,
+            interval: config.deploy.health_check_interval,
+            deadline: Instant::now() + config.deploy.timeout,
+            reporter: &reporter,
+            service,
+        };
+        if let Err(why) = check.wait().await {
+            reporter.error(Phase::Recover, Some(service), format!("restart failed: {why}"));
+            let _ = self.driver.stop(&upstream.handle, config.deploy.stop_timeout).await;
+            return false;
+        }
+        let mut state = self.state.lock().await;
+        if state.active != Some(color) {
+            // Traffic moved meanwhile; this upstream is not needed.
+            drop(state);
+            let _ = self.driver.stop(&upstream.handle, config.deploy.stop_timeout).await;
+            return false;
+        }
+        state.add_upstream(color, service, upstream);
+        if let Err(e) = self.save(&state).await {
+            reporter.error(Phase::Recover, Some(service), e.to_string());
+        }
+        let table = route_table(config, state.colors.get(&color), &self.upstreams);
+        self.proxy.swap(table);
+        drop(state);
+        let count = {
+            let mut restarts = self.restarts.lock().expect("restarts lock");
+            let n = restarts.entry((color, service.to_string())).or_default();
+            *n += 1;
+            *n
+        };
+        reporter.success(
+            Phase::Recover,
+            Some(service),
+            format!(
+                "{service} ({color}, {}) restarted and serving again (restart {count})",
+                release.tag
+            ),
+        );
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_attempts_back_off_up_to_a_minute() {
+        let mut b = FIRST_BACKOFF;
+        let mut seen = vec![b.as_secs()];
+        for _ in 0..8 {
+            b = next_backoff(b);
+            seen.push(b.as_secs());
+        }
+        assert_eq!(seen, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+}
