@@ -133,13 +133,17 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
     -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
 cat "$WORK/tls.crt" "$WORK/tls.key" > "$WORK/tls.pem"
-# switchctl with TLS on (1 worker): its idle RSS is the "TLS on" figure, its
-# plain listener takes the 10k idle connections (limits raised for them).
-SCT_TLS=$(free_port)
-SCT=$(clone_switchctl sct "workers = 1\nmax_connections = $((HOLD_CONNS + 1000))\nmax_connections_per_ip = 0" \
+# switchctl with TLS on (1 worker): sct's idle RSS is the "TLS on" figure and
+# it serves the TLS throughput runs; sch, the same, untouched until then,
+# takes the idle connections on its plain listener (limits raised for them).
+start_tls_switchctl() { # name tls-port -> prints plain port
+    clone_switchctl "$1" "workers = 1\nmax_connections = $((HOLD_CONNS + 1000))\nmax_connections_per_ip = 0" \
 "[proxy.tls]
-listen = [\"127.0.0.1:$SCT_TLS\"]
-certificates = [{ cert = \"$WORK/tls.crt\", key = \"$WORK/tls.key\" }]")
+listen = [\"127.0.0.1:$2\"]
+certificates = [{ cert = \"$WORK/tls.crt\", key = \"$WORK/tls.key\" }]"
+}
+SCT_TLS=$(free_port); SCT=$(start_tls_switchctl sct "$SCT_TLS")
+SCH_TLS=$(free_port); SCH=$(start_tls_switchctl sch "$SCH_TLS")
 
 start_nginx() { # workers -> port
     local w=$1 port; port=$(free_port)
@@ -334,7 +338,7 @@ echo "ready-to-flip done" >&2
 
 # Memory per idle keep-alive connection (benches/holdconns.py).
 HOLD=$WORK/hold.jsonl; : > "$HOLD"
-python3 benches/holdconns.py "$SCT" "$HOLD_CONNS" "$(cat "$WORK/sct.pid")" >> "$HOLD"
+python3 benches/holdconns.py "$SCH" "$HOLD_CONNS" "$(cat "$WORK/sch.pid")" >> "$HOLD"
 python3 benches/holdconns.py "$HAH" "$HOLD_CONNS" "$(cat "$WORK/haproxyh.pid")" >> "$HOLD"
 echo "idle connections done" >&2
 
