@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
 # Proxy benchmark: direct, nginx, HAProxy and switchctl side by side, in one
-# run, interleaved, at 1 and 2 worker threads each, against one upstream
-# (nginx answering a 13-byte body). Prints req/s, p50, p99 and errors, the
-# ratios to HAProxy at the same thread count, the flip-back latency and idle
-# memory. Everything listens on 127.0.0.1 only and is stopped at the end.
+# run, interleaved, at 1 and 2 worker threads each (and switchctl with its
+# default `workers`), against one upstream (nginx answering a 13-byte body),
+# plain HTTP and TLS (one ECDSA P-256 certificate made at run time). Prints
+# req/s, p50, p99 and errors, the ratios to HAProxy and nginx at the same
+# thread count, the flip-back latency (alone, and visible under load next to
+# HAProxy's runtime API and nginx's reload), ready-to-flip of a deploy,
+# idle memory (TLS on) and memory per idle keep-alive connection.
+# Everything listens on 127.0.0.1 only and is stopped at the end.
+# docs/benchmarks.md describes each measure.
 #
 #   benches/run.sh                 # 2 rounds of 10 s per target
 #   ROUNDS=3 DURATION=15 benches/run.sh
 #   SWITCHCTL_BIN=/tmp/switchctl-before benches/run.sh   # a given build
+#   ROUNDS=1 DURATION=2 FLIPS=5 READY_DEPLOYS=2 HOLD_CONNS=2000 benches/run.sh   # smoke run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
 FLIPS=${FLIPS:-20}
+READY_DEPLOYS=${READY_DEPLOYS:-5}
+HOLD_CONNS=${HOLD_CONNS:-10000}
+export CONNS
+
+# 10k idle connections need 10k descriptors in the client and in each proxy.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if (( $(ulimit -n) < HOLD_CONNS + 2000 )); then
+    echo "ulimit -n is $(ulimit -n): HOLD_CONNS=$HOLD_CONNS needs $((HOLD_CONNS + 2000)); raise the hard limit or lower HOLD_CONNS" >&2
+    exit 2
+fi
 
 need=()
-for tool in wrk:wrk nginx:nginx-light haproxy:haproxy; do
+for tool in wrk:wrk nginx:nginx-light haproxy:haproxy openssl:openssl python3:python3; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then
@@ -61,7 +77,7 @@ http {
     keepalive_requests 1000000;
     server {
         listen 127.0.0.1:PORT reuseport;
-        location / { return 200 "hello, world\n"; }
+        location / { add_header X-Color COLOR always; return 200 "hello, world\n"; }
     }
 }
 NGX
@@ -81,7 +97,7 @@ drain_timeout = "5s"
 health_check_interval = "100ms"
 [[service]]
 name = "web"
-command = ["sh", "-c", "sed s/PORT/{port}/g $WORK/upstream.tmpl > $dir/up-{port}.conf && exec nginx -e /dev/null -c $dir/up-{port}.conf"]
+command = ["sh", "-c", "sed -e s/PORT/{port}/g -e s/COLOR/{color}/g $WORK/upstream.tmpl > $dir/up-{port}.conf && exec nginx -e /dev/null -c $dir/up-{port}.conf"]
 health = { path = "/" }
 TOML
     "$BIN" --config "$dir/switchctl.toml" proxy >"$dir/daemon.log" 2>&1 &
@@ -97,15 +113,44 @@ SC1=$(start_switchctl sc1 1)
 "$BIN" --config "$WORK/sc1/switchctl.toml" deploy b2 >/dev/null
 UP=$("$BIN" --config "$WORK/sc1/switchctl.toml" status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); a=s["active"]["color"]; print(s["services"][0][a]["upstream"].split(":")[1])')
 
-# switchctl with 2 workers routes to the same upstream: copy the state.
-SC2_PORT=$(free_port); mkdir -p "$WORK/sc2/state"
-sed -e "s#$WORK/sc1#$WORK/sc2#g" -e "s/127.0.0.1:$SC1/127.0.0.1:$SC2_PORT/" -e 's/workers = 1/workers = 2/' \
-    "$WORK/sc1/switchctl.toml" > "$WORK/sc2/switchctl.toml"
-cp "$WORK/sc1/state/state.json" "$WORK/sc2/state/state.json"
-"$BIN" --config "$WORK/sc2/switchctl.toml" proxy >"$WORK/sc2/daemon.log" 2>&1 &
-echo $! > "$WORK/sc2.pid"
-for _ in $(seq 1 100); do [[ -S $WORK/sc2/admin.sock ]] && break; sleep 0.05; done
-SC2=$SC2_PORT
+# Upstream ports of both colors (the switching measures alternate them).
+color_port() { "$BIN" --config "$WORK/sc1/switchctl.toml" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["services"][0][sys.argv[1]]["upstream"].split(":")[1])' "$1"; }
+BLUE=$(color_port blue); GREEN=$(color_port green)
+
+# Other switchctl daemons route to the same upstream: a copy of sc1's state
+# and config, with its `workers = 1` line replaced by $2 and $3 appended.
+clone_switchctl() { # name workers-line extra-toml -> prints proxy port
+    local name=$1 port; port=$(free_port); mkdir -p "$WORK/$name/state"
+    sed -e "s#$WORK/sc1#$WORK/$name#g" -e "s/127.0.0.1:$SC1/127.0.0.1:$port/" -e "s/^workers = 1\$/$2/" \
+        "$WORK/sc1/switchctl.toml" > "$WORK/$name/switchctl.toml"
+    printf '%s\n' "$3" >> "$WORK/$name/switchctl.toml"
+    cp "$WORK/sc1/state/state.json" "$WORK/$name/state/state.json"
+    "$BIN" --config "$WORK/$name/switchctl.toml" proxy >"$WORK/$name/daemon.log" 2>&1 &
+    echo $! > "$WORK/$name.pid"
+    for _ in $(seq 1 100); do [[ -S $WORK/$name/admin.sock ]] && break; sleep 0.05; done
+    [[ -S $WORK/$name/admin.sock ]] || { echo "switchctl $name did not start:" >&2; cat "$WORK/$name/daemon.log" >&2; exit 1; }
+    echo "$port"
+}
+SC2=$(clone_switchctl sc2 'workers = 2' '')
+# the default worker count (one per core): no `workers` line at all
+SC0=$(clone_switchctl sc0 '' '')
+
+# TLS: one ECDSA P-256 certificate for every proxy, made now.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+cat "$WORK/tls.crt" "$WORK/tls.key" > "$WORK/tls.pem"
+# switchctl with TLS on (1 worker): sct's idle RSS is the "TLS on" figure and
+# it serves the TLS throughput runs; sch, the same, untouched until then,
+# takes the idle connections on its plain listener (limits raised for them).
+start_tls_switchctl() { # name tls-port -> prints plain port
+    clone_switchctl "$1" "workers = 1\nmax_connections = $((HOLD_CONNS + 1000))\nmax_connections_per_ip = 0" \
+"[proxy.tls]
+listen = [\"127.0.0.1:$2\"]
+certificates = [{ cert = \"$WORK/tls.crt\", key = \"$WORK/tls.key\" }]"
+}
+SCT_TLS=$(free_port); SCT=$(start_tls_switchctl sct "$SCT_TLS")
+SCH_TLS=$(free_port); SCH=$(start_tls_switchctl sch "$SCH_TLS")
 
 start_nginx() { # workers -> port
     local w=$1 port; port=$(free_port)
@@ -156,6 +201,56 @@ HAP
     echo "$port"
 }
 NG1=$(start_nginx 1); NG2=$(start_nginx 2); HA1=$(start_haproxy 1); HA2=$(start_haproxy 2)
+
+# TLS peers, one worker each, same certificate, same upstream.
+NGT=$(free_port); HAT=$(free_port)
+cat > "$WORK/nginxt.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $WORK/nginxt.nginxpid;
+error_log /dev/null crit;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    upstream app { server 127.0.0.1:$UP; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NGT ssl reuseport;
+        ssl_certificate $WORK/tls.crt;
+        ssl_certificate_key $WORK/tls.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        keepalive_requests 1000000;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+NGX
+nginx -e /dev/null -c "$WORK/nginxt.conf" >/dev/null 2>&1 & echo $! > "$WORK/nginxt.pid"
+sed -e "s#bind 127.0.0.1:$HA1#bind 127.0.0.1:$HAT ssl crt $WORK/tls.pem ssl-min-ver TLSv1.2#" "$WORK/haproxy1.cfg" > "$WORK/haproxyt.cfg"
+haproxy -q -f "$WORK/haproxyt.cfg" >/dev/null 2>&1 & echo $! > "$WORK/haproxyt.pid"
+
+# Switching peers (1 worker each), to the same two colored upstreams.
+HAS=$(free_port); NGS=$(free_port)
+sed -e "s#bind 127.0.0.1:$HA1#bind 127.0.0.1:$HAS#" -e "s#^global\$#global\n    stats socket $WORK/haproxys.sock mode 600 level admin#" \
+    "$WORK/haproxy1.cfg" > "$WORK/haproxys.cfg"
+haproxy -q -f "$WORK/haproxys.cfg" >/dev/null 2>&1 & echo $! > "$WORK/haproxys.pid"
+for c in blue green; do
+    p=BLUE; [[ $c == green ]] && p=GREEN
+    sed -e "s#127.0.0.1:$NG1 #127.0.0.1:$NGS #" -e "s#server 127.0.0.1:$UP;#server 127.0.0.1:${!p};#" \
+        -e "s#$WORK/nginx1.nginxpid#$WORK/nginxs.nginxpid#" "$WORK/nginx1.conf" > "$WORK/nginxs-$c.conf"
+done
+cp "$WORK/nginxs-blue.conf" "$WORK/nginxs.conf"
+nginx -e /dev/null -c "$WORK/nginxs.conf" >/dev/null 2>&1 & echo $! > "$WORK/nginxs.pid"
+
+# HAProxy for the idle connections: enough maxconn for them.
+HAH=$(free_port)
+sed -e "s#bind 127.0.0.1:$HA1#bind 127.0.0.1:$HAH#" -e "s#maxconn 4096#maxconn $((HOLD_CONNS + 1000))#" \
+    "$WORK/haproxy1.cfg" > "$WORK/haproxyh.cfg"
+haproxy -q -f "$WORK/haproxyh.cfg" >/dev/null 2>&1 & echo $! > "$WORK/haproxyh.pid"
 sleep 1
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -163,14 +258,17 @@ idle_sc=$(rss_kib "$(cat "$WORK/sc1.pid")")
 ng_master=$(cat "$WORK/nginx1.pid"); ng_kids=$(pgrep -P "$ng_master" | head -1)
 idle_ng=$(( $(rss_kib "$ng_master") + $(rss_kib "$ng_kids") ))
 idle_ha=$(rss_kib "$(cat "$WORK/haproxy1.pid")")
+idle_sct=$(rss_kib "$(cat "$WORK/sct.pid")")
 
 # Warm every path once.
-for p in "$UP" "$NG1" "$NG2" "$HA1" "$HA2" "$SC1" "$SC2"; do wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$p/" >/dev/null; done
+for p in "$UP" "$NG1" "$NG2" "$HA1" "$HA2" "$SC1" "$SC2" "$SC0"; do wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$p/" >/dev/null; done
+for p in "$NGT" "$HAT" "$SCT_TLS"; do wrk -t1 -c"$CONNS" -d1s "https://127.0.0.1:$p/" >/dev/null; done
 
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
-measure() { # label threads port
-    local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$3/")
+measure() { # label threads port-or-url [wrk args...]
+    local url=$3; [[ $url == http* ]] || url="http://127.0.0.1:$url/"
+    local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${@:4}" "$url")
     python3 - "$1" "$2" "$out" >> "$RESULTS" <<'PY'
 import re, sys
 label, threads, out = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -196,6 +294,11 @@ for round in $(seq 1 "$ROUNDS"); do
         measure haproxy "$t" "${!ha}"
         measure switchctl "$t" "${!sc}"
     done
+    measure switchctl-default 0 "$SC0"
+    for tgt in nginx:$NGT haproxy:$HAT switchctl:$SCT_TLS; do
+        measure "tls-${tgt%%:*}" 1 "https://127.0.0.1:${tgt#*:}/"
+        measure "tlsnew-${tgt%%:*}" 1 "https://127.0.0.1:${tgt#*:}/" -H 'Connection: close'
+    done
     echo "round $round done" >&2
 done
 
@@ -206,9 +309,50 @@ for _ in $(seq 1 "$FLIPS"); do
     echo $(( (e - s) / 1000 )) >> "$FLIP"
 done
 
-python3 - "$RESULTS" "$FLIP" "$idle_sc" "$idle_ng" "$idle_ha" "$ROUNDS" "$DURATION" "$CONNS" <<'PY'
-import sys, statistics, collections, subprocess
-res, flips, idle_sc, idle_ng, idle_ha, rounds, dur, conns = sys.argv[1:]
+# Switching visible under load: wrk -c$CONNS for the whole measure, $FLIPS
+# switches, a prober on fresh connections (benches/switchprobe.py).
+SWITCH=$WORK/switch.jsonl; : > "$SWITCH"
+python3 benches/switchprobe.py "$SC1" "$FLIPS" switchctl "$BIN" "$WORK/sc1/switchctl.toml" >> "$SWITCH"
+echo "switch: switchctl done" >&2
+python3 benches/switchprobe.py "$HAS" "$FLIPS" haproxy "$WORK/haproxys.sock" "$BLUE" "$GREEN" >> "$SWITCH"
+echo "switch: haproxy done" >&2
+python3 benches/switchprobe.py "$NGS" "$FLIPS" nginx "$WORK/nginxs.conf" "$WORK/nginxs-blue.conf" "$WORK/nginxs-green.conf" >> "$SWITCH"
+echo "switch: nginx done" >&2
+
+# Ready-to-flip: an upstream ready ~300 ms after it starts, probed with the
+# scripts' default interval of 5 s (benches/readyflip.py).
+RPORT=$(free_port); mkdir -p "$WORK/scr/ready"
+cat > "$WORK/scr/switchctl.toml" <<TOML
+driver = "process"
+state_dir = "$WORK/scr/state"
+[proxy]
+listen = ["127.0.0.1:$RPORT"]
+admin_socket = "$WORK/scr/admin.sock"
+workers = 1
+drain_timeout = "5s"
+[deploy]
+health_check_interval = "5s"
+[[service]]
+name = "web"
+command = ["sh", "-c", "sleep 0.3; date +%s%N > $WORK/scr/ready/{color}-{tag}; sed -e s/PORT/{port}/g -e s/COLOR/{color}/g $WORK/upstream.tmpl > $WORK/scr/up-{port}.conf && exec nginx -e /dev/null -c $WORK/scr/up-{port}.conf"]
+health = { path = "/" }
+TOML
+"$BIN" --config "$WORK/scr/switchctl.toml" proxy >"$WORK/scr/daemon.log" 2>&1 &
+echo $! > "$WORK/scr.pid"
+for _ in $(seq 1 100); do [[ -S $WORK/scr/admin.sock ]] && break; sleep 0.05; done
+READY=$(python3 benches/readyflip.py "$BIN" "$WORK/scr/switchctl.toml" "$WORK/scr/ready" "$READY_DEPLOYS")
+echo "ready-to-flip done" >&2
+
+# Memory per idle keep-alive connection (benches/holdconns.py).
+HOLD=$WORK/hold.jsonl; : > "$HOLD"
+python3 benches/holdconns.py "$SCH" "$HOLD_CONNS" "$(cat "$WORK/sch.pid")" >> "$HOLD"
+python3 benches/holdconns.py "$HAH" "$HOLD_CONNS" "$(cat "$WORK/haproxyh.pid")" >> "$HOLD"
+echo "idle connections done" >&2
+
+python3 - "$RESULTS" "$FLIP" "$idle_sc" "$idle_ng" "$idle_ha" "$ROUNDS" "$DURATION" "$CONNS" \
+    "$idle_sct" "$SWITCH" "$READY" "$HOLD" <<'PY'
+import sys, statistics, collections, subprocess, json
+res, flips, idle_sc, idle_ng, idle_ha, rounds, dur, conns, idle_sct, switch, ready, hold = sys.argv[1:]
 rows = collections.defaultdict(list)
 for line in open(res):
     label, t, rps, p50, p99, errs = line.split("\t")
@@ -229,4 +373,54 @@ print(f"\n`switchctl flip back`, end to end (CLI start to exit), {len(f)} flips:
       f"median {statistics.median(f):.1f} ms, max {max(f):.1f} ms")
 print(f"idle RSS: switchctl daemon {int(idle_sc)/1024:.1f} MiB, nginx (master + 1 worker) {int(idle_ng)/1024:.1f} MiB, "
       f"HAProxy {int(idle_ha)/1024:.1f} MiB")
+print(f"idle RSS of the switchctl daemon with TLS on (1 worker, one certificate): {int(idle_sct)/1024:.1f} MiB (target <= 12 MiB)")
+
+mean = lambda label, t, i: statistics.mean(r[i] for r in rows[(label, t)])
+d = ("switchctl-default", 0)
+ncpu = subprocess.getoutput('nproc')
+print(f"\nswitchctl with the default `workers` (one per core, {ncpu} here), against the peers at 2 threads:")
+print("| target | req/s | p50 ms | p99 ms | errors | req/s vs HAProxy 2 | p99 vs HAProxy 2 | req/s vs nginx 2 | p99 vs nginx 2 |")
+print("|---|---|---|---|---|---|---|---|---|")
+print(f"| switchctl default | {mean(*d, 0):,.0f} | {mean(*d, 1):.3f} | {mean(*d, 2):.3f} | {sum(r[3] for r in rows[d])} | "
+      f"{mean(*d, 0) / mean('haproxy', 2, 0):.2f} | {mean(*d, 2) / mean('haproxy', 2, 2):.2f} | "
+      f"{mean(*d, 0) / mean('nginx', 2, 0):.2f} | {mean(*d, 2) / mean('nginx', 2, 2):.2f} |")
+
+print(f"\nTLS (ECDSA P-256, same certificate), 1 worker each, wrk -t1 -c{conns}:")
+print("| target | connections | req/s | p50 ms | p99 ms | errors | req/s vs best peer | p99 vs best peer |")
+print("|---|---|---|---|---|---|---|---|")
+for kind, what in (("tls", "keep-alive"), ("tlsnew", "new per request (Connection: close)")):
+    best_rps = max(mean(f"{kind}-{p}", 1, 0) for p in ("nginx", "haproxy"))
+    best_p99 = min(mean(f"{kind}-{p}", 1, 2) for p in ("nginx", "haproxy"))
+    for p in ("nginx", "haproxy", "switchctl"):
+        k = (f"{kind}-{p}", 1)
+        print(f"| {p} | {what} | {mean(*k, 0):,.0f} | {mean(*k, 1):.3f} | {mean(*k, 2):.3f} | {sum(r[3] for r in rows[k])} | "
+              f"{mean(*k, 0) / best_rps:.2f} | {mean(*k, 2) / best_p99:.2f} |")
+
+print(f"\nSwitching visible under load (wrk -t1 -c{conns} for the whole measure; prober on fresh connections; "
+      "time from the command's start to the first response from the other color):")
+print("| how it switches | switches | visible | median ms | max ms | failed requests | requests |")
+print("|---|---|---|---|---|---|---|")
+names = {"switchctl": "`switchctl flip back` (CLI process)", "haproxy": "HAProxy runtime API `set server addr`",
+         "nginx": "nginx `-s reload`"}
+for line in open(switch):
+    s = json.loads(line)
+    vis = f"{s['visible']}" + (f" ({s['not_visible']} not within {s['not_visible_within_s']:.0f} s)" if s["not_visible"] else "")
+    med = "-" if s["median_ms"] is None else f"{s['median_ms']:.1f}"
+    mx = "-" if s["max_ms"] is None else f"{s['max_ms']:.1f}"
+    print(f"| {names[s['mode']]} | {s['flips']} | {vis} | {med} | {mx} | {s['failed']} | {s['requests']:,} |")
+
+r = json.loads(ready)
+print(f"\nready-to-flip (upstream ready ~300 ms after start, health_check_interval = 5s), {r['deploys']} deploys: "
+      f"median {r['ready_to_flip_ms']['median']:.0f} ms, max {r['ready_to_flip_ms']['max']:.0f} ms (target <= 100 ms); "
+      f"history ready_ms median {r['history_ready_ms']['median']:.0f}, route swap (flip_us) median {r['history_flip_us']['median']:.0f} µs; "
+      f"whole deploy median {r['deploy_total_ms']['median']:.0f} ms")
+
+print("\nidle keep-alive connections (each served one request), RSS per connection = (RSS_with - RSS_idle) / connections:")
+print("| proxy | connections held | failed | RSS idle MiB | RSS with MiB | KiB per connection |")
+print("|---|---|---|---|---|---|")
+for label, line in zip(("switchctl (1 worker, TLS on)", "HAProxy (1 thread)"), open(hold)):
+    h = json.loads(line)
+    print(f"| {label} | {h['connections']:,} | {h['failed']} | {h['rss_idle_kib']/1024:.1f} | {h['rss_with_kib']/1024:.1f} | {h['kib_per_conn']:.2f} |")
+    if h["first_error"]:
+        print(f"  first error: {h['first_error']}")
 PY

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Switch visibility under load, for benches/run.sh.
+
+Runs `wrk -t1 -c50` against PORT for the whole measurement, performs FLIPS
+switches one after another, and for each one starts a prober on fresh
+connections before the switching command; the prober polls as fast as it can
+(one new TCP connection and one GET per poll) and reads the upstream's
+`X-Color` header. The figure is the time from the command's start to the
+first response from the other color. Prints one line of JSON.
+
+  switchprobe.py PORT FLIPS MODE ARGS...
+    MODE switchctl BIN CONFIG        `BIN --config CONFIG flip back` (a process start, as an operator runs it)
+    MODE haproxy SOCKET BLUE GREEN   `set server be/up addr 127.0.0.1 port P` on the stats socket
+                                     (sent from this process: no process start)
+    MODE nginx CONF BLUE_CONF GREEN_CONF   copy the other color's file over CONF, `nginx -c CONF -s reload`
+"""
+import json, re, socket, statistics, subprocess, sys, threading, time
+
+port, flips, mode, args = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+conns = int(__import__("os").environ.get("CONNS", "50"))
+TIMEOUT = 2.0  # a switch not visible by then counts as "not visible"
+
+def get_color():
+    s = socket.create_connection(("127.0.0.1", port), timeout=1)
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    m = re.search(rb"(?im)^x-color:\s*(\w+)", buf)
+    return m.group(1).decode() if m else None
+
+def switch(to_green):
+    if mode == "switchctl":
+        r = subprocess.run([args[0], "--config", args[1], "flip", "back"], capture_output=True)
+        if r.returncode != 0:
+            sys.exit(f"flip back failed: {r.stderr.decode()}")
+    elif mode == "haproxy":
+        p = args[2] if to_green else args[1]
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(args[0])
+        s.sendall(f"set server be/up addr 127.0.0.1 port {p}\n".encode())
+        s.recv(4096)
+        s.close()
+    elif mode == "nginx":
+        src = args[2] if to_green else args[1]
+        with open(src, "rb") as f, open(args[0], "wb") as g:
+            g.write(f.read())
+        subprocess.run(["nginx", "-e", "/dev/null", "-c", args[0], "-s", "reload"], check=True, capture_output=True)
+    else:
+        sys.exit(f"unknown mode {mode}")
+
+def probe(before, started, out):
+    # polls until a response from another color than `before` arrives
+    while True:
+        try:
+            c = get_color()
+        except OSError:
+            c = None
+        now = time.monotonic()
+        if c is not None and c != before:
+            out.append(now)
+            return
+        if started and now - started[0] > TIMEOUT:
+            return
+
+duration = int(flips * (TIMEOUT + 0.5) + 10)  # an upper bound: wrk is stopped by SIGINT when done
+wrk = subprocess.Popen(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+time.sleep(1.5)
+visible, invisible, wrong = [], 0, 0
+for i in range(flips):
+    before = get_color()
+    started, out = [], []
+    t = threading.Thread(target=probe, args=(before, started, out))
+    t.start()                     # the prober polls before the command starts
+    time.sleep(0.01)
+    t0 = time.monotonic()
+    started.append(t0)
+    switch(before != "green")
+    t.join()
+    if out:
+        visible.append((out[0] - t0) * 1000)
+    else:
+        invisible += 1
+    time.sleep(0.2)
+wrk.send_signal(__import__("signal").SIGINT)  # wrk stops and prints its totals
+wout = wrk.communicate()[0]
+total = re.search(r"(\d+) requests in", wout)
+errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", wout))
+m = re.search(r"Non-2xx or 3xx responses: (\d+)", wout)
+errs += int(m.group(1)) if m else 0
+if not total:
+    sys.exit(f"wrk failed:\n{wout}")
+print(json.dumps({
+    "mode": mode, "flips": flips, "visible": len(visible), "not_visible_within_s": TIMEOUT if invisible else None,
+    "not_visible": invisible,
+    "median_ms": round(statistics.median(visible), 1) if visible else None,
+    "max_ms": round(max(visible), 1) if visible else None,
+    "requests": int(total.group(1)), "failed": errs,
+}))
