@@ -1,9 +1,9 @@
 //! `switchctl demo`: a whole blue/green cycle on loopback with no Docker.
 //! In a temporary directory it writes a config for the process driver,
 //! starts the daemon, deploys v1, deploys v2 while a load loop runs through
-//! the proxy, deploys a broken v3 that is rolled back (it took the standby
-//! slot), rolls back to v1, flips back to v2, prints a summary (requests,
-//! failures, timings) and removes everything it made.
+//! the proxy, deploys a broken v3 that is rolled back (v1 stays the warm
+//! standby), rolls back to v1 (an instant flip), flips back to v2, prints a
+//! summary (requests, failures, timings) and removes everything it made.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -235,7 +235,7 @@ async fn demo() -> anyhow::Result<bool> {
     let v3 = stream(&client, "/v1/deploy", &deploy("v3"), renderer).await?;
     let v3_took = t.elapsed();
 
-    step("4. rollback: v3 took the standby slot, so v1 is redeployed, health-gated");
+    step("4. rollback: the failed v3 left v1 warm as standby, so the rollback is a flip back to it");
     let rollback = RollbackRequest {
         tag: None,
         timeout_secs: None,
@@ -262,7 +262,7 @@ async fn demo() -> anyhow::Result<bool> {
         (v1, Outcome::Deployed),
         (v2, Outcome::Deployed),
         (v3, Outcome::RolledBack),
-        (back, Outcome::Deployed),
+        (back, Outcome::Flipped),
         (flip, Outcome::Flipped),
     ];
     let as_expected = expected.iter().all(|(got, want)| *got == Some(*want));
@@ -280,7 +280,10 @@ async fn demo() -> anyhow::Result<bool> {
     println!("failed: {failed}");
     println!("deploy v2 (start, health, flip, drain): {} ms", v2_took.as_millis());
     println!("failed deploy v3, detected and rolled back: {} ms", v3_took.as_millis());
-    println!("rollback to v1 (a health-gated deploy): {} ms", back_took.as_millis());
+    println!(
+        "rollback to v1 (the warm standby), end to end: {:.1} ms",
+        back_took.as_secs_f64() * 1000.0
+    );
     println!(
         "flip back to v2, end to end: {:.1} ms",
         flip_took.as_secs_f64() * 1000.0
