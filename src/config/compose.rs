@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use super::env::read_env_file;
 use super::{join_relative, ConfigError, DockerHealthcheck, HealthConfig, RouteConfig, ServiceConfig};
@@ -44,7 +44,7 @@ pub fn import(path: &Path, declared: &[ServiceConfig]) -> Result<Vec<ServiceConf
         path: path.to_path_buf(),
         source,
     })?;
-    let doc: Value = serde_yaml::from_str(&text).map_err(|e| {
+    let doc: Value = serde_norway::from_str(&text).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         ConfigError::Parse {
             path: path.to_path_buf(),
@@ -141,7 +141,7 @@ pub fn import(path: &Path, declared: &[ServiceConfig]) -> Result<Vec<ServiceConf
                     let v = match v {
                         Value::String(s) => interpolate(s, &vars).map_err(|m| err(at("environment"), m))?,
                         Value::Null => vars(k).unwrap_or_default(),
-                        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                        other => serde_norway::to_string(other).unwrap_or_default().trim().to_string(),
                     };
                     env.insert(k.to_string(), v);
                 }
@@ -252,7 +252,7 @@ fn container_port(ports: &[String], expose: &[String]) -> Result<Option<u16>, St
         .map_err(|_| format!("cannot read a container port from {spec:?}"))
 }
 
-fn healthcheck(h: &serde_yaml::Mapping, vars: &impl Fn(&str) -> Option<String>) -> Result<DockerHealthcheck, String> {
+fn healthcheck(h: &serde_norway::Mapping, vars: &impl Fn(&str) -> Option<String>) -> Result<DockerHealthcheck, String> {
     let test = match h.get("test") {
         Some(Value::String(s)) => vec!["CMD-SHELL".to_string(), interpolate(s, vars)?],
         Some(Value::Sequence(items)) => items

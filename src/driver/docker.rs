@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::container::{
-    Config as ContainerConfig, CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    StartContainerOptions, StopContainerOptions,
+use bollard::models::{
+    ContainerCreateBody as ContainerConfig, HealthConfig, HealthStatusEnum, HostConfig, NetworkConnectRequest,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
-use bollard::image::{CreateImageOptions, RemoveImageOptions};
-use bollard::models::{HealthConfig, HealthStatusEnum, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
-use bollard::network::ConnectNetworkOptions;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
+};
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
@@ -105,10 +106,7 @@ impl DockerDriver {
             }
             // Not here: try to pull it, as `docker compose up` would.
             let mut pull = docker.create_image(
-                Some(CreateImageOptions {
-                    from_image: image.clone(),
-                    ..Default::default()
-                }),
+                Some(CreateImageOptionsBuilder::new().from_image(&image).build()),
                 None,
                 None,
             );
@@ -144,13 +142,7 @@ impl DockerDriver {
         let name = format!("switchctl-{}-{}", service.name, spec.color);
         // A leftover of the same name (an interrupted deploy) goes first.
         let _ = docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
+            .remove_container(&name, Some(RemoveContainerOptionsBuilder::new().force(true).build()))
             .await;
 
         let image = format!("{}:{}", service.image.as_deref().unwrap_or_default(), spec.tag);
@@ -192,7 +184,7 @@ impl DockerDriver {
                 .as_ref()
                 .map(|c| c.iter().map(|a| spec.substitute(a, port)).collect()),
             labels: Some(labels),
-            exposed_ports: Some(HashMap::from([(exposed.clone(), HashMap::new())])),
+            exposed_ports: Some(vec![exposed.clone()]),
             healthcheck,
             host_config: Some(HostConfig {
                 port_bindings: Some(HashMap::from([(
@@ -212,13 +204,7 @@ impl DockerDriver {
             ..Default::default()
         };
         let created = docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: name.clone(),
-                    platform: None,
-                }),
-                config,
-            )
+            .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), config)
             .await
             .map_err(|e| fail(format!("create {name} from {image}: {e}")))?;
         let handle = Handle::Container { id: created.id.clone() };
@@ -226,16 +212,13 @@ impl DockerDriver {
             let _ = docker
                 .remove_container(
                     &created.id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
+                    Some(RemoveContainerOptionsBuilder::new().force(true).build()),
                 )
                 .await;
             fail(e)
         };
         for network in &service.networks {
-            let opts = ConnectNetworkOptions {
+            let opts = NetworkConnectRequest {
                 container: created.id.clone(),
                 endpoint_config: Default::default(),
             };
@@ -243,10 +226,7 @@ impl DockerDriver {
                 return Err(cleanup(format!("join network {network}: {e}")).await);
             }
         }
-        if let Err(e) = docker
-            .start_container(&created.id, None::<StartContainerOptions<String>>)
-            .await
-        {
+        if let Err(e) = docker.start_container(&created.id, None::<StartContainerOptions>).await {
             return Err(cleanup(format!("start {name}: {e}")).await);
         }
         let inspect = match docker.inspect_container(&created.id, None).await {
@@ -333,21 +313,18 @@ impl DockerDriver {
             return Err(DriverError::Other("not a container handle".into()));
         };
         let docker = self.client().await?;
-        let t = timeout.as_secs().max(1) as i64;
-        match docker.stop_container(id, Some(StopContainerOptions { t })).await {
+        let t = timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
+        match docker
+            .stop_container(id, Some(StopContainerOptionsBuilder::new().t(t).build()))
+            .await
+        {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => return Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => {}
             Err(e) => return Err(self.api_error(e).await),
         }
         match docker
-            .remove_container(
-                id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
+            .remove_container(id, Some(RemoveContainerOptionsBuilder::new().force(true).build()))
             .await
         {
             Ok(()) => Ok(()),
@@ -366,12 +343,13 @@ impl DockerDriver {
         };
         let mut stream = docker.logs(
             id,
-            Some(LogsOptions::<String> {
-                stdout: true,
-                stderr: true,
-                tail: lines.to_string(),
-                ..Default::default()
-            }),
+            Some(
+                LogsOptionsBuilder::new()
+                    .stdout(true)
+                    .stderr(true)
+                    .tail(&lines.to_string())
+                    .build(),
+            ),
         );
         let mut text = String::new();
         while let Some(Ok(chunk)) = stream.next().await {
@@ -384,11 +362,9 @@ impl DockerDriver {
         let docker = self.client().await?;
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_INSTANCE}={}", self.instance)])]);
         let containers = match docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters,
-                ..Default::default()
-            }))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new().all(true).filters(&filters).build(),
+            ))
             .await
         {
             Ok(c) => c,
@@ -423,10 +399,7 @@ impl DockerDriver {
                 match docker
                     .remove_image(
                         &reference,
-                        Some(RemoveImageOptions {
-                            force: false,
-                            noprune: false,
-                        }),
+                        Some(RemoveImageOptionsBuilder::new().force(false).noprune(false).build()),
                         None,
                     )
                     .await
