@@ -1,6 +1,8 @@
 //! `switchctl.toml`: the schema, where the file is found, environment
 //! overrides, and validation whose errors name the file, line and key.
 
+pub mod traefik;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
