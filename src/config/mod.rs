@@ -11,6 +11,8 @@ mod validate;
 
 pub use env::{positive_seconds, read_env_file, seconds};
 
+pub mod traefik;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
