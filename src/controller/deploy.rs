@@ -126,7 +126,8 @@ impl Controller {
         );
 
         op.phase("preflight");
-        if let Err(e) = self.driver.preflight(&config.services, &tag, &config).await {
+        let build_progress = |service: &str, line: &str| reporter.info("build", Some(service), line);
+        if let Err(e) = self.driver.preflight(&config, &tag, &build_progress).await {
             reporter.error("preflight", None, e.to_string());
             let msg = format!("deploy of {tag} failed before anything was started: {e}");
             return self.finish(rec, Outcome::Failed, Some(e.to_string()), msg, &reporter);
