@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::DriverKind;
-use crate::controller::event::Outcome;
+use crate::controller::event::{Outcome, Phase};
 use crate::release::Color;
 
 /// Body of `POST /v1/deploy`.
@@ -62,7 +62,7 @@ pub struct OperationInfo {
     /// the tag it works on
     pub tag: Option<String>,
     /// its current phase
-    pub phase: String,
+    pub phase: Phase,
 }
 
 /// `status --json`.

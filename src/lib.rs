@@ -3,8 +3,11 @@
 //! The data plane is the `switchctl-proxy` crate. This crate holds the
 //! control plane: the config file ([`config`]), the drivers that run
 //! upstreams ([`driver`]), the deploy state machine ([`controller`]), the
-//! daemon that hosts proxy + controller + admin API ([`daemon`], [`admin`]),
-//! and the CLI ([`cli`]).
+//! daemon that hosts proxy + controller + admin API ([`daemon`], [`admin`],
+//! whose wire types are [`api`]), and the CLI ([`cli`], with [`probe`] for
+//! `check` and [`demo_app`] for `demo`). [`release`] is the vocabulary they
+//! share. Dependencies run one way: cli → admin → controller → driver →
+//! config (docs/architecture.md has the map).
 
 pub mod admin;
 pub mod api;
@@ -12,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod demo_app;
 pub mod driver;
 pub mod probe;
 pub mod release;

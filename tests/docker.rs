@@ -96,7 +96,10 @@ async fn docker_deploy_fail_rollback_and_flip_back() {
         .map(|c| c.split(' ').next().unwrap().to_string())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names[0].ends_with("-dcycle-blue") && names[1].ends_with("-dcycle-green"), "{names:?}");
+    assert!(
+        names[0].ends_with("-dcycle-blue") && names[1].ends_with("-dcycle-green"),
+        "{names:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

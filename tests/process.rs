@@ -1,5 +1,5 @@
 //! End to end with the process driver: the real daemon, the real CLI, the
-//! demo app as upstream, and a load loop through the proxy that must see
+//! testapp as upstream, and a load loop through the proxy that must see
 //! zero failed requests.
 
 mod common;
@@ -487,4 +487,41 @@ async fn stop_all_stops_both_colors_and_the_proxy_answers_503() {
     assert_eq!(d.get("/").await.0, 503);
     let status = d.status().await;
     assert!(status["active"].is_null() && status["standby"].is_null(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_daemon_log_is_plain_text_with_fields_as_values() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let log = d.log();
+    assert!(!log.contains('\x1b'), "no colour codes when stderr is a file:\n{log}");
+    assert!(log.contains("service=web"), "{log}");
+    assert!(!log.contains("Some("), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deploy_refused_as_busy_leaves_the_config_unread() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    let mut first = tokio::process::Command::new(common::switchctl())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["deploy", "v5"])
+        .env("DEPLOY_TIMEOUT", "3")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the first deploy to hold the lock", Duration::from_secs(30), || async {
+        !d.status().await["operation"].is_null()
+    })
+    .await;
+    // A broken file: a deploy that read it would be refused as bad config
+    // (exit 2); the lock is taken first, so it is refused as busy (exit 4).
+    let good = d.config_text();
+    std::fs::write(&d.config, "driver = [not toml").unwrap();
+    let socket = d.socket.display().to_string();
+    let out = d.cli(&["--socket", &socket, "deploy", "v2"]).await;
+    std::fs::write(&d.config, good).unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(first.wait().await.unwrap().code(), Some(1));
 }

@@ -1,7 +1,7 @@
 //! The admin API server: a hyper HTTP/1 server on the daemon's Unix socket
-//! (mode 0660). Operations run as tasks of their own, so a CLI that goes
-//! away (an SSH session dropped mid-deploy) does not stop them; their events
-//! stream back as NDJSON while they run.
+//! (mode 0660). It only decodes requests, calls the controller and encodes
+//! answers: an operation's events stream back as NDJSON while it runs (as a
+//! task of its own, so a CLI that goes away does not stop it).
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -18,10 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, DeployRequest, RollbackRequest};
 use crate::api::OperationInfo;
-use crate::config::Config;
-use crate::controller::deploy::validate_tag;
-use crate::controller::event::Reporter;
-use crate::controller::Controller;
+use crate::controller::{Controller, Events, Operation, Overrides, Refused};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -141,10 +138,8 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
     serde_json::from_slice(&bytes).map_err(|e| Refusal::bad_request(format!("malformed request: {e}")))
 }
 
+/// Decode the request, call the controller, encode its answer.
 async fn route(controller: Arc<Controller>, req: Request<Incoming>) -> Response<Body> {
-    if req.method() == Method::POST {
-        controller.recovered().await;
-    }
     handle(controller, req).await.unwrap_or_else(Refusal::into_response)
 }
 
@@ -160,31 +155,28 @@ async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Result<R
         },
         (&Method::POST, "/v1/deploy") => {
             let body: DeployRequest = read_json(req).await?;
-            validate_tag(&body.tag).map_err(Refusal::bad_request)?;
-            let config = load_config(&controller, body.timeout_secs, body.health_check_interval_secs)?;
-            let op = controller.try_begin("deploy", Some(&body.tag)).map_err(Refusal::busy)?;
-            Ok(stream(move |reporter| async move {
-                controller.deploy(op, config, body.tag, reporter).await;
-            }))
+            let overrides = overrides(body.timeout_secs, body.health_check_interval_secs)?;
+            operation(
+                &controller,
+                Operation::Deploy {
+                    tag: body.tag,
+                    overrides,
+                },
+            )
+            .await
         }
-        (&Method::POST, "/v1/flip-back") => {
-            let op = controller.try_begin("flip_back", None).map_err(Refusal::busy)?;
-            Ok(stream(move |reporter| async move {
-                controller.flip_back(op, reporter).await;
-            }))
-        }
+        (&Method::POST, "/v1/flip-back") => operation(&controller, Operation::FlipBack).await,
         (&Method::POST, "/v1/rollback") => {
             let body: RollbackRequest = read_json(req).await?;
-            if let Some(tag) = &body.tag {
-                validate_tag(tag).map_err(Refusal::bad_request)?;
-            }
-            let config = load_config(&controller, body.timeout_secs, body.health_check_interval_secs)?;
-            let op = controller
-                .try_begin("rollback", body.tag.as_deref())
-                .map_err(Refusal::busy)?;
-            Ok(stream(move |reporter| async move {
-                controller.rollback(op, config, body.tag, reporter).await;
-            }))
+            let overrides = overrides(body.timeout_secs, body.health_check_interval_secs)?;
+            operation(
+                &controller,
+                Operation::Rollback {
+                    tag: body.tag,
+                    overrides,
+                },
+            )
+            .await
         }
         (&Method::POST, "/v1/stop-all") => match controller.stop_all().await {
             Ok(answer) => Ok(json(StatusCode::OK, &answer)),
@@ -197,37 +189,32 @@ async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Result<R
     }
 }
 
-/// The config for a new operation: re-read from disk, with the client's
-/// timing overrides.
-fn load_config(controller: &Controller, timeout: Option<f64>, interval: Option<f64>) -> Result<Arc<Config>, Refusal> {
-    let config = controller
-        .reload_config()
-        .map_err(|e| Refusal::bad_request(e.to_string()))?;
-    if timeout.is_none() && interval.is_none() {
-        return Ok(config);
-    }
-    let mut config = (*config).clone();
-    let secs = |v: f64, name: &str| {
-        crate::config::seconds(v)
-            .ok_or_else(|| Refusal::bad_request(format!("{name} must be a positive number of seconds")))
+/// The client's timing overrides (seconds), checked.
+fn overrides(timeout: Option<f64>, interval: Option<f64>) -> Result<Overrides, Refusal> {
+    let secs = |v: Option<f64>, name: &str| {
+        v.map(|v| {
+            crate::config::seconds(v)
+                .ok_or_else(|| Refusal::bad_request(format!("{name} must be a positive number of seconds")))
+        })
+        .transpose()
     };
-    if let Some(t) = timeout {
-        config.deploy.timeout = secs(t, "DEPLOY_TIMEOUT")?;
-    }
-    if let Some(i) = interval {
-        config.deploy.health_check_interval = secs(i, "HEALTH_CHECK_INTERVAL")?;
-    }
-    Ok(Arc::new(config))
+    Ok(Overrides {
+        timeout: secs(timeout, "DEPLOY_TIMEOUT")?,
+        health_check_interval: secs(interval, "HEALTH_CHECK_INTERVAL")?,
+    })
 }
 
-/// Run `operation` as its own task and stream its events as NDJSON.
-fn stream<F, Fut>(operation: F) -> Response<Body>
-where
-    F: FnOnce(Reporter) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (reporter, events) = Reporter::channel();
-    tokio::spawn(operation(reporter));
+/// Start `op` and stream its events, or say why it was refused.
+async fn operation(controller: &Arc<Controller>, op: Operation) -> Result<Response<Body>, Refusal> {
+    match controller.begin(op).await {
+        Ok(events) => Ok(ndjson(events)),
+        Err(Refused::BadRequest(message)) => Err(Refusal::bad_request(message)),
+        Err(Refused::Busy(holder)) => Err(Refusal::busy(holder)),
+    }
+}
+
+/// Stream `events` as NDJSON, one event per line, until the operation ends.
+fn ndjson(events: Events) -> Response<Body> {
     let lines = futures_util::stream::unfold(events, |mut events| async move {
         let event = events.recv().await?;
         let mut line = serde_json::to_vec(&event).unwrap_or_default();

@@ -87,7 +87,7 @@ pub enum Command {
     Check,
     /// A self-contained blue/green demo on loopback (no Docker needed).
     Demo,
-    /// The demo's upstream app (used by `demo` and the process-driver tests).
+    /// The demo's upstream app (see `demo_app`).
     #[command(hide = true)]
     DemoApp {
         /// Arguments for the app.

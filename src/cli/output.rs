@@ -4,7 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use crate::controller::event::{Event, Level, Outcome};
+use crate::controller::event::{Event, Level, Outcome, Phase};
 
 /// How events are printed.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +69,7 @@ impl Renderer {
     /// on stderr or, with `--json`, as an error event and a final event.
     pub fn refusal(&self, message: &str, outcome: Outcome) {
         if self.json {
-            self.event(&Event::new(Level::Error, "lock", None, message));
+            self.event(&Event::new(Level::Error, Phase::Lock, None, message));
             self.event(&Event::done(outcome, message));
         } else {
             eprintln!("{}", error_line(message));
@@ -87,7 +87,7 @@ mod tests {
             json: false,
             color: false,
         };
-        let mut e = Event::new(Level::Success, "health", Some("web"), "healthy after 12 ms");
+        let mut e = Event::new(Level::Success, Phase::Health, Some("web"), "healthy after 12 ms");
         e.ts = "2026-11-25T19:28:24.123Z".into();
         assert_eq!(r.format(&e), "19:28:24 health    [web] healthy after 12 ms");
         let colored = Renderer {

@@ -1,19 +1,23 @@
-//! `Deploy`, `flip back` and `rollback`: the state machine of DESIGN.md.
+//! [`Deploy`]: the deploy state machine of DESIGN.md, one method per phase:
 //!
-//! deploy: preflight → clear the idle color → start → health → flip (one
-//! `ArcSwap` store, then persist) → drain the old color → keep it as
-//! `Standby` or stop it → clean images → history. Any failure before the flip
-//! stops the new color and leaves the active one untouched.
+//! preflight → prepare (clear the idle color) → start → health → flip (one
+//! `ArcSwap` store, then persist) → drain the old color → retire it (keep as
+//! standby or stop) → cleanup (old images) → history.
+//!
+//! Any failure before the flip is [`Deploy::roll_back`]: the new color is
+//! stopped and the active one is left untouched.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::event::{Event, Outcome, Reporter};
-use super::health::{self, HealthCheck};
-use super::{route_table, Controller, OperationGuard};
-use crate::api::{ColorTag, HistoryEntry};
-use crate::config::{Config, StandbyPolicy};
-use crate::driver::StartSpec;
+use super::event::{Outcome, Phase, Reporter};
+use super::health::HealthCheck;
+use super::history::{ms, Record};
+use super::hooks::{self, HookContext, HookFailure};
+use super::{retention, Controller, OperationGuard};
+use crate::api::ColorTag;
+use crate::config::{Config, HookWhen};
+use crate::driver::{Driver, StartSpec};
 use crate::release::{Color, Release};
 
 /// Log lines shown from an upstream that failed.
@@ -34,197 +38,258 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
+/// Why a deploy stopped before the flip.
+struct Failure {
+    /// The service at fault, if one (its logs are shown).
+    service: Option<String>,
+    /// What went wrong.
+    reason: String,
+    /// Output to show instead of the service's logs (a failed hook's).
+    lines: Option<Vec<String>>,
 }
 
-/// Timings and facts one operation gathers for its history entry.
-struct Record {
-    kind: &'static str,
+impl Failure {
+    fn new(reason: impl ToString) -> Self {
+        Failure {
+            service: None,
+            reason: reason.to_string(),
+            lines: None,
+        }
+    }
+
+    fn hook(f: HookFailure) -> Self {
+        Failure {
+            service: None,
+            reason: f.message,
+            lines: Some(f.lines),
+        }
+    }
+}
+
+/// One deploy of one tag to the idle color, holding the operation lock.
+pub struct Deploy {
+    controller: Arc<Controller>,
+    op: OperationGuard,
+    config: Arc<Config>,
     tag: String,
-    from: Option<ColorTag>,
-    to: Color,
-    started_at: std::time::SystemTime,
-    started: Instant,
-    ready_ms: Option<u64>,
-    flip_us: Option<u64>,
-    drain_ms: Option<u64>,
+    idle: Color,
+    deadline: tokio::time::Instant,
+    record: Record,
+    reporter: Reporter,
 }
 
-impl Record {
-    fn new(kind: &'static str, tag: &str, from: Option<ColorTag>, to: Color) -> Self {
-        Record {
-            kind,
-            tag: tag.to_string(),
-            from,
-            to,
-            started_at: std::time::SystemTime::now(),
-            started: Instant::now(),
-            ready_ms: None,
-            flip_us: None,
-            drain_ms: None,
-        }
-    }
-}
-
-impl Controller {
-    /// Append to history and send the final event.
-    fn finish(
-        &self,
-        rec: Record,
-        outcome: Outcome,
-        reason: Option<String>,
-        message: String,
-        reporter: &Reporter,
-    ) -> Outcome {
-        let entry = HistoryEntry {
-            started: humantime::format_rfc3339_millis(rec.started_at).to_string(),
-            kind: rec.kind.to_string(),
-            tag: rec.tag,
-            from: rec.from,
-            to: rec.to,
-            outcome,
-            reason,
-            duration_ms: ms(rec.started.elapsed()),
-            ready_ms: rec.ready_ms,
-            flip_us: rec.flip_us,
-            drain_ms: rec.drain_ms,
-        };
-        if let Err(e) = self.history.append(&entry) {
-            reporter.warn("history", None, format!("could not record history: {e}"));
-        }
-        reporter.send(Event::done(outcome, message));
-        outcome
-    }
-
-    /// Deploy `tag` to the idle color. `config` is the freshly loaded config.
-    pub async fn deploy(
-        self: &Arc<Self>,
+impl Deploy {
+    /// A deploy of `tag` with `config` (freshly loaded), to the color that
+    /// does not serve now.
+    pub(super) async fn new(
+        controller: Arc<Controller>,
         op: OperationGuard,
         config: Arc<Config>,
         tag: String,
         reporter: Reporter,
-    ) -> Outcome {
+    ) -> Deploy {
         let (from, idle) = {
-            let state = self.state.lock().await;
+            let state = controller.state.lock().await;
             let from = state.active_release().map(|(c, r)| ColorTag {
                 color: c,
                 tag: r.tag.clone(),
             });
             (from, state.active.map_or(Color::Blue, Color::other))
         };
-        let mut rec = Record::new("deploy", &tag, from.clone(), idle);
-        let deadline = tokio::time::Instant::now() + config.deploy.timeout;
-        reporter.info(
-            "lock",
+        Deploy {
+            record: Record::new("deploy", &tag, from, idle),
+            deadline: tokio::time::Instant::now() + config.deploy.timeout,
+            controller,
+            op,
+            config,
+            tag,
+            idle,
+            reporter,
+        }
+    }
+
+    /// Run every phase; returns how the deploy ended (also its last event).
+    pub(super) async fn run(mut self) -> Outcome {
+        self.reporter.info(
+            Phase::Lock,
             None,
             format!(
-                "deploying {tag} to {idle} (timeout {}, health check every {})",
-                humantime::format_duration(config.deploy.timeout),
-                humantime::format_duration(config.deploy.health_check_interval)
+                "deploying {} to {} (timeout {}, health check every {})",
+                self.tag,
+                self.idle,
+                humantime::format_duration(self.config.deploy.timeout),
+                humantime::format_duration(self.config.deploy.health_check_interval)
             ),
         );
-
-        op.phase("preflight");
-        let build_progress = |service: &str, line: &str| reporter.info("build", Some(service), line);
-        if let Err(e) = self.driver.preflight(&config, &tag, &build_progress).await {
-            reporter.error("preflight", None, e.to_string());
-            let msg = format!("deploy of {tag} failed before anything was started: {e}");
-            return self.finish(rec, Outcome::Failed, Some(e.to_string()), msg, &reporter);
+        let preflight = match self.preflight().await {
+            Ok(()) => self.hooks(HookWhen::BeforeStart).await.map_err(|f| {
+                self.show_lines(&f);
+                f.reason
+            }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = preflight {
+            self.hooks(HookWhen::AfterFailure).await.ok();
+            let msg = format!("deploy of {} failed before anything was started: {e}", self.tag);
+            return self.finish(Outcome::Failed, Some(e), msg);
         }
+        let release = match self.prepare().await {
+            Ok(()) => match self.start().await {
+                Ok(()) => self.health().await,
+                Err(f) => Err(f),
+            },
+            Err(f) => Err(f),
+        };
+        let release = match release {
+            Ok(release) => match self.hooks(HookWhen::BeforeFlip).await {
+                Ok(()) => release,
+                Err(failure) => return self.roll_back(failure).await,
+            },
+            Err(failure) => return self.roll_back(failure).await,
+        };
+        let old = self.flip(&release).await;
+        self.hooks(HookWhen::AfterFlip).await.ok();
+        self.drain(old.as_ref()).await;
+        self.retire(old).await;
+        self.cleanup().await;
+        let msg = format!(
+            "deployed {} to {} in {:.1}s",
+            self.tag,
+            self.idle,
+            self.record.started.elapsed().as_secs_f64()
+        );
+        self.finish(Outcome::Deployed, None, msg)
+    }
 
-        // The idle color may hold an old standby: it makes room.
-        op.phase("prepare");
-        {
-            let mut state = self.state.lock().await;
-            if let Some(old) = state.colors.get(&idle).cloned() {
-                reporter.info(
-                    "prepare",
-                    None,
-                    format!("stopping standby {idle} ({}) to make room", old.tag),
-                );
-                self.stop_release(&old, &config, &reporter).await;
-                state.colors.remove(&idle);
-            }
-            state.pending = Some(idle);
-            state.colors.insert(
-                idle,
-                Release {
-                    tag: tag.clone(),
-                    services: Default::default(),
-                },
+    /// Can the release start at all (runtime reachable, networks there,
+    /// images present or built, dependencies running)? Nothing is stopped
+    /// before this passes.
+    async fn preflight(&self) -> Result<(), String> {
+        self.op.phase(Phase::Preflight);
+        let config = &self.config;
+        let progress = |service: &str, line: &str| {
+            self.op.phase(Phase::Build);
+            self.reporter.info(Phase::Build, Some(service), line)
+        };
+        if let Err(e) = self.controller.driver.preflight(config, &self.tag, &progress).await {
+            self.reporter.error(Phase::Preflight, None, e.to_string());
+            return Err(e.to_string());
+        }
+        Ok(())
+    }
+
+    /// Run the `when` hooks. A failure of a `before_*` hook is the deploy's
+    /// failure; those of later points are warnings.
+    async fn hooks(&self, when: HookWhen) -> Result<(), Failure> {
+        if !self.config.hooks.iter().any(|h| h.when == when) {
+            return Ok(());
+        }
+        self.op.phase(Phase::Hook);
+        let ctx = HookContext {
+            tag: &self.tag,
+            previous_tag: self.record.from.as_ref().map(|f| f.tag.as_str()),
+            color: self.idle,
+        };
+        let failures = hooks::run(&self.controller.driver, &self.config, when, &ctx, &self.reporter).await;
+        if when.is_gate() {
+            return match failures.into_iter().next() {
+                Some(f) => Err(Failure::hook(f)),
+                None => Ok(()),
+            };
+        }
+        for f in failures {
+            self.reporter.warn(Phase::Hook, None, f.message.clone());
+            self.show_lines(&Failure::hook(f));
+        }
+        Ok(())
+    }
+
+    /// A failed hook's last lines.
+    fn show_lines(&self, failure: &Failure) {
+        let Some(lines) = &failure.lines else { return };
+        self.reporter
+            .warn(Phase::Logs, None, format!("last {} line(s) of the hook:", lines.len()));
+        for line in lines {
+            self.reporter.warn(Phase::Logs, None, line.clone());
+        }
+    }
+
+    /// Make room in the idle color (it may hold an old standby) and record
+    /// the deploy as pending, so a crash from here on is undone at restart.
+    async fn prepare(&self) -> Result<(), Failure> {
+        self.op.phase(Phase::Prepare);
+        let mut state = self.controller.state.lock().await;
+        if let Some(old) = state.colors.get(&self.idle).cloned() {
+            self.reporter.info(
+                Phase::Prepare,
+                None,
+                format!("stopping standby {} ({}) to make room", self.idle, old.tag),
             );
-            if let Err(e) = self.save(&state) {
-                drop(state);
-                return self.roll_back(rec, &config, idle, None, e.to_string(), &reporter).await;
-            }
+            self.controller.stop_release(&old, &self.config, &self.reporter).await;
         }
+        state.begin(self.idle, &self.tag);
+        self.controller.save(&state).map_err(Failure::new)
+    }
 
-        op.phase("start");
-        for service in &config.services {
+    /// Start every service of the new color, each recorded as it exists.
+    async fn start(&self) -> Result<(), Failure> {
+        self.op.phase(Phase::Start);
+        for service in &self.config.services {
             let spec = StartSpec {
                 service,
-                color: idle,
-                tag: &tag,
-                config: &config,
+                color: self.idle,
+                tag: &self.tag,
+                config: &self.config,
             };
-            match self.driver.start(&spec).await {
-                Ok(upstream) => {
-                    reporter.info(
-                        "start",
-                        Some(&service.name),
-                        format!("started {idle} on {}", upstream.addr),
-                    );
-                    let mut state = self.state.lock().await;
-                    if let Some(release) = state.colors.get_mut(&idle) {
-                        release.services.insert(service.name.clone(), upstream);
-                    }
-                    if let Err(e) = self.save(&state) {
-                        drop(state);
-                        return self.roll_back(rec, &config, idle, None, e.to_string(), &reporter).await;
-                    }
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    return self.roll_back(rec, &config, idle, None, reason, &reporter).await;
-                }
-            }
+            let upstream = self.controller.driver.start(&spec).await.map_err(Failure::new)?;
+            self.reporter.info(
+                Phase::Start,
+                Some(&service.name),
+                format!("started {} on {}", self.idle, upstream.addr),
+            );
+            let mut state = self.controller.state.lock().await;
+            state.add_upstream(self.idle, &service.name, upstream);
+            self.controller.save(&state).map_err(Failure::new)?;
         }
+        Ok(())
+    }
 
-        op.phase("health");
+    /// Health-check every new upstream at once, until each is healthy, one
+    /// fails, or the deadline passes. Returns the release to flip to.
+    async fn health(&mut self) -> Result<Release, Failure> {
+        self.op.phase(Phase::Health);
         let release = self
+            .controller
             .state
             .lock()
             .await
             .colors
-            .get(&idle)
+            .get(&self.idle)
             .cloned()
             .unwrap_or_else(|| Release {
-                tag: tag.clone(),
+                tag: self.tag.clone(),
                 services: Default::default(),
             });
-        let checks = config.services.iter().filter_map(|service| {
+        let driver: &Driver = &self.controller.driver;
+        let checks = self.config.services.iter().filter_map(|service| {
             let upstream = release.services.get(&service.name)?;
-            let reporter = &reporter;
-            let driver = &self.driver;
-            let interval = config.deploy.health_check_interval;
+            let check = HealthCheck {
+                driver,
+                handle: &upstream.handle,
+                addr: upstream.addr,
+                health: &service.health,
+                interval: self.config.deploy.health_check_interval,
+                deadline: self.deadline,
+                reporter: &self.reporter,
+                service: &service.name,
+            };
             Some(async move {
-                let check = HealthCheck {
-                    driver,
-                    handle: &upstream.handle,
-                    addr: upstream.addr,
-                    health: &service.health,
-                    interval,
-                    deadline,
-                    reporter,
-                    service: &service.name,
-                };
                 let t = Instant::now();
                 let result = check.wait().await;
                 if result.is_ok() {
-                    reporter.success(
-                        "health",
-                        Some(&service.name),
+                    check.reporter.success(
+                        Phase::Health,
+                        Some(check.service),
                         format!("healthy after {} ms", ms(t.elapsed())),
                     );
                 }
@@ -233,301 +298,133 @@ impl Controller {
         });
         let results = futures_util::future::join_all(checks).await;
         if let Some((service, why)) = results.into_iter().find_map(|(s, r)| r.err().map(|e| (s, e))) {
-            let reason = format!("{service} ({idle}, {tag}) is not healthy: {why}");
-            return self
-                .roll_back(rec, &config, idle, Some(&service), reason, &reporter)
-                .await;
+            return Err(Failure {
+                reason: format!("{service} ({}, {}) is not healthy: {why}", self.idle, self.tag),
+                service: Some(service),
+                lines: None,
+            });
         }
-        rec.ready_ms = Some(ms(rec.started.elapsed()));
-
-        op.phase("flip");
-        let old = self.flip_to(idle, &release, &config, &mut rec, &reporter).await;
-
-        op.phase("drain");
-        self.retire(old, &config, &mut rec, &reporter).await;
-
-        if matches!(self.driver, crate::driver::Driver::Docker(_)) {
-            op.phase("cleanup");
-            self.cleanup_images(&config, &tag, &reporter).await;
-        }
-        let took = rec.started.elapsed();
-        let msg = format!("deployed {tag} to {idle} in {:.1}s", took.as_secs_f64());
-        self.finish(rec, Outcome::Deployed, None, msg, &reporter)
+        self.record.ready_ms = Some(ms(self.record.started.elapsed()));
+        Ok(release)
     }
 
-    /// Point every service at `color` in one swap, then persist.
+    /// Send every service to the new color in one swap, then persist.
     /// Returns the color and release that served before.
-    async fn flip_to(
-        &self,
-        color: Color,
-        release: &Release,
-        config: &Config,
-        rec: &mut Record,
-        reporter: &Reporter,
-    ) -> Option<(Color, Release)> {
-        let table = route_table(config, Some(release), &self.upstreams);
-        let t = Instant::now();
-        self.proxy.swap(table);
-        let swap = t.elapsed();
-        rec.flip_us = Some(swap.as_micros() as u64);
-        let mut state = self.state.lock().await;
-        let old = state.active_release().map(|(c, r)| (c, r.clone()));
-        state.active = Some(color);
-        state.pending = None;
-        if let Err(e) = self.save(&state) {
-            reporter.error(
-                "flip",
-                None,
-                format!("traffic moved, but the state could not be saved ({e}); a daemon restart would return to the old color"),
-            );
-        }
-        reporter.success(
-            "flip",
-            None,
-            format!(
-                "traffic now goes to {color} ({}); route swap took {} µs",
-                release.tag,
-                swap.as_micros()
-            ),
-        );
-        old
+    async fn flip(&mut self, release: &Release) -> Option<(Color, Release)> {
+        self.op.phase(Phase::Flip);
+        self.controller
+            .flip_to(self.idle, release, &self.config, &mut self.record, &self.reporter)
+            .await
     }
 
-    /// Drain the color that just lost traffic, then keep it warm or stop it.
-    async fn retire(&self, old: Option<(Color, Release)>, config: &Config, rec: &mut Record, reporter: &Reporter) {
-        let Some((color, release)) = old else { return };
-        let t = Instant::now();
-        let drains = release.services.iter().map(|(service, up)| {
-            let upstream = self.upstreams.get(up.addr);
-            async move { (service, upstream.drain(config.proxy.drain_timeout).await) }
-        });
-        let reports = futures_util::future::join_all(drains).await;
-        rec.drain_ms = Some(ms(t.elapsed()));
-        for (service, report) in reports {
-            if report.cut > 0 {
-                reporter.warn(
-                    "drain",
-                    Some(service),
-                    format!(
-                        "{color} still had {} request(s)/connection(s) after the drain timeout of {}; they were cut",
-                        report.cut,
-                        humantime::format_duration(config.proxy.drain_timeout)
-                    ),
-                );
-            }
+    /// Let the old color finish its requests.
+    async fn drain(&mut self, old: Option<&(Color, Release)>) {
+        self.op.phase(Phase::Drain);
+        self.controller
+            .drain(old, &self.config, &mut self.record, &self.reporter)
+            .await;
+    }
+
+    /// Keep the old color warm as standby, or stop it.
+    async fn retire(&self, old: Option<(Color, Release)>) {
+        self.op.phase(Phase::Standby);
+        self.controller.retire(old, &self.config, &self.reporter).await;
+    }
+
+    /// Remove the images [`retention::removable`] lets go (Docker only).
+    async fn cleanup(&self) {
+        if !matches!(self.controller.driver, Driver::Docker(_)) {
+            return;
         }
-        reporter.info(
-            "drain",
-            None,
-            format!("{color} ({}) drained in {} ms", release.tag, ms(t.elapsed())),
-        );
-        match config.deploy.standby {
-            StandbyPolicy::Keep => reporter.info(
-                "standby",
-                None,
-                format!(
-                    "{color} ({}) kept running as standby: `switchctl flip back` returns to it at once",
-                    release.tag
-                ),
-            ),
-            StandbyPolicy::Stop => {
-                self.stop_release(&release, config, reporter).await;
-                let mut state = self.state.lock().await;
-                if state.active != Some(color) {
-                    state.colors.remove(&color);
-                }
-                if let Err(e) = self.save(&state) {
-                    reporter.warn("standby", None, e.to_string());
-                }
-                reporter.info("standby", None, format!("{color} ({}) stopped", release.tag));
+        self.op.phase(Phase::Cleanup);
+        let in_use: Vec<String> = {
+            let state = self.controller.state.lock().await;
+            state.colors.values().map(|r| r.tag.clone()).collect()
+        };
+        let history = match self.controller.history.read() {
+            Ok(h) => h,
+            Err(e) => {
+                self.reporter.warn(
+                    Phase::Cleanup,
+                    None,
+                    format!("history unreadable, no image removed: {e}"),
+                );
+                return;
             }
+        };
+        let removable = retention::removable(&history, &in_use, &self.tag, self.config.deploy.keep_images);
+        if removable.is_empty() {
+            return;
+        }
+        match self
+            .controller
+            .driver
+            .cleanup_images(&self.config.services, &removable)
+            .await
+        {
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => self.reporter.info(
+                Phase::Cleanup,
+                None,
+                format!("removed old images: {}", removed.join(", ")),
+            ),
+            Err(e) => self
+                .reporter
+                .warn(Phase::Cleanup, None, format!("image cleanup failed: {e}")),
         }
     }
 
     /// A failure before the flip: show why and the failing upstream's logs,
     /// stop the new color, leave the active one untouched.
-    async fn roll_back(
-        &self,
-        rec: Record,
-        config: &Config,
-        idle: Color,
-        failed_service: Option<&str>,
-        reason: String,
-        reporter: &Reporter,
-    ) -> Outcome {
-        reporter.error("rollback", failed_service, reason.clone());
-        let release = self.state.lock().await.colors.get(&idle).cloned();
-        if let Some(release) = &release {
-            let failed = failed_service.or_else(|| release.services.keys().last().map(String::as_str));
+    async fn roll_back(self, failure: Failure) -> Outcome {
+        self.op.phase(Phase::Rollback);
+        let (idle, reporter, controller) = (self.idle, &self.reporter, &self.controller);
+        reporter.error(Phase::Rollback, failure.service.as_deref(), failure.reason.clone());
+        let release = controller.state.lock().await.colors.get(&idle).cloned();
+        self.show_lines(&failure);
+        if let Some(release) = release.as_ref().filter(|_| failure.lines.is_none()) {
+            let failed = failure
+                .service
+                .as_deref()
+                .or_else(|| release.services.keys().last().map(String::as_str));
             if let Some((name, upstream)) = failed.and_then(|f| release.services.get_key_value(f)) {
-                let lines = self.driver.logs(&upstream.handle, name, idle, FAILED_LOG_LINES).await;
+                let lines = controller
+                    .driver
+                    .logs(&upstream.handle, name, idle, FAILED_LOG_LINES)
+                    .await;
                 reporter.warn(
-                    "logs",
+                    Phase::Logs,
                     Some(name),
                     format!("last {} log line(s) of {name} ({idle}):", lines.len()),
                 );
                 for line in lines {
-                    reporter.warn("logs", Some(name), line);
+                    reporter.warn(Phase::Logs, Some(name), line);
                 }
             }
-            reporter.info("rollback", None, format!("stopping {idle} ({})", release.tag));
-            self.stop_release(release, config, reporter).await;
         }
-        let mut state = self.state.lock().await;
-        if state.pending == Some(idle) {
-            state.colors.remove(&idle);
-            state.pending = None;
+        if let Some(release) = &release {
+            reporter.info(Phase::Rollback, None, format!("stopping {idle} ({})", release.tag));
+            controller.stop_release(release, &self.config, reporter).await;
         }
-        if let Err(e) = self.save(&state) {
-            reporter.error("rollback", None, e.to_string());
+        let mut state = controller.state.lock().await;
+        state.abandon(idle);
+        if let Err(e) = controller.save(&state) {
+            reporter.error(Phase::Rollback, None, e.to_string());
         }
         let serving = match state.active_release() {
             Some((c, r)) => format!("{c} ({}) keeps serving", r.tag),
             None => "no release is active".into(),
         };
         drop(state);
-        let msg = format!("deploy of {} rolled back: {reason}; {serving}", rec.tag);
-        self.finish(rec, Outcome::RolledBack, Some(reason), msg, reporter)
+        self.hooks(HookWhen::AfterFailure).await.ok();
+        let msg = format!("deploy of {} rolled back: {}; {serving}", self.tag, failure.reason);
+        self.finish(Outcome::RolledBack, Some(failure.reason), msg)
     }
 
-    /// Remove images of earlier releases beyond those in use and the newest
-    /// `keep_images` successful ones; failed releases' images go first. Tags
-    /// switchctl never deployed (images built for a later release) are left.
-    async fn cleanup_images(&self, config: &Config, tag: &str, reporter: &Reporter) {
-        let in_use: Vec<String> = {
-            let state = self.state.lock().await;
-            state
-                .colors
-                .values()
-                .map(|r| r.tag.clone())
-                .chain([tag.to_string()])
-                .collect()
-        };
-        let (history, successful) = match (self.history.read(), self.history.successful_tags()) {
-            (Ok(h), Ok(s)) => (h, s),
-            (Err(e), _) | (_, Err(e)) => {
-                reporter.warn("cleanup", None, format!("history unreadable, no image removed: {e}"));
-                return;
-            }
-        };
-        let keep: Vec<String> = successful
-            .into_iter()
-            .filter(|t| !in_use.contains(t))
-            .take(config.deploy.keep_images)
-            .collect();
-        let mut removable: Vec<(bool, String)> = Vec::new();
-        for e in history {
-            let succeeded = matches!(e.outcome, Outcome::Deployed | Outcome::Flipped);
-            if in_use.contains(&e.tag) || keep.contains(&e.tag) {
-                continue;
-            }
-            match removable.iter_mut().find(|(_, t)| *t == e.tag) {
-                Some(entry) => entry.0 |= succeeded,
-                None => removable.push((succeeded, e.tag)),
-            }
-        }
-        // Failed releases first (false sorts before true).
-        removable.sort_by_key(|(succeeded, _)| *succeeded);
-        let removable: Vec<String> = removable.into_iter().map(|(_, t)| t).collect();
-        if removable.is_empty() {
-            return;
-        }
-        match self.driver.cleanup_images(&config.services, &removable).await {
-            Ok(removed) if removed.is_empty() => {}
-            Ok(removed) => reporter.info("cleanup", None, format!("removed old images: {}", removed.join(", "))),
-            Err(e) => reporter.warn("cleanup", None, format!("image cleanup failed: {e}")),
-        }
-    }
-
-    /// Send traffic back to the warm standby, if it answers its health check.
-    pub async fn flip_back(self: &Arc<Self>, op: OperationGuard, reporter: Reporter) -> Outcome {
-        let config = self.config();
-        let (standby, from) = {
-            let state = self.state.lock().await;
-            let from = state.active_release().map(|(c, r)| ColorTag {
-                color: c,
-                tag: r.tag.clone(),
-            });
-            (state.standby_release().map(|(c, r)| (c, r.clone())), from)
-        };
-        let Some((color, release)) = standby else {
-            let msg =
-                "no standby to flip back to: the previous color was stopped (standby = \"stop\") or never deployed; \
-                       use `switchctl rollback` to redeploy the previous release";
-            reporter.send(Event::done(Outcome::Refused, msg));
-            return Outcome::Refused;
-        };
-        let mut rec = Record::new("flip_back", &release.tag, from, color);
-        op.phase("health");
-        for service in &config.services {
-            let Some(upstream) = release.services.get(&service.name) else {
-                let msg = format!(
-                    "standby {color} ({}) has no {} service (added since); deploy instead",
-                    release.tag, service.name
-                );
-                return self.finish(rec, Outcome::Refused, Some(msg.clone()), msg, &reporter);
-            };
-            if let Err(why) = health::probe(upstream.addr, &service.health).await {
-                let msg = format!(
-                    "standby {color} ({}) is not healthy, traffic stays where it is: {}: {why}",
-                    release.tag, service.name
-                );
-                return self.finish(rec, Outcome::Refused, Some(msg.clone()), msg, &reporter);
-            }
-        }
-        op.phase("flip");
-        let old = self.flip_to(color, &release, &config, &mut rec, &reporter).await;
-        op.phase("drain");
-        self.retire(old, &config, &mut rec, &reporter).await;
-        let msg = format!("flipped back to {color} ({})", release.tag);
-        self.finish(rec, Outcome::Flipped, None, msg, &reporter)
-    }
-
-    /// `rollback [tag]`: with a tag, deploy it; without, return to the
-    /// previous successful release (a flip back when it is the warm standby).
-    pub async fn rollback(
-        self: &Arc<Self>,
-        op: OperationGuard,
-        config: Arc<Config>,
-        tag: Option<String>,
-        reporter: Reporter,
-    ) -> Outcome {
-        let target = match tag {
-            Some(t) => t,
-            None => {
-                let (active, standby) = {
-                    let state = self.state.lock().await;
-                    (
-                        state.active_release().map(|(_, r)| r.tag.clone()),
-                        state.standby_release().map(|(_, r)| r.tag.clone()),
-                    )
-                };
-                let previous = match self.history.successful_tags() {
-                    Ok(tags) => tags.into_iter().find(|t| Some(t) != active.as_ref()),
-                    Err(e) => {
-                        let msg = format!("cannot read history to find the previous release: {e}");
-                        reporter.send(Event::done(Outcome::Failed, msg));
-                        return Outcome::Failed;
-                    }
-                };
-                let Some(previous) = previous else {
-                    let msg = "no earlier successful release in history; name a tag: `switchctl rollback <tag>`";
-                    reporter.send(Event::done(Outcome::Refused, msg));
-                    return Outcome::Refused;
-                };
-                if standby.as_deref() == Some(previous.as_str()) {
-                    reporter.info(
-                        "rollback",
-                        None,
-                        format!("{previous} is the warm standby: flipping back"),
-                    );
-                    return self.flip_back(op, reporter).await;
-                }
-                previous
-            }
-        };
-        reporter.info("rollback", None, format!("rolling back by deploying {target}"));
-        self.deploy(op, config, target, reporter).await
+    /// Record the deploy in history and send the final event.
+    fn finish(self, outcome: Outcome, reason: Option<String>, message: String) -> Outcome {
+        self.record
+            .finish(&self.controller.history, outcome, reason, message, &self.reporter)
     }
 }
 

@@ -45,6 +45,80 @@ impl Outcome {
     }
 }
 
+/// The step of an operation an event (or `status`) speaks of. Serialized as
+/// the lowercase name (`"health"`), the `phase` strings of the `--json`
+/// interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The operation lock is taken (or refused).
+    Lock,
+    /// A deploy checks it can start (runtime reachable, images present).
+    Preflight,
+    /// Images of the release are built (services with Compose `build:`).
+    Build,
+    /// A `[[hook]]` runs.
+    Hook,
+    /// The idle color is cleared of an old standby.
+    Prepare,
+    /// The new color's upstreams start.
+    Start,
+    /// They are health-checked (or the standby is, for a flip back).
+    Health,
+    /// Traffic moves in one route swap.
+    Flip,
+    /// The color that lost traffic finishes its requests.
+    Drain,
+    /// That color is kept warm or stopped.
+    Standby,
+    /// Old images are removed.
+    Cleanup,
+    /// A deploy failed before the flip and is undone.
+    Rollback,
+    /// The last lines of output of a failed upstream.
+    Logs,
+    /// The history file is written.
+    History,
+    /// Start-up recovery of the daemon.
+    Recover,
+    /// Upstreams are stopped.
+    Stop,
+    /// The final event, with the outcome.
+    Done,
+}
+
+impl Phase {
+    /// The wire name, e.g. `"health"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Lock => "lock",
+            Phase::Preflight => "preflight",
+            Phase::Build => "build",
+            Phase::Hook => "hook",
+            Phase::Prepare => "prepare",
+            Phase::Start => "start",
+            Phase::Health => "health",
+            Phase::Flip => "flip",
+            Phase::Drain => "drain",
+            Phase::Standby => "standby",
+            Phase::Cleanup => "cleanup",
+            Phase::Rollback => "rollback",
+            Phase::Logs => "logs",
+            Phase::History => "history",
+            Phase::Recover => "recover",
+            Phase::Stop => "stop",
+            Phase::Done => "done",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so the CLI's `{:<9}` columns line up.
+        f.pad(self.as_str())
+    }
+}
+
 /// One line of progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -52,9 +126,8 @@ pub struct Event {
     pub ts: String,
     /// Severity.
     pub level: Level,
-    /// Step of the operation (`lock`, `start`, `health`, `flip`, `drain`,
-    /// `standby`, `cleanup`, `done`...).
-    pub phase: String,
+    /// Step of the operation.
+    pub phase: Phase,
     /// The service concerned, if one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub service: Option<String>,
@@ -67,11 +140,11 @@ pub struct Event {
 
 impl Event {
     /// An event stamped now.
-    pub fn new(level: Level, phase: &str, service: Option<&str>, message: impl Into<String>) -> Self {
+    pub fn new(level: Level, phase: Phase, service: Option<&str>, message: impl Into<String>) -> Self {
         Event {
             ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             level,
-            phase: phase.to_string(),
+            phase,
             service: service.map(String::from),
             message: message.into(),
             outcome: None,
@@ -86,7 +159,7 @@ impl Event {
         };
         Event {
             outcome: Some(outcome),
-            ..Event::new(level, "done", None, message)
+            ..Event::new(level, Phase::Done, None, message)
         }
     }
 }
@@ -112,10 +185,11 @@ impl Reporter {
 
     /// Send an event (and log it).
     pub fn send(&self, event: Event) {
+        let service = event.service.as_deref().unwrap_or("-");
         match event.level {
-            Level::Error => tracing::error!(phase = %event.phase, service = ?event.service, "{}", event.message),
-            Level::Warn => tracing::warn!(phase = %event.phase, service = ?event.service, "{}", event.message),
-            _ => tracing::info!(phase = %event.phase, service = ?event.service, "{}", event.message),
+            Level::Error => tracing::error!(phase = %event.phase, service = %service, "{}", event.message),
+            Level::Warn => tracing::warn!(phase = %event.phase, service = %service, "{}", event.message),
+            _ => tracing::info!(phase = %event.phase, service = %service, "{}", event.message),
         }
         if let Some(tx) = &self.tx {
             let _ = tx.send(event);
@@ -123,19 +197,19 @@ impl Reporter {
     }
 
     /// Progress.
-    pub fn info(&self, phase: &str, service: Option<&str>, message: impl Into<String>) {
+    pub fn info(&self, phase: Phase, service: Option<&str>, message: impl Into<String>) {
         self.send(Event::new(Level::Info, phase, service, message));
     }
     /// A step succeeded.
-    pub fn success(&self, phase: &str, service: Option<&str>, message: impl Into<String>) {
+    pub fn success(&self, phase: Phase, service: Option<&str>, message: impl Into<String>) {
         self.send(Event::new(Level::Success, phase, service, message));
     }
     /// Worth a look.
-    pub fn warn(&self, phase: &str, service: Option<&str>, message: impl Into<String>) {
+    pub fn warn(&self, phase: Phase, service: Option<&str>, message: impl Into<String>) {
         self.send(Event::new(Level::Warn, phase, service, message));
     }
     /// A failure.
-    pub fn error(&self, phase: &str, service: Option<&str>, message: impl Into<String>) {
+    pub fn error(&self, phase: Phase, service: Option<&str>, message: impl Into<String>) {
         self.send(Event::new(Level::Error, phase, service, message));
     }
 }
@@ -146,7 +220,7 @@ mod tests {
 
     #[test]
     fn events_serialize_to_the_documented_shape() {
-        let e = Event::new(Level::Info, "health", Some("web"), "probing");
+        let e = Event::new(Level::Info, Phase::Health, Some("web"), "probing");
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         assert_eq!(v["level"], "info");
         assert_eq!(v["phase"], "health");
@@ -157,5 +231,31 @@ mod tests {
         assert_eq!(d["phase"], "done");
         assert_eq!(d["outcome"], "rolled_back");
         assert!(d.get("service").is_none());
+    }
+
+    #[test]
+    fn phases_serialize_as_their_names() {
+        let all = [
+            Phase::Lock,
+            Phase::Preflight,
+            Phase::Prepare,
+            Phase::Start,
+            Phase::Health,
+            Phase::Flip,
+            Phase::Drain,
+            Phase::Standby,
+            Phase::Cleanup,
+            Phase::Rollback,
+            Phase::Logs,
+            Phase::History,
+            Phase::Recover,
+            Phase::Stop,
+            Phase::Done,
+        ];
+        for phase in all {
+            let json = serde_json::to_value(phase).unwrap();
+            assert_eq!(json, phase.as_str());
+            assert_eq!(serde_json::from_value::<Phase>(json).unwrap(), phase);
+        }
     }
 }

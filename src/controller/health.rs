@@ -12,7 +12,7 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::event::Reporter;
+use super::event::{Phase, Reporter};
 use crate::config::HealthConfig;
 use crate::driver::{ContainerHealth, Driver, RunState};
 use crate::release::Handle;
@@ -143,7 +143,7 @@ impl HealthCheck<'_> {
             // Say what is going on now and then, not on every probe.
             if good == 0 && last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
                 self.reporter
-                    .warn("health", Some(self.service), format!("not healthy yet: {last}"));
+                    .warn(Phase::Health, Some(self.service), format!("not healthy yet: {last}"));
                 last_report = Some(Instant::now());
             }
             let next = Instant::now() + self.interval;

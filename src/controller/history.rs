@@ -5,8 +5,75 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::event::Outcome;
-use crate::api::HistoryEntry;
+use std::time::{Duration, Instant};
+
+use super::event::{Event, Outcome, Phase, Reporter};
+use crate::api::{ColorTag, HistoryEntry};
+use crate::release::Color;
+
+/// Timings and facts one operation gathers for its history entry.
+pub(super) struct Record {
+    pub kind: &'static str,
+    pub tag: String,
+    pub from: Option<ColorTag>,
+    pub to: Color,
+    started_at: std::time::SystemTime,
+    pub started: Instant,
+    pub ready_ms: Option<u64>,
+    pub flip_us: Option<u64>,
+    pub drain_ms: Option<u64>,
+}
+
+impl Record {
+    /// An operation of `kind` on `tag`, from `from` to `to`, starting now.
+    pub fn new(kind: &'static str, tag: &str, from: Option<ColorTag>, to: Color) -> Self {
+        Record {
+            kind,
+            tag: tag.to_string(),
+            from,
+            to,
+            started_at: std::time::SystemTime::now(),
+            started: Instant::now(),
+            ready_ms: None,
+            flip_us: None,
+            drain_ms: None,
+        }
+    }
+
+    /// Append the entry to `history` and send the final event.
+    pub fn finish(
+        self,
+        history: &History,
+        outcome: Outcome,
+        reason: Option<String>,
+        message: String,
+        reporter: &Reporter,
+    ) -> Outcome {
+        let entry = HistoryEntry {
+            started: humantime::format_rfc3339_millis(self.started_at).to_string(),
+            kind: self.kind.to_string(),
+            tag: self.tag,
+            from: self.from,
+            to: self.to,
+            outcome,
+            reason,
+            duration_ms: ms(self.started.elapsed()),
+            ready_ms: self.ready_ms,
+            flip_us: self.flip_us,
+            drain_ms: self.drain_ms,
+        };
+        if let Err(e) = history.append(&entry) {
+            reporter.warn(Phase::History, None, format!("could not record history: {e}"));
+        }
+        reporter.send(Event::done(outcome, message));
+        outcome
+    }
+}
+
+/// Whole milliseconds of `d`.
+pub(super) fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
 
 /// The history file.
 #[derive(Debug, Clone)]
@@ -59,7 +126,6 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::Color;
 
     fn entry(tag: &str, outcome: Outcome) -> HistoryEntry {
         HistoryEntry {

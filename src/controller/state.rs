@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::release::{Color, Handle, Release};
+use crate::release::{Color, Handle, Release, UpstreamRecord};
 
 /// The persisted state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,70 @@ impl State {
     pub fn active_release(&self) -> Option<(Color, &Release)> {
         let c = self.active?;
         self.colors.get(&c).map(|r| (c, r))
+    }
+
+    /// A deploy of `tag` begins in `color`: it is pending (no standby, not
+    /// routed) with no upstream yet. Whatever ran there must have been
+    /// stopped first.
+    pub fn begin(&mut self, color: Color, tag: &str) {
+        self.pending = Some(color);
+        self.colors.insert(
+            color,
+            Release {
+                tag: tag.to_string(),
+                services: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// An upstream of the pending deploy in `color` has started.
+    pub fn add_upstream(&mut self, color: Color, service: &str, upstream: UpstreamRecord) {
+        if let Some(release) = self.colors.get_mut(&color) {
+            release.services.insert(service.to_string(), upstream);
+        }
+    }
+
+    /// Traffic now goes to `color`; returns the color and release that
+    /// served before (now the standby, unless it is stopped).
+    pub fn activate(&mut self, color: Color) -> Option<(Color, Release)> {
+        let old = self.active_release().map(|(c, r)| (c, r.clone()));
+        self.active = Some(color);
+        if self.pending == Some(color) {
+            self.pending = None;
+        }
+        old
+    }
+
+    /// The pending deploy in `color` failed: forget its release (its
+    /// upstreams must have been stopped). A color that is not pending is
+    /// left alone.
+    pub fn abandon(&mut self, color: Color) -> Option<Release> {
+        if self.pending != Some(color) {
+            return None;
+        }
+        self.pending = None;
+        self.colors.remove(&color)
+    }
+
+    /// The pending deploy an interrupted daemon left, forgotten.
+    pub fn abandon_pending(&mut self) -> Option<(Color, Release)> {
+        let color = self.pending?;
+        self.abandon(color).map(|r| (color, r))
+    }
+
+    /// `color`, no longer routed, was stopped: forget it (unless traffic
+    /// came back to it meanwhile).
+    pub fn retire(&mut self, color: Color) {
+        if self.active != Some(color) {
+            self.colors.remove(&color);
+        }
+    }
+
+    /// Every color was stopped: nothing is active, nothing runs.
+    pub fn clear(&mut self) -> BTreeMap<Color, Release> {
+        self.active = None;
+        self.pending = None;
+        std::mem::take(&mut self.colors)
     }
 
     /// The handle of every upstream of every color.
@@ -132,7 +196,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::UpstreamRecord;
 
     fn release(tag: &str, port: u16) -> Release {
         let mut services = BTreeMap::new();
@@ -175,6 +238,47 @@ mod tests {
         };
         s.colors.insert(Color::Green, release("v2", 1));
         assert!(s.standby_release().is_none());
+    }
+
+    #[test]
+    fn a_deploy_begins_pending_and_activates_or_is_abandoned() {
+        let mut s = State::default();
+        s.begin(Color::Blue, "v1");
+        assert_eq!(s.pending, Some(Color::Blue));
+        assert!(s.active_release().is_none() && s.standby_release().is_none());
+        s.add_upstream(Color::Blue, "web", release("v1", 4000).services["web"].clone());
+        assert_eq!(s.activate(Color::Blue), None);
+        assert_eq!((s.active, s.pending), (Some(Color::Blue), None));
+
+        s.begin(Color::Green, "v2");
+        assert_eq!(s.abandon(Color::Blue), None, "the active color is not pending");
+        assert_eq!(s.abandon(Color::Green).unwrap().tag, "v2");
+        assert_eq!(s.colors.len(), 1);
+
+        s.begin(Color::Green, "v3");
+        let old = s.activate(Color::Green).unwrap();
+        assert_eq!((old.0, old.1.tag.as_str()), (Color::Blue, "v1"));
+        assert_eq!(s.standby_release().unwrap().1.tag, "v1");
+        s.retire(Color::Blue);
+        assert!(s.standby_release().is_none());
+        s.retire(Color::Green);
+        assert_eq!(
+            s.active_release().unwrap().1.tag,
+            "v3",
+            "the active color is never retired"
+        );
+        assert_eq!(s.clear().len(), 1);
+        assert_eq!(s, State::default());
+    }
+
+    #[test]
+    fn an_interrupted_deploy_is_abandoned_at_recovery() {
+        let mut s = State::default();
+        assert!(s.abandon_pending().is_none());
+        s.begin(Color::Blue, "v1");
+        let (color, release) = s.abandon_pending().unwrap();
+        assert_eq!((color, release.tag.as_str()), (Color::Blue, "v1"));
+        assert_eq!(s, State::default());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,18 +33,37 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `[[service]]` running the demo app with the process driver. `env` is a
+/// The `testapp` binary of `tests/app`, built once per test binary. It is
+/// another package's binary, so cargo does not build it for these tests:
+/// the harness asks cargo for it (in the same target directory).
+pub fn testapp() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--offline", "-p", "switchctl-testapp", "--bin", "testapp"])
+            .current_dir(root)
+            .status()
+            .expect("run cargo to build the testapp");
+        assert!(status.success(), "building the testapp failed");
+        // The switchctl binary under test sits in the same profile directory.
+        let dir = Path::new(switchctl()).parent().expect("the binary has a directory");
+        dir.join("testapp")
+    })
+}
+
+/// `[[service]]` running the testapp with the process driver. `env` is a
 /// TOML inline table body, e.g. `FAIL_HEALTH_VERSIONS = "v3"`.
 pub fn process_service(name: &str, env: &str) -> String {
     format!(
         r#"
 [[service]]
 name = "{name}"
-command = ["{exe}", "demo-app", "--bind", "127.0.0.1", "--port", "{{port}}", "--version", "{{tag}}"]
+command = ["{exe}", "--bind", "127.0.0.1", "--port", "{{port}}", "--version", "{{tag}}"]
 env = {{ {env} }}
 health = {{ path = "/health", timeout = "1s" }}
 "#,
-        exe = switchctl()
+        exe = testapp().display()
     )
 }
 

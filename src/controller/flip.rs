@@ -1,0 +1,177 @@
+//! Moving traffic between colors, shared by a deploy and `flip back`: the
+//! route swap (one `ArcSwap` store, then persist), the drain of the color
+//! that lost traffic, and what becomes of it (standby or stopped). And
+//! `flip back` itself: probe the warm standby once, then swap, drain, retire.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::event::{Event, Outcome, Phase, Reporter};
+use super::health;
+use super::history::{ms, Record};
+use super::routing::route_table;
+use super::{Controller, OperationGuard};
+use crate::api::ColorTag;
+use crate::config::{Config, HookWhen, StandbyPolicy};
+use crate::release::{Color, Release};
+
+impl Controller {
+    /// Point every service at `color` in one swap, then persist.
+    /// Returns the color and release that served before.
+    pub(super) async fn flip_to(
+        &self,
+        color: Color,
+        release: &Release,
+        config: &Config,
+        rec: &mut Record,
+        reporter: &Reporter,
+    ) -> Option<(Color, Release)> {
+        let table = route_table(config, Some(release), &self.upstreams);
+        let t = Instant::now();
+        self.proxy.swap(table);
+        let swap = t.elapsed();
+        rec.flip_us = Some(swap.as_micros() as u64);
+        let mut state = self.state.lock().await;
+        let old = state.activate(color);
+        if let Err(e) = self.save(&state) {
+            reporter.error(
+                Phase::Flip,
+                None,
+                format!("traffic moved, but the state could not be saved ({e}); a daemon restart would return to the old color"),
+            );
+        }
+        reporter.success(
+            Phase::Flip,
+            None,
+            format!(
+                "traffic now goes to {color} ({}); route swap took {} µs",
+                release.tag,
+                swap.as_micros()
+            ),
+        );
+        old
+    }
+
+    /// Wait until the color that just lost traffic has no request or tunnel
+    /// in flight, up to `drain_timeout`; report what was cut.
+    pub(super) async fn drain(
+        &self,
+        old: Option<&(Color, Release)>,
+        config: &Config,
+        rec: &mut Record,
+        reporter: &Reporter,
+    ) {
+        let Some((color, release)) = old else { return };
+        let t = Instant::now();
+        let drains = release.services.iter().map(|(service, up)| {
+            let upstream = self.upstreams.get(up.addr);
+            async move { (service, upstream.drain(config.proxy.drain_timeout).await) }
+        });
+        let reports = futures_util::future::join_all(drains).await;
+        rec.drain_ms = Some(ms(t.elapsed()));
+        for (service, report) in reports {
+            if report.cut > 0 {
+                reporter.warn(
+                    Phase::Drain,
+                    Some(service),
+                    format!(
+                        "{color} still had {} request(s)/connection(s) after the drain timeout of {}; they were cut",
+                        report.cut,
+                        humantime::format_duration(config.proxy.drain_timeout)
+                    ),
+                );
+            }
+        }
+        reporter.info(
+            Phase::Drain,
+            None,
+            format!("{color} ({}) drained in {} ms", release.tag, ms(t.elapsed())),
+        );
+    }
+
+    /// The drained color: kept running as standby, or stopped (`standby`).
+    pub(super) async fn retire(&self, old: Option<(Color, Release)>, config: &Config, reporter: &Reporter) {
+        let Some((color, release)) = old else { return };
+        match config.deploy.standby {
+            StandbyPolicy::Keep => reporter.info(
+                Phase::Standby,
+                None,
+                format!(
+                    "{color} ({}) kept running as standby: `switchctl flip back` returns to it at once",
+                    release.tag
+                ),
+            ),
+            StandbyPolicy::Stop => {
+                self.stop_release(&release, config, reporter).await;
+                let mut state = self.state.lock().await;
+                state.retire(color);
+                if let Err(e) = self.save(&state) {
+                    reporter.warn(Phase::Standby, None, e.to_string());
+                }
+                reporter.info(Phase::Standby, None, format!("{color} ({}) stopped", release.tag));
+            }
+        }
+    }
+
+    /// Send traffic back to the warm standby, if it answers its health check.
+    pub(super) async fn flip_back(self: &Arc<Self>, op: OperationGuard, reporter: Reporter) -> Outcome {
+        let config = self.config();
+        let (standby, from) = {
+            let state = self.state.lock().await;
+            let from = state.active_release().map(|(c, r)| ColorTag {
+                color: c,
+                tag: r.tag.clone(),
+            });
+            (state.standby_release().map(|(c, r)| (c, r.clone())), from)
+        };
+        let Some((color, release)) = standby else {
+            let msg =
+                "no standby to flip back to: the previous color was stopped (standby = \"stop\") or never deployed; \
+                       use `switchctl rollback` to redeploy the previous release";
+            reporter.send(Event::done(Outcome::Refused, msg));
+            return Outcome::Refused;
+        };
+        let mut rec = Record::new("flip_back", &release.tag, from, color);
+        op.phase(Phase::Health);
+        for service in &config.services {
+            let Some(upstream) = release.services.get(&service.name) else {
+                let msg = format!(
+                    "standby {color} ({}) has no {} service (added since); deploy instead",
+                    release.tag, service.name
+                );
+                return rec.finish(&self.history, Outcome::Refused, Some(msg.clone()), msg, &reporter);
+            };
+            if let Err(why) = health::probe(upstream.addr, &service.health).await {
+                let msg = format!(
+                    "standby {color} ({}) is not healthy, traffic stays where it is: {}: {why}",
+                    release.tag, service.name
+                );
+                return rec.finish(&self.history, Outcome::Refused, Some(msg.clone()), msg, &reporter);
+            }
+        }
+        op.phase(Phase::Flip);
+        let old = self.flip_to(color, &release, &config, &mut rec, &reporter).await;
+        op.phase(Phase::Drain);
+        self.drain(old.as_ref(), &config, &mut rec, &reporter).await;
+        op.phase(Phase::Standby);
+        let previous = old.as_ref().map(|(_, r)| r.tag.clone());
+        self.retire(old, &config, &reporter).await;
+        if config.hooks.iter().any(|h| h.when == HookWhen::AfterFlipBack) {
+            op.phase(Phase::Hook);
+            let ctx = super::hooks::HookContext {
+                tag: &release.tag,
+                previous_tag: previous.as_deref(),
+                color,
+            };
+            let failures = super::hooks::run(&self.driver, &config, HookWhen::AfterFlipBack, &ctx, &reporter).await;
+            for f in failures {
+                reporter.warn(Phase::Hook, None, f.message);
+                for line in f.lines {
+                    reporter.warn(Phase::Logs, None, line);
+                }
+            }
+        }
+        let msg = format!("flipped back to {color} ({})", release.tag);
+        rec.finish(&self.history, Outcome::Flipped, None, msg, &reporter)
+    }
+}

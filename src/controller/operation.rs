@@ -1,0 +1,135 @@
+//! The one way in: an [`Operation`] (deploy, flip back, rollback) is checked,
+//! takes the lock, gets its config, and runs as a task of its own, so a
+//! client that goes away (an SSH session dropped mid-deploy) does not stop
+//! it. The caller gets its progress events, or why it was refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::deploy::{validate_tag, Deploy};
+use super::event::{Event, Reporter};
+use super::Controller;
+use crate::api::OperationInfo;
+use crate::config::Config;
+
+/// What a client can ask the controller to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operation {
+    /// Deploy `tag` to the idle color.
+    Deploy {
+        /// the tag
+        tag: String,
+        /// timing overrides
+        overrides: Overrides,
+    },
+    /// Send traffic back to the warm standby.
+    FlipBack,
+    /// Return to `tag`, or to the previous successful release.
+    Rollback {
+        /// the tag, if named
+        tag: Option<String>,
+        /// timing overrides
+        overrides: Overrides,
+    },
+}
+
+impl Operation {
+    /// Its name in `status` and history.
+    fn kind(&self) -> &'static str {
+        match self {
+            Operation::Deploy { .. } => "deploy",
+            Operation::FlipBack => "flip_back",
+            Operation::Rollback { .. } => "rollback",
+        }
+    }
+
+    /// The tag it names, if any.
+    fn tag(&self) -> Option<&str> {
+        match self {
+            Operation::Deploy { tag, .. } => Some(tag),
+            Operation::Rollback { tag, .. } => tag.as_deref(),
+            Operation::FlipBack => None,
+        }
+    }
+}
+
+/// A client's `DEPLOY_TIMEOUT` and `HEALTH_CHECK_INTERVAL`, over the config's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `deploy.timeout`
+    pub timeout: Option<Duration>,
+    /// `deploy.health_check_interval`
+    pub health_check_interval: Option<Duration>,
+}
+
+impl Overrides {
+    /// `config` with these overrides.
+    fn apply(self, config: Arc<Config>) -> Arc<Config> {
+        if self == Overrides::default() {
+            return config;
+        }
+        let mut config = (*config).clone();
+        if let Some(t) = self.timeout {
+            config.deploy.timeout = t;
+        }
+        if let Some(i) = self.health_check_interval {
+            config.deploy.health_check_interval = i;
+        }
+        Arc::new(config)
+    }
+}
+
+/// Why an operation was not started.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// The request or the config is wrong (the CLI exits 2).
+    BadRequest(String),
+    /// Another operation holds the lock (the CLI exits 4).
+    Busy(OperationInfo),
+}
+
+/// The progress events of a running operation; the last one is `done`.
+pub type Events = mpsc::UnboundedReceiver<Event>;
+
+impl Controller {
+    /// Start `operation`: check it, wait for start-up recovery, take the lock,
+    /// and only then re-read the config (a refused request changes nothing),
+    /// then run it as its own task.
+    pub async fn begin(self: &Arc<Self>, operation: Operation) -> Result<Events, Refused> {
+        if let Some(tag) = operation.tag() {
+            validate_tag(tag).map_err(Refused::BadRequest)?;
+        }
+        self.recovered().await;
+        let op = self
+            .try_begin(operation.kind(), operation.tag())
+            .map_err(Refused::Busy)?;
+        let fresh_config = |overrides: Overrides| match self.reload_config() {
+            Ok(config) => Ok(overrides.apply(config)),
+            Err(e) => Err(Refused::BadRequest(e.to_string())),
+        };
+        let (reporter, events) = Reporter::channel();
+        let controller = self.clone();
+        match operation {
+            Operation::Deploy { tag, overrides } => {
+                let config = fresh_config(overrides)?;
+                tokio::spawn(async move {
+                    Deploy::new(controller, op, config, tag, reporter).await.run().await;
+                });
+            }
+            Operation::FlipBack => {
+                tokio::spawn(async move {
+                    controller.flip_back(op, reporter).await;
+                });
+            }
+            Operation::Rollback { tag, overrides } => {
+                let config = fresh_config(overrides)?;
+                tokio::spawn(async move {
+                    controller.rollback(op, config, tag, reporter).await;
+                });
+            }
+        }
+        Ok(events)
+    }
+}
