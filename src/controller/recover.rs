@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use super::event::{Phase, Reporter};
+use super::routing::route_table;
+use super::state::State;
 use super::Controller;
+use crate::config::Config;
 use crate::driver::RunState;
 
 impl Controller {
@@ -44,6 +47,7 @@ impl Controller {
             }
             Err(e) => reporter.warn(Phase::Recover, None, format!("cannot look for orphans: {e}")),
         }
+        self.follow_ports(&mut state, &config, &reporter).await;
         let mut problems = Vec::new();
         for (color, release) in &state.colors {
             for (service, rec) in &release.services {
@@ -66,5 +70,44 @@ impl Controller {
             reporter.warn(Phase::Recover, None, p.clone());
         }
         *self.problems.lock().expect("problems lock") = problems;
+    }
+
+    /// Adoption reads Docker again: a container that Docker restarted while
+    /// no daemon watched may publish its port on another host port. Each
+    /// upstream's address is taken from the runtime, persisted, and the
+    /// route table follows.
+    async fn follow_ports(&self, state: &mut State, config: &Config, reporter: &Reporter) {
+        let mut moved = false;
+        for (color, release) in state.colors.iter_mut() {
+            for (service, rec) in release.services.iter_mut() {
+                let Some(svc) = config.service(service) else { continue };
+                let Some(now) = self.driver.current_addr(&rec.handle, svc).await else {
+                    continue;
+                };
+                if now != rec.addr {
+                    reporter.warn(
+                        Phase::Recover,
+                        Some(service),
+                        format!(
+                            "{color} ({}) now listens on {now} (was {}); following it",
+                            release.tag, rec.addr
+                        ),
+                    );
+                    tracing::warn!(service, %color, old = %rec.addr, new = %now, "upstream came back on another port");
+                    self.upstreams.remove(rec.addr);
+                    rec.addr = now;
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+        if let Err(e) = self.save(state) {
+            reporter.error(Phase::Recover, None, e.to_string());
+        }
+        if let Some((_, active)) = state.active_release() {
+            self.proxy.swap(route_table(config, Some(active), &self.upstreams));
+        }
     }
 }
