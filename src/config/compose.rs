@@ -748,6 +748,7 @@ impl Reader<'_> {
             service.health = b.health.clone();
             service.route = b.route.clone();
         }
+        service.health.wait_for_docker_starting = false;
         Ok(Read {
             service,
             networks,

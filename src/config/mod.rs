@@ -347,6 +347,12 @@ pub struct HealthConfig {
     pub healthy_threshold: u32,
     /// Exact status expected (default: any 2xx).
     pub expected_status: Option<u16>,
+    /// Whether a Docker HEALTHCHECK still `starting` holds the deploy back.
+    /// Not for Compose services: their checks are tuned for monitoring
+    /// (`interval: 60s`, `start_period: 60s`), so switchctl's own probe
+    /// decides, and only `unhealthy` fails the deploy.
+    #[serde(skip)]
+    pub wait_for_docker_starting: bool,
 }
 
 impl Default for HealthConfig {
@@ -356,6 +362,7 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(2),
             healthy_threshold: 1,
             expected_status: None,
+            wait_for_docker_starting: true,
         }
     }
 }
