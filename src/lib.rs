@@ -17,5 +17,6 @@ pub mod controller;
 pub mod daemon;
 pub mod demo_app;
 pub mod driver;
+pub mod notify;
 pub mod probe;
 pub mod release;

@@ -141,7 +141,7 @@ async fn docker_image_cleanup_keeps_colors_and_recent_releases() {
     images.build("v3", "ENV FAIL_HEALTH=1");
     let d = Daemon::start(
         "docker",
-        "timeout = \"20s\"\nkeep_images = 1",
+        "timeout = \"20s\"\nkeep_images = 3",
         &docker_service("dclean", &images, ""),
     );
     let out = deploy(&d, "v1").await;
@@ -156,9 +156,9 @@ async fn docker_image_cleanup_keeps_colors_and_recent_releases() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     }
     let report = load.stop().await;
-    // In use: v7 (active), v6 (standby); kept: the newest earlier release, v2;
-    // removed: v1 and the failed v3.
-    assert_eq!(images.tags(), ["v2", "v6", "v7"]);
+    // Kept: the newest 3 tags deployed, whatever their outcome: v7 (active),
+    // v6 (standby) and the failed v3; removed: v2 and v1.
+    assert_eq!(images.tags(), ["v3", "v6", "v7"], "{}", d.log());
     assert!(
         report.failed == 0 || report.failures.iter().all(|f| f.starts_with("503")),
         "{report:?}"

@@ -53,6 +53,8 @@ pub(crate) struct Forwarder {
     pub(crate) table: Arc<ArcSwap<RouteTable>>,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
+    /// Set when plain connections answer with a redirect to https.
+    pub(crate) https_redirect: Option<crate::tls::HttpsRedirect>,
 }
 
 /// Per client connection: who the client is, and what the worker's sweeper
@@ -62,6 +64,7 @@ pub(crate) struct ClientConn {
     forwarder: Arc<Forwarder>,
     client_ip: HeaderValue,
     proto: HeaderValue,
+    tls: bool,
     requests: AtomicU64,
     close: AtomicU8,
     waker: AtomicWaker,
@@ -90,6 +93,7 @@ impl ClientConn {
             forwarder,
             client_ip,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            tls,
             requests: AtomicU64::new(0),
             close: AtomicU8::new(Close::No as u8),
             waker: AtomicWaker::new(),
@@ -126,6 +130,11 @@ impl ClientConn {
     pub(crate) async fn serve(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let fwd = &*self.forwarder;
+        if let (false, Some(redirect)) = (self.tls, &fwd.https_redirect) {
+            if let Some(resp) = redirect.response(&req) {
+                return resp;
+            }
+        }
         let upstream = match fwd.route(&req) {
             Ok(upstream) => upstream,
             Err(failure) => return failure.response(),

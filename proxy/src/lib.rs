@@ -7,6 +7,10 @@
 //! and tunnels to finish. This crate knows nothing of Docker, config files or
 //! the CLI; the controller in the `switchctl` crate drives it.
 //!
+//! With [`Proxy::bind_with_tls`] it also terminates TLS (rustls, with the
+//! `ring` provider), with certificates from a [`CertStore`] chosen by SNI and
+//! reloaded in one swap ([`Proxy::reload_tls`]).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), switchctl_proxy::ProxyError> {
 //! use switchctl_proxy::{Proxy, ProxyConfig, RouteTable, Upstream};
@@ -26,6 +30,7 @@ mod forward;
 mod listener;
 mod pool;
 mod routes;
+mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -39,6 +44,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
 pub use routes::{HostPattern, Route, RouteError, RouteTable, Service};
+pub use tls::{
+    CertDetails, CertOrigin, CertReport, CertSource, CertStatus, CertStore, TlsConfig, TlsError,
+    ACME_HTTP_CHALLENGE_PREFIX, ACME_TLS_ALPN,
+};
 pub use upstream::{DrainReport, Upstream};
 
 /// Limits and timeouts of the data plane.
@@ -102,6 +111,8 @@ pub enum ProxyError {
 pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
     local_addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
+    certs: Option<CertStore>,
     shutdown: CancellationToken,
     stopped: CancellationToken,
 }
@@ -109,26 +120,22 @@ pub struct Proxy {
 impl Proxy {
     /// Bind `addrs` (one `SO_REUSEPORT` socket per worker each) and start.
     pub fn bind(config: ProxyConfig, addrs: &[SocketAddr], table: RouteTable) -> Result<Proxy, ProxyError> {
+        let per_worker = bind_all(addrs, worker_count(&config))?;
+        Self::start(config, per_worker, Vec::new(), None, table)
+    }
+
+    /// Like [`Proxy::bind`], plus TLS listeners on `tls_addrs` serving the
+    /// same routes with `tls.certs`.
+    pub fn bind_with_tls(
+        config: ProxyConfig,
+        addrs: &[SocketAddr],
+        tls_addrs: &[SocketAddr],
+        tls: TlsConfig,
+        table: RouteTable,
+    ) -> Result<Proxy, ProxyError> {
         let workers = worker_count(&config);
-        let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-        for addr in addrs {
-            // SO_REUSEPORT would let us share a port some other process
-            // holds the same way; a plain bind first says if it is taken.
-            if addr.port() != 0 {
-                std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr: *addr, source })?;
-            }
-            // Bind once to learn the real address (port 0 picks one), then
-            // the other workers bind that same address.
-            let first = listener::bind_reuseport(*addr)?;
-            let bound = first
-                .local_addr()
-                .map_err(|source| ProxyError::Bind { addr: *addr, source })?;
-            per_worker[0].push(first);
-            for listeners in per_worker.iter_mut().skip(1) {
-                listeners.push(listener::bind_reuseport(bound)?);
-            }
-        }
-        Self::start(config, per_worker, table)
+        let (plain, secure) = (bind_all(addrs, workers)?, bind_all(tls_addrs, workers)?);
+        Self::start(config, plain, secure, Some(tls), table)
     }
 
     /// Start on listeners that already exist (e.g. from systemd socket
@@ -138,45 +145,68 @@ impl Proxy {
         listeners: Vec<std::net::TcpListener>,
         table: RouteTable,
     ) -> Result<Proxy, ProxyError> {
+        let per_worker = share_all(&listeners, worker_count(&config))?;
+        Self::start(config, per_worker, Vec::new(), None, table)
+    }
+
+    /// Like [`Proxy::from_listeners`], plus `tls_listeners` serving TLS.
+    pub fn from_listeners_with_tls(
+        config: ProxyConfig,
+        listeners: Vec<std::net::TcpListener>,
+        tls_listeners: Vec<std::net::TcpListener>,
+        tls: TlsConfig,
+        table: RouteTable,
+    ) -> Result<Proxy, ProxyError> {
         let workers = worker_count(&config);
-        let mut per_worker = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let mut mine = Vec::with_capacity(listeners.len());
-            for l in &listeners {
-                l.set_nonblocking(true).map_err(ProxyError::Worker)?;
-                mine.push(l.try_clone().map_err(ProxyError::Worker)?);
-            }
-            per_worker.push(mine);
-        }
-        Self::start(config, per_worker, table)
+        let (plain, secure) = (share_all(&listeners, workers)?, share_all(&tls_listeners, workers)?);
+        Self::start(config, plain, secure, Some(tls), table)
     }
 
     fn start(
         config: ProxyConfig,
         per_worker: Vec<Vec<std::net::TcpListener>>,
+        tls_per_worker: Vec<Vec<std::net::TcpListener>>,
+        tls: Option<TlsConfig>,
         table: RouteTable,
     ) -> Result<Proxy, ProxyError> {
-        if per_worker.first().is_none_or(|l| l.is_empty()) {
+        let listening = |l: &Vec<Vec<std::net::TcpListener>>| l.first().is_some_and(|l| !l.is_empty());
+        if !listening(&per_worker) && !listening(&tls_per_worker) {
             return Err(ProxyError::NoListeners);
         }
-        let local_addrs = per_worker[0].iter().filter_map(|l| l.local_addr().ok()).collect();
+        let addrs_of = |l: &Vec<Vec<std::net::TcpListener>>| -> Vec<SocketAddr> {
+            l.first()
+                .map(|l| l.iter().filter_map(|l| l.local_addr().ok()).collect())
+                .unwrap_or_default()
+        };
+        let (local_addrs, tls_addrs) = (addrs_of(&per_worker), addrs_of(&tls_per_worker));
+        let https_redirect = tls
+            .as_ref()
+            .filter(|t| t.redirect_http)
+            .map(|_| tls::HttpsRedirect::new(tls_addrs.first().map(|a| a.port())));
+        let serving = tls.as_ref().map(|t| Arc::new(tls::TlsServing::new(t)));
         let table = Arc::new(ArcSwap::from_pointee(table));
         let forwarder = Arc::new(forward::Forwarder {
             table: table.clone(),
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
+            https_redirect,
         });
         let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let shutdown = CancellationToken::new();
         let stopped = CancellationToken::new();
-        let running = Arc::new(AtomicUsize::new(per_worker.len()));
-        for (i, listeners) in per_worker.into_iter().enumerate() {
+        let workers = per_worker.len().max(tls_per_worker.len());
+        let running = Arc::new(AtomicUsize::new(workers));
+        let mut per_worker = per_worker.into_iter();
+        let mut tls_per_worker = tls_per_worker.into_iter();
+        for i in 0..workers {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(ProxyError::Worker)?;
             let worker = listener::Worker {
-                listeners,
+                listeners: per_worker.next().unwrap_or_default(),
+                tls_listeners: tls_per_worker.next().unwrap_or_default(),
+                tls: serving.clone(),
                 forwarder: forwarder.clone(),
                 config: config.clone(),
                 connections: connections.clone(),
@@ -198,6 +228,8 @@ impl Proxy {
         Ok(Proxy {
             table,
             local_addrs,
+            tls_addrs,
+            certs: tls.map(|t| t.certs),
             shutdown,
             stopped,
         })
@@ -206,6 +238,22 @@ impl Proxy {
     /// The addresses being served, in the order given (ports resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The TLS addresses being served, in the order given (ports resolved).
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
+    }
+
+    /// The certificates of the TLS listeners, if there are any.
+    pub fn certs(&self) -> Option<&CertStore> {
+        self.certs.as_ref()
+    }
+
+    /// Reload the TLS certificates from `sources` in one swap (see
+    /// [`CertStore::reload`]): one report per source. Without TLS, none.
+    pub fn reload_tls(&self, sources: &[CertSource]) -> Vec<CertReport> {
+        self.certs.as_ref().map_or_else(Vec::new, |c| c.reload(sources))
     }
 
     /// Replace the whole route table at once: the flip.
@@ -234,4 +282,44 @@ fn worker_count(config: &ProxyConfig) -> usize {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     }
+}
+
+/// Bind each of `addrs` once per worker (`SO_REUSEPORT`).
+fn bind_all(addrs: &[SocketAddr], workers: usize) -> Result<Vec<Vec<std::net::TcpListener>>, ProxyError> {
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for addr in addrs {
+        // SO_REUSEPORT would let us share a port some other process
+        // holds the same way; a plain bind first says if it is taken.
+        if addr.port() != 0 {
+            std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr: *addr, source })?;
+        }
+        // Bind once to learn the real address (port 0 picks one), then
+        // the other workers bind that same address.
+        let first = listener::bind_reuseport(*addr)?;
+        let bound = first
+            .local_addr()
+            .map_err(|source| ProxyError::Bind { addr: *addr, source })?;
+        per_worker[0].push(first);
+        for listeners in per_worker.iter_mut().skip(1) {
+            listeners.push(listener::bind_reuseport(bound)?);
+        }
+    }
+    Ok(per_worker)
+}
+
+/// Give every worker its own handle on each of `listeners`.
+fn share_all(
+    listeners: &[std::net::TcpListener],
+    workers: usize,
+) -> Result<Vec<Vec<std::net::TcpListener>>, ProxyError> {
+    let mut per_worker = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let mut mine = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            l.set_nonblocking(true).map_err(ProxyError::Worker)?;
+            mine.push(l.try_clone().map_err(ProxyError::Worker)?);
+        }
+        per_worker.push(mine);
+    }
+    Ok(per_worker)
 }

@@ -3,7 +3,8 @@
 //! connections) and its own upstream pool.
 //!
 //! A worker accepts connections and serves HTTP/1.1 and HTTP/2 on each
-//! through hyper-util's auto builder with upgrades. Connection limits are a
+//! through hyper-util's auto builder with upgrades; on a TLS listener, after
+//! a handshake that must finish within its timeout. Connection limits are a
 //! semaphore; timeouts that are per connection (no first request in time,
 //! idle) are enforced by one [`Sweeper`] per worker that looks at every
 //! connection a few times a second, so serving a request polls no timer of
@@ -21,6 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -28,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::forward::{ClientConn, Close, Forwarder};
+use crate::tls::TlsServing;
 use crate::{ProxyConfig, ProxyError};
 
 /// Bind `addr` with `SO_REUSEPORT`, so every worker can bind it too.
@@ -57,6 +60,9 @@ const DRAIN_TICK: Duration = Duration::from_millis(50);
 /// What one worker thread needs.
 pub(crate) struct Worker {
     pub(crate) listeners: Vec<std::net::TcpListener>,
+    /// Listeners whose connections start with a TLS handshake.
+    pub(crate) tls_listeners: Vec<std::net::TcpListener>,
+    pub(crate) tls: Option<Arc<TlsServing>>,
     pub(crate) forwarder: Arc<Forwarder>,
     pub(crate) config: ProxyConfig,
     pub(crate) connections: Arc<Semaphore>,
@@ -99,12 +105,14 @@ impl Worker {
             tracker: TaskTracker::new(),
         };
 
-        for listener in self.listeners {
+        let plain = self.listeners.into_iter().map(|l| (l, None));
+        let tls = self.tls_listeners.into_iter().map(|l| (l, self.tls.clone()));
+        for (listener, tls) in plain.chain(tls) {
             match TcpListener::from_std(listener) {
                 Ok(l) => {
                     shared
                         .tracker
-                        .spawn(accept_loop(l, shared.clone(), self.shutdown.clone()));
+                        .spawn(accept_loop(l, tls, shared.clone(), self.shutdown.clone()));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot register listener with the runtime"),
             }
@@ -134,7 +142,7 @@ impl Worker {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: CancellationToken) {
+async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared: Shared, shutdown: CancellationToken) {
     loop {
         // `biased`: once shutdown has begun, stop rather than accept more.
         let permit = tokio::select! {
@@ -159,17 +167,46 @@ async fn accept_loop(listener: TcpListener, shared: Shared, shutdown: Cancellati
             },
         };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(ClientConn::new(shared.forwarder.clone(), peer, false));
+        let client = Arc::new(ClientConn::new(shared.forwarder.clone(), peer, tls.is_some()));
         shared.sweeper.watch(&client);
-        shared
-            .tracker
-            .spawn(serve(stream, client, shared.builder.clone(), permit));
+        let builder = shared.builder.clone();
+        match &tls {
+            None => shared.tracker.spawn(serve(stream, client, builder, permit)),
+            Some(tls) => shared
+                .tracker
+                .spawn(serve_tls(stream, tls.clone(), client, builder, permit)),
+        };
+    }
+}
+
+/// Serve one TLS connection: the handshake within its timeout, then HTTP
+/// exactly as on a plain connection.
+async fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<TlsServing>,
+    client: Arc<ClientConn>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut handshake = pin!(tls.handshake(stream));
+    // A connection told to close while still in its handshake (no first
+    // request in time, quiet at shutdown) has nothing to finish: drop it.
+    let stream = std::future::poll_fn(|cx| {
+        client.register(cx.waker());
+        if client.close_requested() >= Close::Graceful {
+            return Poll::Ready(None);
+        }
+        handshake.as_mut().poll(cx)
+    })
+    .await;
+    if let Some(stream) = stream {
+        serve(stream, client, builder, permit).await
     }
 }
 
 /// Serve one client connection until it closes or is told to close.
-async fn serve(
-    stream: TcpStream,
+async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: I,
     client: Arc<ClientConn>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     _permit: tokio::sync::OwnedSemaphorePermit,

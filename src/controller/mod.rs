@@ -150,11 +150,6 @@ impl Controller {
         })
     }
 
-    /// The driver.
-    pub fn driver(&self) -> &Driver {
-        &self.driver
-    }
-
     /// The history of operations.
     pub fn history(&self) -> &History {
         &self.history

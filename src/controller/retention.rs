@@ -14,10 +14,11 @@ const DEPLOYING: &[&str] = &["deploy", "rollback"];
 ///
 /// `history` is oldest first (the history file's order, which is deploy
 /// time); `in_use` are the tags of releases that still run; `latest` is the
-/// tag of the most recent attempt.
+/// tag of the most recent attempt, the newest deploy whether or not history
+/// records it yet.
 pub fn removable(history: &[HistoryEntry], in_use: &[String], latest: &str, keep_images: usize) -> Vec<String> {
     // Distinct deployed tags, newest deploy first.
-    let mut newest_first: Vec<&str> = Vec::new();
+    let mut newest_first: Vec<&str> = vec![latest];
     for entry in history.iter().rev() {
         if DEPLOYING.contains(&entry.kind.as_str()) && !newest_first.contains(&entry.tag.as_str()) {
             newest_first.push(&entry.tag);
@@ -88,6 +89,14 @@ mod tests {
         let h = deploys(&[("v1", Deployed), ("v2", Deployed), ("v3", Deployed), ("v4", RolledBack)]);
         // v1 still runs as the standby; v4, the latest attempt, failed.
         assert_eq!(removable(&h, &strings(&["v3", "v1"]), "v4", 0), strings(&["v2"]));
+    }
+
+    #[test]
+    fn the_attempt_in_progress_counts_as_the_newest_deploy() {
+        use Outcome::*;
+        // Cleanup runs before the deploy of v4 is written to history.
+        let h = deploys(&[("v1", Deployed), ("v2", Deployed), ("v3", Deployed)]);
+        assert_eq!(removable(&h, &strings(&["v4"]), "v4", 2), strings(&["v1", "v2"]));
     }
 
     #[test]

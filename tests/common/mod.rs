@@ -188,10 +188,12 @@ stop_timeout = "3s"
             unsafe {
                 cmd.pre_exec(move || {
                     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+                    use std::os::fd::{BorrowedFd, IntoRawFd};
                     if fd != 3 {
-                        nix::unistd::dup2(fd, 3)?;
+                        // fd 3 must stay open across exec: give up the OwnedFd.
+                        let _ = nix::unistd::dup2_raw(BorrowedFd::borrow_raw(fd), 3)?.into_raw_fd();
                     }
-                    fcntl(3, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                    fcntl(BorrowedFd::borrow_raw(3), FcntlArg::F_SETFD(FdFlag::empty()))?;
                     Ok(())
                 });
             }
