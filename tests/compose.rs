@@ -506,3 +506,46 @@ async fn config_without_a_directory_part_works_from_its_directory_and_from_elsew
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(d.get("/api/x").await, (200, "api-v2\n".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_build_or_a_dependency_that_is_down_stops_nothing() {
+    if !docker::available() {
+        return;
+    }
+    let r = running("failbuild", "", "").await;
+    let (d, stack) = (&r.daemon, &r.stack);
+    let out = d.cli(&["deploy", "v1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), d.log());
+    let before = docker::containers(&d.state_dir());
+    let load = Load::start(d.proxy, 10);
+
+    let dockerfile = r.dir().join("frontend/Dockerfile");
+    let good = std::fs::read_to_string(&dockerfile).unwrap();
+    std::fs::write(&dockerfile, format!("{good}COPY not-in-the-context /x\n")).unwrap();
+    let out = d.cli(&["deploy", "v2"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("failed before anything was started"), "{stdout}");
+    assert!(stdout.contains("nothing was stopped"), "{stdout}");
+    assert!(
+        stdout.contains("not-in-the-context"),
+        "the build's last lines: {stdout}"
+    );
+    assert_eq!(docker::containers(&d.state_dir()), before);
+
+    std::fs::write(&dockerfile, good).unwrap();
+    run(&["stop", "-t", "1", &stack.postgres()]);
+    let out = d.cli(&["deploy", "v2"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("api depends on postgres (it is not running)"),
+        "{stdout}"
+    );
+    assert_eq!(docker::containers(&d.state_dir()), before);
+    assert_eq!(stack.migrated(), ["migrated-v1"], "no hook ran");
+
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(d.get("/").await, (200, "frontend-v1\n".into()));
+}
