@@ -315,6 +315,21 @@ async fn deploy_builds_migrates_routes_api_and_leaves_the_stateful_service_alone
         networks.contains(&network) && networks.contains(&stack.traefik_network),
         "{networks}"
     );
+    // Other containers calling `http://api:8000` reach the serving color:
+    // the service's name is a network alias of the active color only.
+    let aliases = |color: &str| {
+        docker::inspect(
+            &format!("{}-api-{color}", stack.project),
+            &format!("{{{{json (index .NetworkSettings.Networks \"{network}\").Aliases}}}}"),
+        )
+    };
+    let named = |color: &str| aliases(color).contains("\"api\"");
+    assert!(named("green") && !named("blue"), "{} / {}", aliases("green"), aliases("blue"));
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(named("blue") && !named("green"), "{} / {}", aliases("blue"), aliases("green"));
+    assert_eq!(d.get("/api/items").await, (200, "api-v1\n".into()));
+
     // The Compose labels are passed through, beside switchctl's.
     assert_eq!(
         docker::inspect(&api_container, "{{index .Config.Labels \"traefik.enable\"}}"),

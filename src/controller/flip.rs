@@ -93,14 +93,17 @@ impl Controller {
     pub(super) async fn retire(&self, old: Option<(Color, Release)>, config: &Config, reporter: &Reporter) {
         let Some((color, release)) = old else { return };
         match config.deploy.standby {
-            StandbyPolicy::Keep => reporter.info(
-                Phase::Standby,
-                None,
-                format!(
-                    "{color} ({}) kept running as standby: `switchctl flip back` returns to it at once",
-                    release.tag
-                ),
-            ),
+            StandbyPolicy::Keep => {
+                self.set_service_alias(&release, config, false, reporter).await;
+                reporter.info(
+                    Phase::Standby,
+                    None,
+                    format!(
+                        "{color} ({}) kept running as standby: `switchctl flip back` returns to it at once",
+                        release.tag
+                    ),
+                )
+            }
             StandbyPolicy::Stop => {
                 self.stop_release(&release, config, reporter).await;
                 let mut state = self.state.lock().await;
@@ -109,6 +112,21 @@ impl Controller {
                     reporter.warn(Phase::Standby, None, e.to_string());
                 }
                 reporter.info(Phase::Standby, None, format!("{color} ({}) stopped", release.tag));
+            }
+        }
+    }
+
+    /// Give or take away each service's Compose name (its network alias)
+    /// on the upstreams of `release`; a failure is reported, never fatal.
+    async fn set_service_alias(&self, release: &Release, config: &Config, named: bool, reporter: &Reporter) {
+        for (service, up) in &release.services {
+            let Some(svc) = config.service(service) else { continue };
+            if let Err(e) = self.driver.set_service_alias(&up.handle, svc, named).await {
+                reporter.warn(
+                    Phase::Standby,
+                    Some(service),
+                    format!("could not move the network alias {service}: {e}"),
+                );
             }
         }
     }
@@ -150,6 +168,9 @@ impl Controller {
             }
         }
         op.phase(Phase::Flip);
+        // Other containers calling a service by its Compose name follow the
+        // traffic: the standby takes the name before it takes traffic.
+        self.set_service_alias(&release, &config, true, &reporter).await;
         let old = self.flip_to(color, &release, &config, &mut rec, &reporter).await;
         op.phase(Phase::Drain);
         self.drain(old.as_ref(), &config, &mut rec, &reporter).await;

@@ -84,6 +84,15 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// How a container joins a network: a Compose service's container answers
+/// to the service's name there (`http://api:8000`) when `named`.
+fn endpoint(service: &ServiceConfig, named: bool) -> bollard::models::EndpointSettings {
+    bollard::models::EndpointSettings {
+        aliases: (named && service.compose.is_some()).then(|| vec![service.name.clone()]),
+        ..Default::default()
+    }
+}
+
 /// The host port `port/tcp` is published on.
 fn published_port(settings: Option<bollard::models::NetworkSettings>, port: u16) -> Option<u16> {
     settings
@@ -577,7 +586,7 @@ impl DockerDriver {
         for network in &service.networks {
             let opts = NetworkConnectRequest {
                 container: created.id.clone(),
-                endpoint_config: Default::default(),
+                endpoint_config: Some(endpoint(service, true)),
             };
             if let Err(e) = docker.connect_network(network, opts).await {
                 return Err(cleanup(format!("join network {network}: {e}")).await);
@@ -734,6 +743,46 @@ impl DockerDriver {
             ),
         };
         Err(TaskFailure { message, lines })
+    }
+
+    /// Give (or take away) the Compose service's name as a network alias of
+    /// the container `handle`, on each of its networks: Docker cannot change
+    /// the aliases of a connected container, so it is disconnected and
+    /// connected again (its connections on those networks are reset; its
+    /// published port, on the default bridge, is not touched).
+    pub(super) async fn set_service_alias(
+        &self,
+        handle: &Handle,
+        service: &ServiceConfig,
+        named: bool,
+    ) -> Result<(), DriverError> {
+        let Handle::Container { id } = handle else {
+            return Ok(());
+        };
+        if service.compose.is_none() {
+            return Ok(());
+        }
+        let docker = self.client().await?;
+        for network in &service.networks {
+            let disconnect = bollard::models::NetworkDisconnectRequest {
+                container: id.clone(),
+                force: Some(true),
+            };
+            match docker.disconnect_network(network, disconnect).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => return Ok(()),
+                Err(e) => return Err(DriverError::Other(format!("disconnect from {network}: {e}"))),
+            }
+            let connect = NetworkConnectRequest {
+                container: id.clone(),
+                endpoint_config: Some(endpoint(service, named)),
+            };
+            docker
+                .connect_network(network, connect)
+                .await
+                .map_err(|e| DriverError::Other(format!("reconnect to {network}: {e}")))?;
+        }
+        Ok(())
     }
 
     pub(super) async fn state(&self, handle: &Handle) -> RunState {

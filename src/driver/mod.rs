@@ -175,6 +175,21 @@ impl Driver {
         }
     }
 
+    /// Give (`named`) or take away the service's Compose name as the
+    /// upstream's network alias, so other containers calling `http://api`
+    /// reach the color that serves.
+    pub async fn set_service_alias(
+        &self,
+        handle: &Handle,
+        service: &ServiceConfig,
+        named: bool,
+    ) -> Result<(), DriverError> {
+        match self {
+            Driver::Process(_) => Ok(()),
+            Driver::Docker(d) => d.set_service_alias(handle, service, named).await,
+        }
+    }
+
     /// Where the upstream `handle` listens now, as the runtime reports it
     /// (a container Docker restarted may have another host port); `None`
     /// when the runtime cannot say.
