@@ -292,6 +292,12 @@ async fn deploy_builds_migrates_routes_api_and_leaves_the_stateful_service_alone
     ] {
         assert!(images.contains(&image), "{image} not in {images:?}");
     }
+    // The build time is in history.
+    let out = d.cli(&["history", "--json"]).await;
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = history.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["tag"], "v2");
+    assert!(last["build_ms"].is_u64(), "{last}");
     // The migration ran for each release and wrote into the project's volume.
     assert_eq!(stack.migrated(), ["migrated-v1", "migrated-v2"]);
     // The stateful service was not stopped, recreated or reconnected.
@@ -324,10 +330,20 @@ async fn deploy_builds_migrates_routes_api_and_leaves_the_stateful_service_alone
         )
     };
     let named = |color: &str| aliases(color).contains("\"api\"");
-    assert!(named("green") && !named("blue"), "{} / {}", aliases("green"), aliases("blue"));
+    assert!(
+        named("green") && !named("blue"),
+        "{} / {}",
+        aliases("green"),
+        aliases("blue")
+    );
     let out = d.cli(&["flip", "back"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(named("blue") && !named("green"), "{} / {}", aliases("blue"), aliases("green"));
+    assert!(
+        named("blue") && !named("green"),
+        "{} / {}",
+        aliases("blue"),
+        aliases("green")
+    );
     assert_eq!(d.get("/api/items").await, (200, "api-v1\n".into()));
 
     // The Compose labels are passed through, beside switchctl's.

@@ -164,14 +164,21 @@ impl Deploy {
     /// Can the release start at all (runtime reachable, networks there,
     /// images present or built, dependencies running)? Nothing is stopped
     /// before this passes.
-    async fn preflight(&self) -> Result<(), String> {
+    async fn preflight(&mut self) -> Result<(), String> {
         self.op.phase(Phase::Preflight);
         let config = &self.config;
+        let built = std::sync::atomic::AtomicBool::new(false);
         let progress = |service: &str, line: &str| {
+            built.store(true, std::sync::atomic::Ordering::Relaxed);
             self.op.phase(Phase::Build);
             self.reporter.info(Phase::Build, Some(service), line)
         };
-        if let Err(e) = self.controller.driver.preflight(config, &self.tag, &progress).await {
+        let t = Instant::now();
+        let result = self.controller.driver.preflight(config, &self.tag, &progress).await;
+        if built.into_inner() {
+            self.record.build_ms = Some(ms(t.elapsed()));
+        }
+        if let Err(e) = result {
             self.reporter.error(Phase::Preflight, None, e.to_string());
             return Err(e.to_string());
         }

@@ -22,6 +22,7 @@ pub(super) struct Record {
     pub ready_ms: Option<u64>,
     pub flip_us: Option<u64>,
     pub drain_ms: Option<u64>,
+    pub build_ms: Option<u64>,
 }
 
 impl Record {
@@ -37,6 +38,7 @@ impl Record {
             ready_ms: None,
             flip_us: None,
             drain_ms: None,
+            build_ms: None,
         }
     }
 
@@ -61,6 +63,7 @@ impl Record {
             ready_ms: self.ready_ms,
             flip_us: self.flip_us,
             drain_ms: self.drain_ms,
+            build_ms: self.build_ms,
         };
         if let Err(e) = history.append(&entry) {
             reporter.warn(Phase::History, None, format!("could not record history: {e}"));
@@ -140,6 +143,7 @@ mod tests {
             ready_ms: None,
             flip_us: None,
             drain_ms: None,
+            build_ms: None,
         }
     }
 
