@@ -1,13 +1,26 @@
-//! The body of every response the proxy sends: either an upstream's body,
-//! streamed frame by frame, or a short plain-text message of the proxy's own.
+//! Bodies on their way through the proxy.
 //!
-//! The upstream variant carries the in-flight guard and the pooled
-//! connection, so the request counts as in flight until its body has been
-//! sent, and the connection is reused as soon as the body has ended.
+//! [`ProxyBody`], the body of every response the proxy sends: either an
+//! upstream's body, streamed frame by frame, or a short plain-text message of
+//! the proxy's own. The upstream variant carries the in-flight guard and the
+//! pooled connection, so the request counts as in flight until its body has
+//! been sent, and the connection is reused once both bodies have ended.
+//!
+//! [`RequestBody`], the client's request body on its way upstream. When
+//! there is one, an [`Upload`] records whether it ended, failed (a malformed
+//! chunk from the client: 400, not 502) or is still coming, so that the
+//! response timeout starts only once the upload is done. A request without a
+//! body allocates nothing for this.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -27,6 +40,9 @@ enum Kind {
     Upstream {
         body: Incoming,
         conn: Option<(SocketAddr, Conn)>,
+        /// The request's upload, when it had a body: the connection is
+        /// reusable only when that has ended too.
+        upload: Option<Arc<Upload>>,
         _in_flight: InFlight,
     },
     Text(Option<Bytes>),
@@ -40,12 +56,19 @@ impl ProxyBody {
         }
     }
 
-    /// An upstream body; `conn` returns to the pool when it ends.
-    pub(crate) fn upstream(body: Incoming, conn: Option<(SocketAddr, Conn)>, in_flight: InFlight) -> Self {
+    /// An upstream body; `conn` returns to the pool when it and the
+    /// request's `upload` (if any) have ended.
+    pub(crate) fn upstream(
+        body: Incoming,
+        conn: Option<(SocketAddr, Conn)>,
+        upload: Option<Arc<Upload>>,
+        in_flight: InFlight,
+    ) -> Self {
         let mut this = ProxyBody {
             kind: Kind::Upstream {
                 body,
                 conn,
+                upload,
                 _in_flight: in_flight,
             },
         };
@@ -54,12 +77,16 @@ impl ProxyBody {
     }
 
     fn release_if_ended(&mut self) {
-        if let Kind::Upstream { body, conn, .. } = &mut self.kind {
+        if let Kind::Upstream { body, conn, upload, .. } = &mut self.kind {
             // hyper stops polling once `is_end_stream` is true, so the end
             // can be seen here rather than as a final `None`.
             if body.is_end_stream() {
                 if let Some((addr, conn)) = conn.take() {
-                    pool::put_back(addr, conn);
+                    // An upload still going (the upstream answered early)
+                    // leaves the connection busy: it is not reused.
+                    if upload.as_ref().is_none_or(|u| u.state() == Upload::ENDED) {
+                        pool::put_back(addr, conn);
+                    }
                 }
             }
         }
@@ -101,6 +128,172 @@ impl Body for ProxyBody {
             Kind::Text(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Text(None) => SizeHint::with_exact(0),
             Kind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// How a request body's upload stands; shared by the body being sent and the
+/// request waiting for its response.
+#[derive(Debug, Default)]
+pub(crate) struct Upload {
+    state: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Upload {
+    /// Still sending.
+    pub(crate) const SENDING: u8 = 0;
+    /// The whole body was sent.
+    pub(crate) const ENDED: u8 = 1;
+    /// The client's body failed: malformed framing, or the client went away.
+    pub(crate) const CLIENT_FAILED: u8 = 2;
+    /// hyper stopped sending it (the upstream connection failed or answered).
+    pub(crate) const ABANDONED: u8 = 3;
+    /// The client sent nothing of its body for the body read timeout.
+    pub(crate) const CLIENT_TIMED_OUT: u8 = 4;
+
+    /// Where the upload stands.
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    fn finish(&self, state: u8) {
+        if self
+            .state
+            .compare_exchange(Self::SENDING, state, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.waker.wake();
+        }
+    }
+
+    /// Resolves once the upload is no longer sending.
+    pub(crate) async fn finished(&self) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.state() == Self::SENDING {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+}
+
+/// The client's request body on its way upstream (see [`Upload`]). While
+/// it waits on the client, a body that sends nothing for the read timeout
+/// fails (slow-body attacks); time the upstream takes to read does not count.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Option<Incoming>,
+    upload: Option<Arc<Upload>>,
+    read: Option<ReadTimer>,
+}
+
+#[derive(Debug)]
+struct ReadTimer {
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Whether the deadline counts for the frame now awaited.
+    armed: bool,
+}
+
+/// The client sent nothing of its request body for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing of its request body for {0:?}")]
+pub(crate) struct BodyReadTimeout(Duration);
+
+impl RequestBody {
+    /// Wrap the client's body; the [`Upload`] is there when it has content.
+    /// `read_timeout` bounds each wait for the client's next bytes.
+    pub(crate) fn new(body: Incoming, read_timeout: Duration) -> (Self, Option<Arc<Upload>>) {
+        if body.is_end_stream() {
+            return (RequestBody::empty(), None);
+        }
+        let upload = Arc::new(Upload::default());
+        let body = RequestBody {
+            inner: Some(body),
+            upload: Some(upload.clone()),
+            read: Some(ReadTimer {
+                timeout: read_timeout,
+                sleep: Box::pin(tokio::time::sleep(read_timeout)),
+                armed: false,
+            }),
+        };
+        (body, Some(upload))
+    }
+
+    /// No body at all.
+    pub(crate) fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            upload: None,
+            read: None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(body) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(read) = this.read.as_mut().filter(|r| !r.armed) {
+            let deadline = tokio::time::Instant::now() + read.timeout;
+            read.sleep.as_mut().reset(deadline);
+            read.armed = true;
+        }
+        let frame = Pin::new(&mut *body).poll_frame(cx);
+        let upload = this.upload.as_deref();
+        match &frame {
+            Poll::Ready(Some(Err(_))) => upload.inspect(|u| u.finish(Upload::CLIENT_FAILED)),
+            Poll::Ready(None) => upload.inspect(|u| u.finish(Upload::ENDED)),
+            Poll::Ready(Some(Ok(_))) if body.is_end_stream() => upload.inspect(|u| u.finish(Upload::ENDED)),
+            _ => None,
+        };
+        match frame {
+            Poll::Ready(frame) => {
+                if let Some(read) = this.read.as_mut() {
+                    read.armed = false;
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some(read) = this.read.as_mut() else {
+                    return Poll::Pending;
+                };
+                if read.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if let Some(upload) = upload {
+                    upload.finish(Upload::CLIENT_TIMED_OUT);
+                }
+                this.inner = None;
+                Poll::Ready(Some(Err(Box::new(BodyReadTimeout(read.timeout)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(upload) = &self.upload {
+            upload.finish(Upload::ABANDONED);
         }
     }
 }

@@ -1,16 +1,21 @@
 //! One proxied request, as four named phases:
 //!
-//! 1. [`Forwarder::route`]: one `ArcSwap` load of the route table, find the
-//!    service and the upstream of its active color (404 / 503 otherwise).
+//! 1. [`Forwarder::route`]: the target checked and normalized (`target`:
+//!    400 for a bad `Host` or an ambiguous path), one `ArcSwap` load of the
+//!    route table, the service and the upstream of its active color (404 /
+//!    503 otherwise), counted in flight before any drain can miss it.
 //! 2. [`prepare_request`]: origin-form URI, `X-Forwarded-*`, hop-by-hop
-//!    headers removed (kept for an upgrade handshake).
+//!    headers removed (kept for an upgrade handshake; `TE: trailers` kept).
 //! 3. [`Forwarder::send`]: a pooled keep-alive connection, or a new one;
-//!    connect and response timeouts map to 502 / 504.
-//! 4. [`Forwarder::respond`]: hop-by-hop headers removed, the body streamed
-//!    back; a `101 Switching Protocols` becomes a two-way tunnel.
+//!    connect and response timeouts map to 502 / 504, a failed client body
+//!    to 400 / 408; a bodiless idempotent request lost on a reused
+//!    connection is sent once more on a fresh one.
+//! 4. [`respond`]: hop-by-hop headers removed, the body streamed back; a
+//!    `101 Switching Protocols` becomes a two-way tunnel the worker tracks.
 //!
 //! Nothing here logs per request, locks, or allocates what it can avoid.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -19,14 +24,18 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::TrySendError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody, Upload};
+use crate::listener::Slots;
 use crate::pool::{self, ConnectError};
 use crate::routes::RouteTable;
-use crate::upstream::{InFlight, Upstream};
+use crate::upstream::InFlight;
+use crate::{target, tunnel};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -34,7 +43,12 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1,
+/// and `HTTP2-Settings` of the h2c upgrade, which is never forwarded).
+/// `Trailer` is not one of them: it announces the trailers that pass.
+/// `Connection` comes first and `Upgrade` last (see [`is_upgrade`]).
 static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
@@ -42,19 +56,36 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::PROXY_AUTHENTICATE,
     &header::PROXY_AUTHORIZATION,
     &header::TE,
-    &header::TRAILER,
     &header::TRANSFER_ENCODING,
+    &HTTP2_SETTINGS,
     &header::UPGRADE,
 ];
+/// The bit of `TE` in a [`hop_by_hop_present`] mask.
+const TE_BIT: u16 = 1 << 5;
 
 /// What the data plane shares across connections: the table and timeouts.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    pub(crate) table: Arc<ArcSwap<RouteTable>>,
+    pub(crate) table: ArcSwap<RouteTable>,
+    /// Incremented after every store into `table`.
+    pub(crate) generation: AtomicU64,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
+    pub(crate) upstream_idle_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
     /// Set when plain connections answer with a redirect to https.
     pub(crate) https_redirect: Option<crate::tls::HttpsRedirect>,
+}
+
+/// Where a worker keeps the tunnels of upgraded connections: they outlive
+/// the hyper connection that answered `101`, so the worker tracks them itself
+/// to let them live through the drain, and closes them when it ends.
+#[derive(Debug, Clone)]
+pub(crate) struct Tunnels {
+    /// The worker's task tracker: the drain waits for it to empty.
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled when the drain timeout has passed: every tunnel closes.
+    pub(crate) close: CancellationToken,
 }
 
 /// Per client connection: who the client is, and what the worker's sweeper
@@ -62,6 +93,10 @@ pub(crate) struct Forwarder {
 #[derive(Debug)]
 pub(crate) struct ClientConn {
     forwarder: Arc<Forwarder>,
+    tunnels: Tunnels,
+    /// The connection's slots (`max_connections`, per client address): a
+    /// tunnel this connection becomes takes them, so it counts as well.
+    slots: std::sync::Mutex<Option<Slots>>,
     client_ip: HeaderValue,
     proto: HeaderValue,
     tls: bool,
@@ -86,11 +121,13 @@ pub(crate) enum Close {
 }
 
 impl ClientConn {
-    pub(crate) fn new(forwarder: Arc<Forwarder>, peer: SocketAddr, tls: bool) -> Self {
+    pub(crate) fn new(forwarder: Arc<Forwarder>, tunnels: Tunnels, slots: Slots, peer: SocketAddr, tls: bool) -> Self {
         let client_ip =
             HeaderValue::try_from(peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ClientConn {
             forwarder,
+            tunnels,
+            slots: std::sync::Mutex::new(Some(slots)),
             client_ip,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             tls,
@@ -135,19 +172,20 @@ impl ClientConn {
                 return resp;
             }
         }
-        let upstream = match fwd.route(&req) {
-            Ok(upstream) => upstream,
-            Err(failure) => return failure.response(),
-        };
-        let in_flight = upstream.enter();
         let http1 = req.version() <= Version::HTTP_11;
+        let in_flight = match fwd.route(&mut req) {
+            Ok(in_flight) => in_flight,
+            Err(failure) => return failure.response(http1),
+        };
         let client_upgrade = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
         let mut resp = match fwd.send(addr, req).await {
-            Ok((resp, conn)) => respond(resp, conn, addr, in_flight, client_upgrade),
-            Err(failure) => failure.response(),
+            Ok((resp, conn, upload)) => respond(resp, conn, upload, addr, in_flight, client_upgrade, self),
+            Err(failure) => failure.response(http1),
         };
-        if http1 && self.close_requested() == Close::Drain {
+        // A `101` hands the connection over to the tunnel: `Connection: close`
+        // would replace its `Connection: upgrade` and break the handshake.
+        if http1 && self.close_requested() == Close::Drain && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -158,6 +196,14 @@ impl ClientConn {
 /// Why a request got the proxy's own answer instead of an upstream's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
+    /// No `Host`, several, or one that is not a valid host (RFC 9112 §3.2).
+    BadHost,
+    /// The client's request body was malformed (e.g. a bad chunk size) or cut off.
+    BadRequestBody,
+    /// The client sent nothing of its request body for the body read timeout.
+    BodyTimeout,
+    /// A path with an encoded `/` or `\\`, or a broken escape.
+    AmbiguousPath,
     NoRoute,
     NoActiveRelease,
     Refused,
@@ -167,8 +213,20 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    fn response(self) -> Response<ProxyBody> {
+    /// The proxy's answer; `http1` says whether the client speaks HTTP/1,
+    /// whose connection is closed after a malformed request.
+    fn response(self, http1: bool) -> Response<ProxyBody> {
         let (status, msg) = match self {
+            Failure::BadHost => (
+                StatusCode::BAD_REQUEST,
+                "the request needs exactly one valid Host header\n",
+            ),
+            Failure::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time\n"),
+            Failure::BadRequestBody => (StatusCode::BAD_REQUEST, "the request body was malformed or cut off\n"),
+            Failure::AmbiguousPath => (
+                StatusCode::BAD_REQUEST,
+                "the path has an encoded slash or a broken escape\n",
+            ),
             Failure::NoRoute => (StatusCode::NOT_FOUND, "no route for this host and path\n"),
             Failure::NoActiveRelease => (StatusCode::SERVICE_UNAVAILABLE, "no active release\n"),
             Failure::Refused => (StatusCode::BAD_GATEWAY, "upstream refused the connection\n"),
@@ -185,50 +243,179 @@ impl Failure {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if http1 && (status == StatusCode::BAD_REQUEST || status == StatusCode::REQUEST_TIMEOUT) {
+            // What follows a malformed request on this connection cannot be
+            // trusted to be framed the way the client meant it.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
 
 impl Forwarder {
     /// Phase 1: the upstream of the service this request routes to.
-    fn route(&self, req: &Request<Incoming>) -> Result<Arc<Upstream>, Failure> {
-        let table = self.table.load();
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        let service = table.lookup(host, req.uri().path()).ok_or(Failure::NoRoute)?;
-        service.upstream().cloned().ok_or(Failure::NoActiveRelease)
+    ///
+    /// The request counts as in flight to that upstream before this returns,
+    /// and no drain can have seen it idle meanwhile: the table generation is
+    /// read before the lookup and again after [`Upstream::enter`](crate::Upstream). A swap in
+    /// between (rare) routes the request again on the new table; otherwise a
+    /// drain that started after the swap sees this request (all `SeqCst`).
+    fn route<B>(&self, req: &mut Request<B>) -> Result<InFlight, Failure> {
+        if let Cow::Owned(path) = target::normalize_path(req.uri().path()).map_err(|_| Failure::AmbiguousPath)? {
+            target::set_path(req, path);
+        }
+        let host = target::host(req).map_err(|_| Failure::BadHost)?;
+        loop {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let table = self.table.load();
+            let service = table.lookup(host, req.uri().path()).ok_or(Failure::NoRoute)?;
+            let upstream = service.upstream().ok_or(Failure::NoActiveRelease)?;
+            #[cfg(test)]
+            tests::between_lookup_and_enter();
+            let in_flight = upstream.clone().enter();
+            if self.generation.load(Ordering::SeqCst) == generation {
+                return Ok(in_flight);
+            }
+        }
     }
 
-    /// Phase 3: send on a pooled connection, or a new one. A request that a
-    /// pooled connection never started to send (it was closed under us) is
-    /// retried once on a fresh connection.
+    /// Replace the route table: the flip. See [`Forwarder::route`].
+    pub(crate) fn swap(&self, table: RouteTable) {
+        self.table.store(Arc::new(table));
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Phase 3: send on a pooled connection, or a new one. The response
+    /// timeout runs from the end of the upload to the response head.
+    ///
+    /// Retries: a request a pooled connection never started to send (it was
+    /// closed under us) goes on another connection. An idempotent request
+    /// without a body that a reused connection lost before any response
+    /// (the upstream closed it as the request crossed) is sent once more on a
+    /// fresh connection. To resend it, its head is copied before sending,
+    /// only when the connection was idle for [`RETRY_AFTER_IDLE`] or more:
+    /// under load connections are reused within microseconds and upstreams
+    /// close idle ones, so the copy is made where the race is.
     async fn send(
         &self,
         addr: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, pool::Conn), Failure> {
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, pool::Conn, Option<Arc<Upload>>), Failure> {
+        let (parts, body) = req.into_parts();
+        let (body, upload) = RequestBody::new(body, self.body_read_timeout);
+        let mut req = Request::from_parts(parts, body);
+        let mut fresh_only = false;
         loop {
-            let (mut conn, fresh) = match pool::take_idle(addr).await {
-                Some(conn) => (conn, false),
+            let pooled = match fresh_only {
+                true => None,
+                false => pool::take_idle(addr, self.upstream_idle_timeout).await,
+            };
+            let (mut conn, idle) = match pooled {
+                Some((conn, idle)) => (conn, Some(idle)),
                 None => match pool::connect(addr, self.connect_timeout).await {
-                    Ok(conn) => (conn, true),
+                    Ok(conn) => (conn, None),
                     Err(ConnectError::TimedOut) => return Err(Failure::ConnectTimeout),
                     Err(ConnectError::Failed) => return Err(Failure::Refused),
                 },
             };
-            match tokio::time::timeout(self.response_timeout, conn.try_send_request(req)).await {
-                Err(_) => return Err(Failure::ResponseTimeout),
-                Ok(Ok(resp)) => return Ok((resp, conn)),
-                Ok(Err(mut err)) => match err.take_message() {
-                    Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(Failure::Broken),
-                },
+            let resend = match idle {
+                Some(idle)
+                    if !fresh_only && idle >= RETRY_AFTER_IDLE && upload.is_none() && idempotent(req.method()) =>
+                {
+                    Some(head_copy(&req))
+                }
+                _ => None,
+            };
+            let err = match self.exchange(&mut conn, req, upload.as_deref()).await {
+                Ok(Ok(resp)) => return Ok((resp, conn, upload)),
+                Ok(Err(err)) => err,
+                Err(timeout) => return Err(timeout),
+            };
+            match upload.as_ref().map(|u| u.state()) {
+                Some(Upload::CLIENT_FAILED) => return Err(Failure::BadRequestBody),
+                Some(Upload::CLIENT_TIMED_OUT) => return Err(Failure::BodyTimeout),
+                _ => {}
+            }
+            let mut err = err;
+            match (err.take_message(), resend) {
+                (Some(unsent), _) if idle.is_some() => req = unsent,
+                (_, Some(copy)) if before_any_response(err.error()) => {
+                    req = copy;
+                    fresh_only = true;
+                }
+                _ => return Err(Failure::Broken),
             }
         }
     }
+
+    /// Send `req` on `conn` and wait for the response head: without a bound
+    /// while the client uploads (the body's own pace), then for at most the
+    /// response timeout.
+    async fn exchange(
+        &self,
+        conn: &mut pool::Conn,
+        req: Request<RequestBody>,
+        upload: Option<&Upload>,
+    ) -> Result<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>, Failure> {
+        let sent = conn.try_send_request(req);
+        let mut sent = std::pin::pin!(sent);
+        if let Some(upload) = upload {
+            tokio::select! {
+                biased;
+                result = sent.as_mut() => return Ok(result),
+                _ = upload.finished() => {}
+            }
+        }
+        tokio::time::timeout(self.response_timeout, sent)
+            .await
+            .map_err(|_| Failure::ResponseTimeout)
+    }
+}
+
+/// A reused connection idle this long gets a copy of an idempotent request's
+/// head, to resend it if the upstream closed the connection under it.
+const RETRY_AFTER_IDLE: Duration = Duration::from_millis(10);
+
+/// Methods whose request may be sent twice (RFC 9110 §9.2.2) and that
+/// usually carry no body.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The same request again, without a body (only bodiless requests are resent).
+fn head_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Did the upstream close, or reset, the connection before answering?
+/// (Not a timeout, and not a response hyper could not parse.)
+fn before_any_response(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Phase 2: make the request fit for the upstream hop. Returns the client's
@@ -239,10 +426,10 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
     // HTTP/2 requests (and absolute-form HTTP/1) carry scheme and authority;
     // the upstream hop wants origin-form and a Host header.
     if let Some(authority) = req.uri().authority() {
-        if !req.headers().contains_key(header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                req.headers_mut().insert(header::HOST, host);
-            }
+        // The target's authority is the host (RFC 9112 §3.2.2: a proxy
+        // replaces the Host of an absolute-form request with it).
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
         }
         let path = req
             .uri()
@@ -277,44 +464,41 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
 fn respond(
     mut resp: Response<Incoming>,
     conn: pool::Conn,
+    upload: Option<Arc<Upload>>,
     addr: SocketAddr,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_conn: &ClientConn,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let upstream_side = hyper::upgrade::on(&mut resp);
+            let websocket = resp
+                .headers()
+                .get_all(header::UPGRADE)
+                .iter()
+                .any(|v| has_token(v, "websocket"));
             let cut = in_flight.upstream().cut_token();
-            tokio::spawn(tunnel(client, upstream_side, cut, in_flight));
+            let tunnels = &client_conn.tunnels;
+            let close = tunnels.close.clone();
+            let slots = client_conn.slots.lock().map_or(None, |mut s| s.take());
+            let held = (in_flight, slots);
+            tunnels
+                .tracker
+                .spawn(tunnel::run(client, upstream_side, websocket, [cut, close], held));
             return resp.map(|_| ProxyBody::text(""));
         }
     }
     let present = hop_by_hop_present(resp.headers());
     strip_hop_by_hop(resp.headers_mut(), present, false);
     // The connection is reusable once this body ends (an upgraded one never is).
-    resp.map(|body| ProxyBody::upstream(body, Some((addr, conn)), in_flight))
+    resp.map(|body| ProxyBody::upstream(body, Some((addr, conn)), upload, in_flight))
 }
 
-/// Copy bytes both ways between client and upstream until either side
-/// closes, or a drain of the upstream times out and cuts the tunnel.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    cut: tokio_util::sync::CancellationToken,
-    _in_flight: InFlight,
-) {
-    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
-        return;
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-        _ = cut.cancelled() => {}
-    }
-}
-
-/// Does the request ask for a protocol upgrade? `present` as for [`strip_hop_by_hop`].
+/// Does the request ask for a protocol upgrade the proxy tunnels? Not to
+/// h2c: that upgrade is between the client and the proxy, which does not
+/// offer it, so it is dropped like any hop-by-hop header.
+/// `present` as for [`strip_hop_by_hop`].
 fn is_upgrade(headers: &HeaderMap, present: u16) -> bool {
     const CONNECTION_AND_UPGRADE: u16 = 1 | 1 << (HOP_BY_HOP.len() - 1);
     present & CONNECTION_AND_UPGRADE == CONNECTION_AND_UPGRADE
@@ -322,6 +506,7 @@ fn is_upgrade(headers: &HeaderMap, present: u16) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .any(|v| has_token(v, "upgrade"))
+        && !headers.get_all(header::UPGRADE).iter().any(|v| has_token(v, "h2c"))
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {
@@ -344,9 +529,12 @@ fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
 }
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
-/// For an upgrade handshake, `Connection: upgrade` and `Upgrade` stay.
-/// `present` is [`hop_by_hop_present`] of `headers`.
+/// For an upgrade handshake, `Connection: upgrade` and `Upgrade` stay; a
+/// `TE` that accepts trailers becomes `TE: trailers` (RFC 9110 §10.1.4: the
+/// one TE value that passes a proxy). `present` is [`hop_by_hop_present`]
+/// of `headers`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, mut present: u16, keep_upgrade: bool) {
+    let trailers = present & TE_BIT != 0 && headers.get_all(header::TE).iter().any(|v| has_token(v, "trailers"));
     if present & 1 != 0 {
         // Only a `Connection` header naming other headers allocates.
         let mut named = Vec::new();
@@ -378,11 +566,62 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, mut present: u16, keep_upgrade: boo
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
+    use crate::upstream::Upstream;
+
+    thread_local! {
+        /// Run by [`Forwarder::route`] between the lookup and `enter`.
+        static BETWEEN: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    pub(super) fn between_lookup_and_enter() {
+        if let Some(hook) = BETWEEN.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+    }
+
+    #[test]
+    fn a_drain_never_sees_zero_while_a_routed_request_is_about_to_start() {
+        let blue = Upstream::new(([127, 0, 0, 1], 1).into());
+        let green = Upstream::new(([127, 0, 0, 1], 2).into());
+        let fwd = Arc::new(Forwarder {
+            table: ArcSwap::from_pointee(RouteTable::single("web", Some(blue.clone()))),
+            generation: AtomicU64::new(0),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            upstream_idle_timeout: Duration::from_secs(1),
+            body_read_timeout: Duration::from_secs(1),
+            https_redirect: None,
+        });
+        // The flip lands after this request looked blue up, and the drain of
+        // blue looks at once.
+        let drain_saw = std::rc::Rc::new(std::cell::Cell::new(None));
+        BETWEEN.with(|h| {
+            let (fwd, blue, green, drain_saw) = (fwd.clone(), blue.clone(), green.clone(), drain_saw.clone());
+            *h.borrow_mut() = Some(Box::new(move || {
+                fwd.swap(RouteTable::single("web", Some(green)));
+                drain_saw.set(Some(blue.in_flight()));
+            }));
+        });
+        let mut req = Request::get("/").header(header::HOST, "a").body(()).unwrap();
+        let in_flight = fwd.route(&mut req).unwrap();
+        assert_eq!(drain_saw.get(), Some(0), "the drain saw blue idle");
+        assert_eq!(
+            in_flight.upstream().addr(),
+            green.addr(),
+            "so the request must not go to blue"
+        );
+        assert_eq!(blue.in_flight(), 0);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_connection_tokens_are_removed() {
@@ -390,13 +629,30 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         let present = hop_by_hop_present(&h);
         strip_hop_by_hop(&mut h, present, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_and_trailer_pass_and_h2c_is_no_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("deflate;q=0.5, trailers"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, HTTP2-Settings"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAAQAAP__"));
+        let present = hop_by_hop_present(&h);
+        assert!(!is_upgrade(&h, present));
+        strip_hop_by_hop(&mut h, present, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["te", "trailer"]);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
     }
 
     #[test]

@@ -30,11 +30,13 @@ mod forward;
 mod listener;
 mod pool;
 mod routes;
+mod target;
 mod tls;
+mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +64,9 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Largest request head accepted (HTTP/1.1 answers 431 beyond it).
     pub max_header_bytes: usize,
-    /// Most client connections open at once; more wait in the accept queue.
+    /// Most client connections open at once. Near the limit, connections
+    /// that started no request for a second are closed to make room; beyond
+    /// it, new ones wait in the accept queue.
     pub max_connections: usize,
     /// Time to establish a connection to an upstream (else 504).
     pub connect_timeout: Duration,
@@ -70,6 +74,16 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// On shutdown, how long open requests may take to finish.
     pub drain_timeout: Duration,
+    /// A pooled upstream connection idle this long is not reused. Keep it
+    /// below the upstreams' keep-alive timeout, or an upstream may close a
+    /// connection just as a request is sent on it.
+    pub upstream_idle_timeout: Duration,
+    /// While a request body is being received, the longest wait for the
+    /// client's next bytes (else 408 and the connection closes).
+    pub body_read_timeout: Duration,
+    /// Most connections open at once from one client address (IPv6: one
+    /// /64); more are closed as they arrive. 0: no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ProxyConfig {
@@ -83,6 +97,17 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            // Below the shortest common keep-alive default (gunicorn 2 s;
+            // node, uvicorn, Apache 5 s; nginx 75 s), with room for the
+            // request's trip: reconnecting after 1.5 s idle costs one
+            // handshake on a local network.
+            upstream_idle_timeout: Duration::from_millis(1500),
+            // nginx's client_body_timeout is 60 s; a client that pauses
+            // half a minute mid-upload is broken or hostile.
+            body_read_timeout: Duration::from_secs(30),
+            // Browsers open 6 per host, a busy NAT or an office a few hundred
+            // at most; one address holding more is hoarding.
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -109,7 +134,7 @@ pub enum ProxyError {
 /// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
 #[derive(Debug)]
 pub struct Proxy {
-    table: Arc<ArcSwap<RouteTable>>,
+    forwarder: Arc<forward::Forwarder>,
     local_addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
     certs: Option<CertStore>,
@@ -184,14 +209,17 @@ impl Proxy {
             .filter(|t| t.redirect_http)
             .map(|_| tls::HttpsRedirect::new(tls_addrs.first().map(|a| a.port())));
         let serving = tls.as_ref().map(|t| Arc::new(tls::TlsServing::new(t)));
-        let table = Arc::new(ArcSwap::from_pointee(table));
         let forwarder = Arc::new(forward::Forwarder {
-            table: table.clone(),
+            table: ArcSwap::from_pointee(table),
+            generation: AtomicU64::new(0),
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
+            upstream_idle_timeout: config.upstream_idle_timeout,
+            body_read_timeout: config.body_read_timeout,
             https_redirect,
         });
         let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let per_ip = listener::PerIp::new(config.max_connections_per_ip);
         let shutdown = CancellationToken::new();
         let stopped = CancellationToken::new();
         let workers = per_worker.len().max(tls_per_worker.len());
@@ -210,6 +238,7 @@ impl Proxy {
                 forwarder: forwarder.clone(),
                 config: config.clone(),
                 connections: connections.clone(),
+                per_ip: per_ip.clone(),
                 shutdown: shutdown.clone(),
             };
             let (running, stopped) = (running.clone(), stopped.clone());
@@ -226,7 +255,7 @@ impl Proxy {
                 .map_err(ProxyError::Worker)?;
         }
         Ok(Proxy {
-            table,
+            forwarder,
             local_addrs,
             tls_addrs,
             certs: tls.map(|t| t.certs),
@@ -258,12 +287,12 @@ impl Proxy {
 
     /// Replace the whole route table at once: the flip.
     pub fn swap(&self, table: RouteTable) {
-        self.table.store(Arc::new(table));
+        self.forwarder.swap(table);
     }
 
     /// The table requests are being routed with now.
     pub fn table(&self) -> Arc<RouteTable> {
-        self.table.load_full()
+        self.forwarder.table.load_full()
     }
 
     /// Stop accepting and let open requests finish within the drain timeout.

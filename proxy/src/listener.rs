@@ -5,14 +5,38 @@
 //! A worker accepts connections and serves HTTP/1.1 and HTTP/2 on each
 //! through hyper-util's auto builder with upgrades; on a TLS listener, after
 //! a handshake that must finish within its timeout. Connection limits are a
-//! semaphore; timeouts that are per connection (no first request in time,
+//! semaphore (`max_connections`) and a count per client address
+//! ([`PerIp`]); timeouts that are per connection (no first request in time,
 //! idle) are enforced by one [`Sweeper`] per worker that looks at every
 //! connection a few times a second, so serving a request polls no timer of
-//! ours. On shutdown a worker stops accepting and lets open connections
-//! finish their requests within the drain timeout.
+//! ours. Near `max_connections` the sweeper also sheds connections that have
+//! started no request for a second, so idle ones, not new clients, give way.
+//!
+//! Shutdown, in three steps: stop accepting; for [`DRAIN_QUIET`] answer every
+//! HTTP/1 request with `Connection: close`, so busy clients learn of the end
+//! from a response instead of racing a close with their next request; then
+//! ask every connection to close gracefully (HTTP/1: after the response in
+//! flight; HTTP/2: GOAWAY) and wait for them, and for upgraded tunnels
+//! (WebSockets), until the drain timeout, after which tunnels are closed and
+//! the rest dropped.
+//!
+//! Why not hyper-util's `GracefulShutdown` for the last step, which is
+//! exactly what it does? Its `watch` takes hyper's own connection future and
+//! its `GracefulConnection` trait is sealed, so a watched connection can no
+//! longer be closed on its own: but the first-request timeout must drop one
+//! connection, and the idle timeout must close one gracefully (an HTTP/2
+//! connection has no idle timeout in hyper; the auto builder's sniffing runs
+//! before hyper's header timer starts). A connection therefore has one close
+//! switch, [`ClientConn::close`], which the sweeper flips for one connection
+//! and shutdown for all of them: the same signal `GracefulShutdown` sends,
+//! without a second mechanism beside it. Nor could `GracefulShutdown` count
+//! what the drain waits for: a tunnel outlives the hyper connection that
+//! answered `101`, so the worker's `TaskTracker` counts connections and
+//! tunnels together.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
@@ -29,7 +53,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::forward::{ClientConn, Close, Forwarder};
+use crate::forward::{ClientConn, Close, Forwarder, Tunnels};
 use crate::tls::TlsServing;
 use crate::{ProxyConfig, ProxyError};
 
@@ -50,12 +74,19 @@ pub(crate) fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, 
     bind().map_err(|source| ProxyError::Bind { addr, source })
 }
 
-/// On shutdown, a connection still open after sending no request for this
-/// long is closed outright; busy ones close after their next response, which
-/// carries `Connection: close`.
+/// On shutdown, how long HTTP/1 responses say `Connection: close` before
+/// every connection is asked to close: a connection that got such a response
+/// closes by itself, and one that got none was quiet all along.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
-/// How often, while shutting down, connections are checked for quiet.
-const DRAIN_TICK: Duration = Duration::from_millis(50);
+
+/// Near `max_connections`, a connection that started no request for this
+/// long may be closed to make room for a new one.
+const SHED_MIN_IDLE: Duration = Duration::from_secs(1);
+/// How often, near the limit, connections are looked at for shedding.
+const SHED_INTERVAL: Duration = Duration::from_millis(100);
+
+/// After the drain timeout, how long tunnels get to send their FINs.
+const TUNNEL_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What one worker thread needs.
 pub(crate) struct Worker {
@@ -66,6 +97,7 @@ pub(crate) struct Worker {
     pub(crate) forwarder: Arc<Forwarder>,
     pub(crate) config: ProxyConfig,
     pub(crate) connections: Arc<Semaphore>,
+    pub(crate) per_ip: Arc<PerIp>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -77,6 +109,10 @@ struct Shared {
     connections: Arc<Semaphore>,
     sweeper: Arc<Sweeper>,
     tracker: TaskTracker,
+    tunnels: Tunnels,
+    per_ip: Arc<PerIp>,
+    /// Free connection slots below which idle connections are closed.
+    shed_margin: usize,
 }
 
 impl Worker {
@@ -93,16 +129,24 @@ impl Worker {
             .timer(TokioTimer::new())
             .max_header_list_size(self.config.max_header_bytes as u32);
         let sweeper = Arc::new(Sweeper {
-            conns: Mutex::new((Vec::new(), false)),
+            conns: Mutex::new((Vec::new(), Close::No)),
+            last_shed: Mutex::new(None),
             first_request: self.config.header_read_timeout,
             idle: self.config.idle_timeout,
         });
+        let tracker = TaskTracker::new();
         let shared = Shared {
             builder: Arc::new(builder),
             forwarder: self.forwarder.clone(),
             connections: self.connections.clone(),
             sweeper: sweeper.clone(),
-            tracker: TaskTracker::new(),
+            tunnels: Tunnels {
+                tracker: tracker.clone(),
+                close: CancellationToken::new(),
+            },
+            tracker,
+            per_ip: self.per_ip.clone(),
+            shed_margin: self.config.max_connections / 64,
         };
 
         let plain = self.listeners.into_iter().map(|l| (l, None));
@@ -123,20 +167,20 @@ impl Worker {
         });
         self.shutdown.cancelled().await;
         shared.tracker.close();
-        // Busy HTTP/1 clients learn of the close from a response; what stays
-        // quiet (idle keep-alive, HTTP/2 with GOAWAY) is closed after a while.
         let deadline = Instant::now() + self.config.drain_timeout;
-        let quiet = DRAIN_QUIET.min(self.config.drain_timeout);
-        sweeper.drain_start(Instant::now());
-        while !shared.tracker.is_empty() && Instant::now() < deadline {
-            let _ = tokio::time::timeout(DRAIN_TICK, shared.tracker.wait()).await;
-            sweeper.close_quiet(Instant::now(), quiet);
-        }
+        sweeper.drain_start();
+        let quiet = Instant::now() + DRAIN_QUIET.min(self.config.drain_timeout);
+        let _ = tokio::time::timeout_at(quiet, shared.tracker.wait()).await;
+        sweeper.close_all(Close::Graceful);
         if tokio::time::timeout_at(deadline, shared.tracker.wait()).await.is_err() {
             tracing::warn!(
                 open = shared.tracker.len(),
-                "drain timeout passed with connections still open; closing them"
+                "drain timeout passed with connections or tunnels still open; closing them"
             );
+            // Tunnels end their byte streams; what is left is dropped with
+            // the runtime.
+            shared.tunnels.close.cancel();
+            let _ = tokio::time::timeout(TUNNEL_CLOSE_WAIT, shared.tracker.wait()).await;
         }
         sweeping.abort();
     }
@@ -144,14 +188,22 @@ impl Worker {
 
 async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared: Shared, shutdown: CancellationToken) {
     loop {
-        // `biased`: once shutdown has begun, stop rather than accept more.
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            permit = shared.connections.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
+        let permit = loop {
+            // Near the limit, idle connections make room for new ones.
+            if shared.connections.available_permits() <= shared.shed_margin {
+                shared.sweeper.shed(Instant::now(), shared.shed_margin.max(1));
+            }
+            // `biased`: once shutdown has begun, stop rather than accept more.
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                permit = shared.connections.clone().acquire_owned() => match permit {
+                    Ok(p) => break p,
+                    Err(_) => return,
+                },
+                // At the limit: look again for connections gone idle.
+                _ = tokio::time::sleep(SHED_INTERVAL) => {}
+            }
         };
         let (stream, peer) = tokio::select! {
             biased;
@@ -166,15 +218,23 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared
                 }
             },
         };
+        let Some(per_ip) = shared.per_ip.enter(peer.ip()) else {
+            tracing::debug!(client = %peer.ip(), "too many connections from one client; closing");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(ClientConn::new(shared.forwarder.clone(), peer, tls.is_some()));
+        let client = Arc::new(ClientConn::new(
+            shared.forwarder.clone(),
+            shared.tunnels.clone(),
+            (permit, per_ip),
+            peer,
+            tls.is_some(),
+        ));
         shared.sweeper.watch(&client);
         let builder = shared.builder.clone();
         match &tls {
-            None => shared.tracker.spawn(serve(stream, client, builder, permit)),
-            Some(tls) => shared
-                .tracker
-                .spawn(serve_tls(stream, tls.clone(), client, builder, permit)),
+            None => shared.tracker.spawn(serve(stream, client, builder)),
+            Some(tls) => shared.tracker.spawn(serve_tls(stream, tls.clone(), client, builder)),
         };
     }
 }
@@ -186,7 +246,6 @@ async fn serve_tls(
     tls: Arc<TlsServing>,
     client: Arc<ClientConn>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut handshake = pin!(tls.handshake(stream));
     // A connection told to close while still in its handshake (no first
@@ -200,7 +259,71 @@ async fn serve_tls(
     })
     .await;
     if let Some(stream) = stream {
-        serve(stream, client, builder, permit).await
+        serve(stream, client, builder).await
+    }
+}
+
+/// Open connections per client, across workers. IPv6 clients count per /64
+/// (one host's usual share); a limit of 0 turns counting off.
+#[derive(Debug)]
+pub(crate) struct PerIp {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One counted connection; uncounted on drop.
+#[derive(Debug)]
+pub(crate) struct IpSlot(Option<(Arc<PerIp>, IpAddr)>);
+
+/// What one client connection occupies while it, or the tunnel it
+/// becomes, lives: a `max_connections` permit and its client's slot.
+pub(crate) type Slots = (tokio::sync::OwnedSemaphorePermit, IpSlot);
+
+impl PerIp {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(PerIp {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+        }
+    }
+
+    /// Count a connection from `ip`, unless that client is at the limit.
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        if self.limit == 0 {
+            return Some(IpSlot(None));
+        }
+        let key = Self::key(ip);
+        let mut open = self.open.lock().expect("per-ip lock");
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(Some((self.clone(), key))))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((per_ip, key)) = self.0.take() {
+            let mut open = per_ip.open.lock().expect("per-ip lock");
+            if let Some(n) = open.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&key);
+                }
+            }
+        }
     }
 }
 
@@ -209,7 +332,6 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: I,
     client: Arc<ClientConn>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let service = {
         let client = client.clone();
@@ -239,9 +361,12 @@ async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 /// Closes the connections of one worker that sent no request in time, or
 /// have been idle too long, and all of them at shutdown.
 struct Sweeper {
-    /// The connections, and whether shutdown has begun (under one lock, so
-    /// a connection accepted as shutdown begins is drained like the rest).
-    conns: Mutex<(Vec<Watched>, bool)>,
+    /// The connections, and how shutdown has asked all of them to close so
+    /// far (under one lock, so a connection accepted as shutdown begins is
+    /// closed like the rest).
+    conns: Mutex<(Vec<Watched>, Close)>,
+    /// When connections were last shed to make room.
+    last_shed: Mutex<Option<Instant>>,
     /// A connection must have started its first request within this.
     first_request: Duration,
     /// A connection that starts no request for this long is closed.
@@ -260,8 +385,8 @@ impl Sweeper {
     fn watch(&self, conn: &Arc<ClientConn>) {
         let now = Instant::now();
         let mut conns = self.conns.lock().expect("sweeper lock");
-        if conns.1 {
-            conn.close(Close::Drain);
+        if conns.1 != Close::No {
+            conn.close(conns.1);
         }
         conns.0.push(Watched {
             conn: Arc::downgrade(conn),
@@ -303,32 +428,59 @@ impl Sweeper {
         });
     }
 
-    /// Shutdown begins: every connection is told to drain, and its quiet
-    /// time counts from now.
-    fn drain_start(&self, now: Instant) {
-        let mut conns = self.conns.lock().expect("sweeper lock");
-        conns.1 = true;
-        for w in conns.0.iter_mut() {
-            if let Some(conn) = w.conn.upgrade() {
-                conn.close(Close::Drain);
-                w.requests = conn.requests();
-                w.since = now;
+    /// Close up to `n` of this worker's connections that started no request
+    /// for [`SHED_MIN_IDLE`], the longest quiet first, to make room for new
+    /// ones: those that never sent a request at once, the others gracefully
+    /// (an idle HTTP/1 connection closes at once, a response in flight
+    /// finishes first). At most once per [`SHED_INTERVAL`].
+    fn shed(&self, now: Instant, n: usize) {
+        {
+            let mut last = self.last_shed.lock().expect("sweeper lock");
+            if last.is_some_and(|t| now - t < SHED_INTERVAL) {
+                return;
             }
+            *last = Some(now);
         }
-    }
-
-    /// While shutting down: close connections that started no request for `quiet`.
-    fn close_quiet(&self, now: Instant, quiet: Duration) {
-        self.conns.lock().expect("sweeper lock").0.retain_mut(|w| {
-            let Some(conn) = w.conn.upgrade() else { return false };
+        let mut conns = self.conns.lock().expect("sweeper lock");
+        let mut quiet: Vec<(Instant, usize)> = Vec::new();
+        for (i, w) in conns.0.iter_mut().enumerate() {
+            let Some(conn) = w.conn.upgrade() else { continue };
             let requests = conn.requests();
             if requests != w.requests {
                 w.requests = requests;
                 w.since = now;
-            } else if now - w.since >= quiet {
-                conn.close(Close::Graceful);
+            } else if now - w.since >= SHED_MIN_IDLE {
+                quiet.push((w.since, i));
             }
-            true
+        }
+        quiet.sort_unstable();
+        for &(_, i) in quiet.iter().take(n) {
+            if let Some(conn) = conns.0[i].conn.upgrade() {
+                conn.close(if conns.0[i].requests == 0 {
+                    Close::Now
+                } else {
+                    Close::Graceful
+                });
+            }
+        }
+    }
+
+    /// Shutdown begins: every connection (and any accepted from now on) is
+    /// told to drain.
+    fn drain_start(&self) {
+        self.close_all(Close::Drain);
+    }
+
+    /// Ask every connection, and any accepted from now on, to close `how`.
+    fn close_all(&self, how: Close) {
+        let mut conns = self.conns.lock().expect("sweeper lock");
+        conns.1 = conns.1.max(how);
+        conns.0.retain(|w| match w.conn.upgrade() {
+            Some(conn) => {
+                conn.close(how);
+                true
+            }
+            None => false,
         });
     }
 }

@@ -4,27 +4,37 @@
 //! thread-local: taking and returning a connection is a `Vec` pop/push with
 //! no lock and no atomic. Connections are plain `hyper::client::conn::http1`
 //! handshakes keyed by upstream address; a connection goes back to the pool
-//! when the response body it carried has ended.
+//! when the response body it carried and the request body have both ended.
+//!
+//! Idle connections expire after the upstream idle timeout, which should be
+//! shorter than the upstream's own keep-alive timeout: otherwise the upstream
+//! may close a connection just as a request is sent on it. Taking a
+//! connection never waits on one that is not ready: it is skipped.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
 
 /// Most idle connections kept per upstream and worker.
 const MAX_IDLE_PER_UPSTREAM: usize = 512;
 
 /// A connection that can carry one request to an upstream.
-pub(crate) type Conn = SendRequest<Incoming>;
+pub(crate) type Conn = SendRequest<RequestBody>;
+
+/// The idle connections to one upstream, each with the time it became idle,
+/// the most recent last.
+type IdleConns = Vec<(Conn, Instant)>;
 
 thread_local! {
     /// Idle connections by upstream. A worker talks to a handful of
     /// upstreams (two colors of a few services), so a linear scan beats hashing.
-    static IDLE: RefCell<Vec<(SocketAddr, Vec<Conn>)>> = const { RefCell::new(Vec::new()) };
+    static IDLE: RefCell<Vec<(SocketAddr, IdleConns)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Why no connection could be had.
@@ -36,22 +46,36 @@ pub(crate) enum ConnectError {
     TimedOut,
 }
 
-/// Take an idle connection to `addr` that is ready for a request, if any.
-pub(crate) async fn take_idle(addr: SocketAddr) -> Option<Conn> {
+/// Take an idle connection to `addr` that is ready for a request and has
+/// been idle less than `max_idle`, if any, with how long it was idle.
+pub(crate) async fn take_idle(addr: SocketAddr, max_idle: Duration) -> Option<(Conn, Duration)> {
     loop {
-        let mut conn = IDLE.with(|idle| {
+        let (conn, idle) = IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
-            idle.iter_mut().find(|(a, _)| *a == addr)?.1.pop()
+            let conns = &mut idle.iter_mut().find(|(a, _)| *a == addr)?.1;
+            let (conn, since) = conns.pop()?;
+            let idle = since.elapsed();
+            if idle >= max_idle {
+                // The others became idle earlier still.
+                conns.clear();
+                return None;
+            }
+            Some((conn, idle))
         })?;
         if conn.is_closed() {
             continue;
         }
-        // A connection returned right after its response ended may not have
-        // signalled readiness yet; waiting is cheap, and an error means the
-        // upstream closed it meanwhile.
-        if conn.ready().await.is_ok() {
-            return Some(conn);
+        if !conn.is_ready() {
+            // Returned right after its response ended, the connection's task
+            // may not have run yet: let it, once. One still busy (it never
+            // is after both bodies ended, unless broken) is dropped rather
+            // than waited for.
+            tokio::task::yield_now().await;
+            if !conn.is_ready() {
+                continue;
+            }
         }
+        return Some((conn, idle));
     }
 }
 
@@ -60,19 +84,20 @@ pub(crate) fn put_back(addr: SocketAddr, conn: Conn) {
     if conn.is_closed() {
         return;
     }
+    let now = Instant::now();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         match idle.iter_mut().find(|(a, _)| *a == addr) {
-            Some((_, conns)) if conns.len() < MAX_IDLE_PER_UPSTREAM => conns.push(conn),
+            Some((_, conns)) if conns.len() < MAX_IDLE_PER_UPSTREAM => conns.push((conn, now)),
             Some(_) => {}
             None => {
                 // A new upstream (a deploy): forget those whose connections
                 // have all closed (stopped colors) while we are at it.
                 idle.retain_mut(|(_, conns)| {
-                    conns.retain(|c| !c.is_closed());
+                    conns.retain(|(c, _)| !c.is_closed());
                     !conns.is_empty()
                 });
-                idle.push((addr, vec![conn]));
+                idle.push((addr, vec![(conn, now)]));
             }
         }
     });

@@ -44,10 +44,12 @@ impl HostPattern {
         }
     }
 
-    fn specificity(&self) -> usize {
+    /// How specific a match on this pattern is: exact names first, then
+    /// wildcards, the longer suffix first.
+    fn rank(&self) -> (u8, usize) {
         match self {
-            HostPattern::Exact(_) => 2,
-            HostPattern::Suffix(_) => 1,
+            HostPattern::Exact(_) => (2, 0),
+            HostPattern::Suffix(suffix) => (1, suffix.len()),
         }
     }
 }
@@ -83,9 +85,10 @@ impl Service {
     }
 }
 
+/// One (host pattern, prefix) pair of a route; `host: None` is any host.
 #[derive(Debug)]
 struct CompiledRoute {
-    hosts: Vec<HostPattern>,
+    host: Option<HostPattern>,
     prefix: String,
     service: usize,
 }
@@ -121,9 +124,11 @@ pub enum RouteError {
 
 impl RouteTable {
     /// Build a table. `services` lists every service with its current
-    /// upstream (or `None`: requests get 503). Routes may come in any order;
-    /// the table orders them so the longest prefix wins, then the most
-    /// specific host.
+    /// upstream (or `None`: requests get 503). Routes may come in any order:
+    /// the host decides first (an exact name, then a wildcard, the longest
+    /// suffix first, then routes for any host), then the longest path prefix
+    /// among the routes of that host class; a request no route of its host
+    /// class takes falls through to the next class.
     pub fn new(services: Vec<(String, Option<Arc<Upstream>>)>, routes: Vec<Route>) -> Result<Self, RouteError> {
         let mut svc: Vec<Service> = Vec::with_capacity(services.len());
         for (name, upstream) in services {
@@ -145,14 +150,25 @@ impl RouteTable {
                         service: route.service.clone(),
                     })?;
             let prefix = route.path_prefix.trim_end_matches('/').to_string();
-            compiled.push(CompiledRoute {
-                hosts: route.hosts,
-                prefix,
-                service,
-            });
+            if route.hosts.is_empty() {
+                compiled.push(CompiledRoute {
+                    host: None,
+                    prefix,
+                    service,
+                });
+            } else {
+                for host in route.hosts {
+                    compiled.push(CompiledRoute {
+                        host: Some(host),
+                        prefix: prefix.clone(),
+                        service,
+                    });
+                }
+            }
         }
-        let spec = |r: &CompiledRoute| r.hosts.iter().map(|h| h.specificity()).max().unwrap_or(0);
-        compiled.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()).then_with(|| spec(b).cmp(&spec(a))));
+        // A stable sort: among equals, the order given decides.
+        let rank = |r: &CompiledRoute| r.host.as_ref().map_or((0, 0), HostPattern::rank);
+        compiled.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| b.prefix.len().cmp(&a.prefix.len())));
         Ok(RouteTable {
             routes: compiled,
             services: svc,
@@ -178,13 +194,14 @@ impl RouteTable {
     }
 
     /// The service a request for `host` (may carry a port) and `path` goes to.
+    /// `path` is compared as given: the proxy normalizes it first
+    /// (`normalize_path`): dot segments removed, unreserved escapes decoded.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Service> {
         let host = host.map(strip_port);
         self.routes
             .iter()
             .find(|r| {
-                prefix_matches(&r.prefix, path)
-                    && (r.hosts.is_empty() || host.is_some_and(|h| r.hosts.iter().any(|p| p.matches(h))))
+                prefix_matches(&r.prefix, path) && r.host.as_ref().is_none_or(|p| host.is_some_and(|h| p.matches(h)))
             })
             .map(|r| &self.services[r.service])
     }
@@ -291,5 +308,42 @@ mod tests {
         assert_eq!(strip_port("a.com:80"), "a.com");
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(strip_port("a.com"), "a.com");
+    }
+
+    #[test]
+    fn the_host_decides_before_the_prefix() {
+        let t = RouteTable::new(
+            vec![("web".into(), up(1)), ("api".into(), up(2)), ("shop".into(), up(3))],
+            vec![
+                route(&[], "/api/v1/long/prefix", "api"),
+                route(&["*.example.com"], "/api", "web"),
+                route(&["shop.example.com"], "/", "shop"),
+                route(&[], "/static", "api"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            name(&t, Some("shop.example.com"), "/api/v1/long/prefix/x"),
+            Some("shop")
+        );
+        assert_eq!(name(&t, Some("a.example.com"), "/api/v1/long/prefix/x"), Some("web"));
+        // Nothing of the wildcard's class takes it: the next class does.
+        assert_eq!(name(&t, Some("a.example.com"), "/static/app.js"), Some("api"));
+        assert_eq!(name(&t, Some("a.example.com"), "/other"), None);
+        assert_eq!(name(&t, Some("other.org"), "/api/v1/long/prefix"), Some("api"));
+    }
+
+    #[test]
+    fn the_longer_wildcard_is_the_more_specific() {
+        let t = RouteTable::new(
+            vec![("web".into(), up(1)), ("eu".into(), up(2))],
+            vec![
+                route(&["*.example.com"], "/", "web"),
+                route(&["*.eu.example.com"], "/", "eu"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(name(&t, Some("a.eu.example.com"), "/"), Some("eu"));
+        assert_eq!(name(&t, Some("a.example.com"), "/"), Some("web"));
     }
 }

@@ -4,7 +4,9 @@
 //! The count covers ordinary requests (until their response body ends) and
 //! upgraded connections (until the tunnel closes). [`Upstream::drain`] waits
 //! for that count to reach zero, which is how a deploy knows the old color may
-//! be stopped without cutting anyone off.
+//! be stopped without cutting anyone off. A request is counted before a
+//! drain that starts after the flip can look (the route table's generation
+//! is checked again after `enter`, in `forward.rs`), so zero means zero.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

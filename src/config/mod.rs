@@ -97,6 +97,15 @@ pub struct ProxySection {
     /// Time for an upstream's response head.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// A pooled upstream connection idle this long is not reused (it should
+    /// be shorter than the upstream's own keep-alive timeout).
+    #[serde(with = "humantime_serde")]
+    pub upstream_idle_timeout: Duration,
+    /// Longest wait for a client's next request-body bytes (else 408).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most connections from one client address (IPv6: per /64); 0: no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ProxySection {
@@ -113,6 +122,9 @@ impl Default for ProxySection {
             max_connections: d.max_connections,
             connect_timeout: d.connect_timeout,
             response_timeout: d.response_timeout,
+            upstream_idle_timeout: d.upstream_idle_timeout,
+            body_read_timeout: d.body_read_timeout,
+            max_connections_per_ip: d.max_connections_per_ip,
         }
     }
 }
@@ -129,6 +141,9 @@ impl ProxySection {
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             drain_timeout: self.drain_timeout,
+            upstream_idle_timeout: self.upstream_idle_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections_per_ip: self.max_connections_per_ip,
         }
     }
 }
