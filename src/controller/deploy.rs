@@ -363,10 +363,13 @@ impl Deploy {
         if removable.is_empty() {
             return;
         }
+        // The images of hook services (migrations) are the release's too.
+        let tasks = self.config.project.iter().flat_map(|p| p.tasks.iter());
+        let services: Vec<_> = self.config.services.iter().chain(tasks).cloned().collect();
         match self
             .controller
             .driver
-            .cleanup_images(&self.config.services, &removable)
+            .cleanup_images(&services, &removable)
             .await
         {
             Ok(removed) if removed.is_empty() => {}
