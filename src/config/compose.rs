@@ -1444,7 +1444,8 @@ services:
     labels: ["traefik.http.routers.w.rule=Method(`GET`)"]
     stop_grace_period: soon
 "#;
-        let toml = "[compose]\nfile = \"docker-compose.yml\"\nproject = \"p\"\nroutes_from_labels = true\n";
+        let toml = "[compose]\nfile = \"docker-compose.yml\"\nproject = \"p\"\nroutes_from_labels = true\n\
+                    [[hook]]\nwhen = \"before_flip\"\ncommand = []\n";
         let (_dir, c) = load(&[("switchctl.toml", toml), ("docker-compose.yml", compose)]);
         let e = c.unwrap_err().to_string();
         for part in [
@@ -1453,6 +1454,7 @@ services:
             "services.web.networks",
             "services.web.labels",
             "services.web.stop_grace_period",
+            "hook[0] (before_flip).command",
         ] {
             assert!(e.contains(part), "{part} missing from:\n{e}");
         }

@@ -510,12 +510,11 @@ impl Config {
         if let Err(e) = config.apply_env(|k| std::env::var(k).ok()) {
             errors.push(e);
         }
-        // With a broken Compose import the services are not known: checking
-        // them would only add noise.
-        if errors.is_empty() {
-            if let Err(e) = config.validate(&text) {
-                errors.push(e);
-            }
+        // With a broken Compose import the services are not known: the rest
+        // of the file is still checked, so that one run shows everything.
+        let services_known = errors.is_empty();
+        if let Err(e) = config.validate(&text, services_known) {
+            errors.push(e);
         }
         let flat = errors
             .into_iter()
@@ -586,7 +585,7 @@ pub(crate) mod tests {
     /// Parse and validate `text` as `/etc/switchctl.toml`.
     pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
         let c = Config::parse(Path::new("/etc/switchctl.toml"), text)?;
-        c.validate(text)?;
+        c.validate(text, true)?;
         Ok(c)
     }
 

@@ -6,8 +6,10 @@ use super::env::read_env_file;
 use super::{line_col, Config, ConfigError, DriverKind};
 
 impl Config {
-    /// Every problem of the file, all reported at once.
-    pub(super) fn validate(&self, text: &str) -> Result<(), ConfigError> {
+    /// Every problem of the file, all reported at once. `services_known`:
+    /// false when the Compose import failed (its errors say why), so that
+    /// checks of the services are left out.
+    pub(super) fn validate(&self, text: &str, services_known: bool) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         let mut invalid = |key: String, message: String| {
             errors.push(ConfigError::Invalid {
@@ -19,7 +21,7 @@ impl Config {
         if self.proxy.listen.is_empty() {
             invalid("proxy.listen".into(), "needs at least one address".into());
         }
-        if self.services.is_empty() {
+        if self.services.is_empty() && services_known {
             invalid(
                 "service".into(),
                 "no [[service]] defined (and no compose file): define at least one".into(),
@@ -133,7 +135,8 @@ impl Config {
                             format!("{at}.service"),
                             "a service hook runs a container: it needs the docker driver; use `command` instead".into(),
                         );
-                    } else if self.project.as_ref().and_then(|p| p.task(service)).is_none()
+                    } else if services_known
+                        && self.project.as_ref().and_then(|p| p.task(service)).is_none()
                         && self.service(service).is_none()
                     {
                         invalid(

@@ -366,12 +366,7 @@ impl Deploy {
         // The images of hook services (migrations) are the release's too.
         let tasks = self.config.project.iter().flat_map(|p| p.tasks.iter());
         let services: Vec<_> = self.config.services.iter().chain(tasks).cloned().collect();
-        match self
-            .controller
-            .driver
-            .cleanup_images(&services, &removable)
-            .await
-        {
+        match self.controller.driver.cleanup_images(&services, &removable).await {
             Ok(removed) if removed.is_empty() => {}
             Ok(removed) => self.reporter.info(
                 Phase::Cleanup,
