@@ -330,12 +330,25 @@ async fn deploy_builds_migrates_routes_api_and_leaves_the_stateful_service_alone
         )
     };
     let named = |color: &str| aliases(color).contains("\"api\"");
+    // A container of the project calling `http://api:8000`, as a worker would.
+    let call_api = || {
+        let out = Command::new("docker")
+            .args(["run", "--rm", "--network", &network, "--label"])
+            .arg(format!("{TEST_LABEL}={}", stack.id))
+            .arg(format!("{}:v1", stack.stateful.repo))
+            .args(["fetch", "api:8000", "/"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
     assert!(
         named("green") && !named("blue"),
         "{} / {}",
         aliases("green"),
         aliases("blue")
     );
+    assert_eq!(call_api(), "api-v2");
     let out = d.cli(&["flip", "back"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
@@ -345,6 +358,7 @@ async fn deploy_builds_migrates_routes_api_and_leaves_the_stateful_service_alone
         aliases("green")
     );
     assert_eq!(d.get("/api/items").await, (200, "api-v1\n".into()));
+    assert_eq!(call_api(), "api-v1");
 
     // The Compose labels are passed through, beside switchctl's.
     assert_eq!(

@@ -28,6 +28,10 @@
 //! listed in `FAIL_MIGRATION_VERSIONS`, prints why and exits 1.
 //! `GET /whoami...` answers `path=<the path it received>`, so a test can see
 //! whether a prefix was stripped.
+//! `testapp fetch HOST:PORT PATH` GETs `PATH` from `HOST:PORT` (a name
+//! resolved as the container resolves it), prints the body and exits 0 on a
+//! 2xx: how a test calls one container from another in a `FROM scratch`
+//! image.
 //!
 //! It is a library too: the proxy's tests serve it in-process, and
 //! `switchctl demo` runs it as its upstream processes.
@@ -139,6 +143,13 @@ pub fn main_with_args(args: &[String]) -> i32 {
 }
 
 async fn run(args: &[String]) -> i32 {
+    if args.first().map(String::as_str) == Some("fetch") {
+        let (Some(addr), Some(path)) = (args.get(1), args.get(2)) else {
+            eprintln!("usage: testapp fetch HOST:PORT PATH");
+            return 2;
+        };
+        return fetch(addr, path).await;
+    }
     if args.first().map(String::as_str) == Some("migrate") {
         return migrate(args.get(1).map_or("/state", String::as_str));
     }
@@ -317,6 +328,34 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
         .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
         .body(Full::new(Bytes::new()).boxed())
         .expect("static response parts are valid")
+}
+
+/// GET `path` from `addr`; print the body; 0 on a 2xx.
+async fn fetch(addr: &str, path: &str) -> i32 {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(Ok(resp)) => {
+            let ok = resp.starts_with("HTTP/1.1 2");
+            print!("{}", resp.split_once("\r\n\r\n").map_or("", |(_, b)| b));
+            i32::from(!ok)
+        }
+        Ok(Err(e)) => {
+            eprintln!("fetch {addr}{path}: {e}");
+            1
+        }
+        Err(_) => {
+            eprintln!("fetch {addr}{path}: timed out");
+            1
+        }
+    }
 }
 
 /// The migration stand-in (see the module docs).
