@@ -3,13 +3,16 @@
 # target, so it runs on any x86_64 Linux), completions and man pages generated
 # from the clap definitions, then `cargo deb --no-build`. Prints the .deb path.
 #   packaging/build-deb.sh [--deb-version VERSION]
+#   PROFILE=deb-check packaging/build-deb.sh    # quicker build, for the package test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=x86_64-unknown-linux-gnu
+profile=${PROFILE:-release}
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --locked --target "$target" -p switchctl >&2
-bin="target/$target/release/switchctl"
+    cargo build --profile "$profile" --locked --target "$target" -p switchctl >&2
+bin="target/$target/$profile/switchctl"
+file -L "$bin" | grep -Eq "static(-pie)? linked" || { echo "$bin is not statically linked: $(file -L "$bin")" >&2; exit 1; }
 
 assets=target/deb-assets
 rm -rf "$assets" && mkdir -p "$assets/man"
@@ -20,4 +23,4 @@ rm -rf "$assets" && mkdir -p "$assets/man"
 gzip -9n "$assets"/man/*.1
 
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked >&2
-cargo deb --no-build --target "$target" -p switchctl "$@" 2>&1 | tail -n 1
+cargo deb --no-build --profile "$profile" --target "$target" -p switchctl "$@" 2>/dev/null | tail -n 1

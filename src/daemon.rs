@@ -15,13 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::config::Config;
-use crate::controller::state::StateStore;
+use crate::controller::recover::startup_state;
 use crate::controller::{route_table, Controller, UpstreamSet};
 use crate::driver::Driver;
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
-    let state = StateStore::new(&config.state_dir).load()?;
+    let _state_lock = lock_state_dir(&config.state_dir)?;
+    let driver = Driver::new(&config);
+    let (state, problems) = startup_state(&config, &driver).await?;
     let upstreams = Arc::new(UpstreamSet::default());
     let table = route_table(&config, state.active_release().map(|(_, r)| r), &upstreams);
 
@@ -42,12 +44,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     };
     let proxy = Arc::new(proxy);
 
-    let admin_listener = admin::server::bind(&config.proxy.admin_socket).await?;
+    let admin_listener = admin::server::bind(&config.proxy.admin_socket, &config.proxy.admin_group).await?;
     let socket_path = config.proxy.admin_socket.clone();
     let drain_timeout = config.proxy.drain_timeout;
-    let driver = Driver::new(&config);
     let active = state.active_release().map(|(c, r)| format!("{c} ({})", r.tag));
     let controller = Controller::new(config_path, config, proxy.clone(), driver, state, upstreams);
+    for problem in problems {
+        controller.problem(problem);
+    }
 
     let shutdown = CancellationToken::new();
     let admin_task = tokio::spawn(admin::server::serve(
@@ -88,4 +92,43 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Lock `state_dir` for this daemon (flock on `state_dir/daemon.lock`, held
+/// until it exits): two daemons on one state would undo each other's work.
+fn lock_state_dir(state_dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+    let path = state_dir.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let _ = lock.set_len(0);
+            let _ = lock.rewind();
+            let _ = write!(lock, "{}", std::process::id());
+            Ok(lock)
+        }
+        Err((mut file, errno)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let holder = match pid.trim() {
+                "" => "another switchctl daemon".to_string(),
+                pid => format!("another switchctl daemon (pid {pid})"),
+            };
+            anyhow::bail!(
+                "{holder} uses state_dir {} (lock {}: {errno}); two daemons on one state dir would undo each \
+                 other's work: stop it first (systemctl stop switchctl), or give this one its own state_dir",
+                state_dir.display(),
+                path.display()
+            )
+        }
+    }
 }

@@ -28,6 +28,15 @@ impl Color {
         }
     }
 
+    /// The color named `s` (`"blue"` or `"green"`).
+    pub fn parse(s: &str) -> Option<Color> {
+        match s {
+            "blue" => Some(Color::Blue),
+            "green" => Some(Color::Green),
+            _ => None,
+        }
+    }
+
     /// `"blue"` or `"green"`.
     pub fn as_str(self) -> &'static str {
         match self {

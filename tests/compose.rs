@@ -372,7 +372,6 @@ async fn deploy_builds_migrates_routes_api_and_leaves_the_stateful_service_alone
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs proxy strip_prefix"]
 async fn the_api_prefix_is_stripped_as_traefik_did() {
     if !docker::available() {
         return;

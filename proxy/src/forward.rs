@@ -269,12 +269,16 @@ impl Forwarder {
         loop {
             let generation = self.generation.load(Ordering::SeqCst);
             let table = self.table.load();
-            let service = table.lookup(host, req.uri().path()).ok_or(Failure::NoRoute)?;
-            let upstream = service.upstream().ok_or(Failure::NoActiveRelease)?;
+            let found = table.find(host, req.uri().path()).ok_or(Failure::NoRoute)?;
+            let upstream = found.service.upstream().ok_or(Failure::NoActiveRelease)?;
             #[cfg(test)]
             tests::between_lookup_and_enter();
             let in_flight = upstream.clone().enter();
             if self.generation.load(Ordering::SeqCst) == generation {
+                if found.strip > 0 {
+                    let path = crate::routes::stripped(req.uri().path(), found.strip);
+                    target::set_path(req, path);
+                }
                 return Ok(in_flight);
             }
         }

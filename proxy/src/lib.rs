@@ -45,7 +45,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
-pub use routes::{HostPattern, Route, RouteError, RouteTable, Service};
+pub use routes::{HostPattern, Route, RouteError, RouteMatch, RouteTable, Service};
 pub use tls::{
     CertDetails, CertOrigin, CertReport, CertSource, CertStatus, CertStore, TlsConfig, TlsError,
     ACME_HTTP_CHALLENGE_PREFIX, ACME_TLS_ALPN,

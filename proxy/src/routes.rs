@@ -65,6 +65,9 @@ pub struct Route {
     pub path_prefix: String,
     /// Name of the service the route sends to.
     pub service: String,
+    /// Remove `path_prefix` from the path before the request goes upstream
+    /// (`/api/users` → `/users`; `/api` → `/`), as Traefik's stripprefix.
+    pub strip_prefix: bool,
 }
 
 /// A service as the data plane sees it: a name and where it points now.
@@ -91,6 +94,7 @@ struct CompiledRoute {
     host: Option<HostPattern>,
     prefix: String,
     service: usize,
+    strip: bool,
 }
 
 /// An immutable routing snapshot: routes in match order plus services.
@@ -150,11 +154,13 @@ impl RouteTable {
                         service: route.service.clone(),
                     })?;
             let prefix = route.path_prefix.trim_end_matches('/').to_string();
+            let strip = route.strip_prefix && !prefix.is_empty();
             if route.hosts.is_empty() {
                 compiled.push(CompiledRoute {
                     host: None,
                     prefix,
                     service,
+                    strip,
                 });
             } else {
                 for host in route.hosts {
@@ -162,6 +168,7 @@ impl RouteTable {
                         host: Some(host),
                         prefix: prefix.clone(),
                         service,
+                        strip,
                     });
                 }
             }
@@ -183,6 +190,7 @@ impl RouteTable {
                 hosts: Vec::new(),
                 path_prefix: "/".into(),
                 service: name.to_string(),
+                strip_prefix: false,
             }],
         )
         .expect("a single catch-all route is always valid")
@@ -197,13 +205,42 @@ impl RouteTable {
     /// `path` is compared as given: the proxy normalizes it first
     /// (`normalize_path`): dot segments removed, unreserved escapes decoded.
     pub fn lookup(&self, host: Option<&str>, path: &str) -> Option<&Service> {
+        self.find(host, path).map(|m| m.service)
+    }
+
+    /// As [`RouteTable::lookup`], with how many leading bytes of `path` the
+    /// matched route strips before the request goes upstream (0: none).
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<RouteMatch<'_>> {
         let host = host.map(strip_port);
         self.routes
             .iter()
             .find(|r| {
                 prefix_matches(&r.prefix, path) && r.host.as_ref().is_none_or(|p| host.is_some_and(|h| p.matches(h)))
             })
-            .map(|r| &self.services[r.service])
+            .map(|r| RouteMatch {
+                service: &self.services[r.service],
+                strip: if r.strip { r.prefix.len() } else { 0 },
+            })
+    }
+}
+
+/// The route a request takes.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteMatch<'a> {
+    /// Where it goes.
+    pub service: &'a Service,
+    /// Leading bytes of the path to remove before forwarding.
+    pub strip: usize,
+}
+
+/// `path` without its first `strip` bytes (a matched prefix), still
+/// starting with `/`.
+pub(crate) fn stripped(path: &str, strip: usize) -> String {
+    let rest = path.get(strip..).unwrap_or("");
+    if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
     }
 }
 
@@ -234,11 +271,29 @@ mod tests {
         Some(Upstream::new(([127, 0, 0, 1], port).into()))
     }
 
+    #[test]
+    fn a_stripping_route_reports_its_prefix_length() {
+        let mut r = route(&[], "/api/", "api");
+        r.strip_prefix = true;
+        let t = RouteTable::new(
+            vec![("api".into(), None), ("web".into(), None)],
+            vec![r, route(&[], "/", "web")],
+        )
+        .unwrap();
+        let m = t.find(Some("x"), "/api/users").unwrap();
+        assert_eq!((m.service.name(), m.strip), ("api", 4));
+        assert_eq!(stripped("/api/users", m.strip), "/users");
+        assert_eq!(stripped("/api", 4), "/");
+        assert_eq!(t.find(Some("x"), "/apiary").unwrap().strip, 0);
+        assert_eq!(t.find(Some("x"), "/other").unwrap().service.name(), "web");
+    }
+
     fn route(hosts: &[&str], prefix: &str, service: &str) -> Route {
         Route {
             hosts: hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect(),
             path_prefix: prefix.into(),
             service: service.into(),
+            strip_prefix: false,
         }
     }
 

@@ -66,6 +66,7 @@ fn route(hosts: &[&str], prefix: &str, service: &str) -> Route {
         hosts: hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect(),
         path_prefix: prefix.into(),
         service: service.into(),
+        strip_prefix: false,
     }
 }
 
@@ -100,6 +101,25 @@ async fn routes_by_host_and_longest_prefix() {
     assert_eq!(get(&c, &format!("{base}/api/users"), None).await.1, "api\n");
     assert_eq!(get(&c, &format!("{base}/apiary"), None).await.1, "web\n");
     assert_eq!(get(&c, &format!("{base}/x"), Some("eu.admin.test")).await.1, "admin\n");
+    proxy.shutdown();
+}
+
+#[tokio::test]
+async fn a_stripping_route_forwards_the_path_without_its_prefix() {
+    let mut api = route(&[], "/api", "api");
+    api.strip_prefix = true;
+    let table = apps_table(&["web", "api"], vec![route(&[], "/", "web"), api]).await;
+    let (proxy, base) = start(config(), table);
+    let c = client();
+    // The test app answers /headers with the request's headers and any other
+    // GET with its name: only a stripped /api/headers reaches /headers.
+    let (status, body) = get(&c, &format!("{base}/api/headers?x=1"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("x-forwarded-for"), "{body}");
+    assert_eq!(get(&c, &format!("{base}/api"), None).await.1, "api\n");
+    let (_, direct) = get(&c, &format!("{base}/headers"), None).await;
+    assert!(direct.contains("x-forwarded-for"), "{direct}");
+    assert_eq!(get(&c, &format!("{base}/apiary"), None).await.1, "web\n");
     proxy.shutdown();
 }
 

@@ -53,8 +53,11 @@ pub async fn serve(listener: UnixListener, controller: Arc<Controller>, shutdown
 }
 
 /// Bind the admin socket at `path`: create its directory, replace a stale
-/// socket file, refuse if another daemon answers there, chmod 0660.
-pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+/// socket file, refuse if another daemon answers there, chmod 0660, and give
+/// it to `group` so that its members can deploy without root. A missing
+/// group is an error, unless it is the default one (a host where the package
+/// did not create it): then the socket stays root's, with a warning.
+pub async fn bind(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
     use anyhow::Context;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -73,6 +76,22 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => nix::unistd::chown(path, None, Some(g.gid)).with_context(|| {
+            format!(
+                "cannot give the admin socket {} to group {group}; run the daemon as root or as a member of {group}",
+                path.display()
+            )
+        })?,
+        Ok(None) if group == crate::config::DEFAULT_ADMIN_GROUP => tracing::warn!(
+            socket = %path.display(),
+            "group {group} does not exist, so only root can use the admin socket; create it (addgroup --system {group}) or set proxy.admin_group"
+        ),
+        Ok(None) => anyhow::bail!(
+            "proxy.admin_group: group {group:?} does not exist; create it (addgroup --system {group}) or name another group"
+        ),
+        Err(e) => anyhow::bail!("proxy.admin_group: cannot look up group {group:?}: {e}"),
+    }
     Ok(listener)
 }
 
@@ -191,16 +210,18 @@ async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Result<R
 
 /// The client's timing overrides (seconds), checked.
 fn overrides(timeout: Option<f64>, interval: Option<f64>) -> Result<Overrides, Refusal> {
-    let secs = |v: Option<f64>, name: &str| {
-        v.map(|v| {
-            crate::config::seconds(v)
-                .ok_or_else(|| Refusal::bad_request(format!("{name} must be a positive number of seconds")))
-        })
-        .transpose()
+    use crate::config::{seconds, MAX_INTERVAL, MAX_TIMEOUT};
+    let secs = |v: Option<f64>, name: &str, max| {
+        v.map(|v| seconds(name, v, max).map_err(Refusal::bad_request))
+            .transpose()
     };
     Ok(Overrides {
-        timeout: secs(timeout, "DEPLOY_TIMEOUT")?,
-        health_check_interval: secs(interval, "HEALTH_CHECK_INTERVAL")?,
+        timeout: secs(timeout, "DEPLOY_TIMEOUT (timeout_secs)", MAX_TIMEOUT)?,
+        health_check_interval: secs(
+            interval,
+            "HEALTH_CHECK_INTERVAL (health_check_interval_secs)",
+            MAX_INTERVAL,
+        )?,
     })
 }
 

@@ -4,10 +4,10 @@
 use serde::Serialize;
 
 use super::output::Renderer;
-use super::{client, client_failed, exit, Cli};
+use super::{client, client_exit_code, client_failed, exit, Cli};
 use crate::admin::client::{Client, ClientError};
 use crate::admin::{DeployRequest, RollbackRequest};
-use crate::config::positive_seconds;
+use crate::config::{positive_seconds, MAX_INTERVAL, MAX_TIMEOUT};
 use crate::controller::event::Outcome;
 
 /// `DEPLOY_TIMEOUT` / `HEALTH_CHECK_INTERVAL` from the CLI's environment,
@@ -20,16 +20,16 @@ fn env_overrides(json: bool) -> Result<(Option<f64>, Option<f64>), i32> {
 }
 
 fn read_env_overrides() -> Result<(Option<f64>, Option<f64>), String> {
-    let read = |name: &str| -> Result<Option<f64>, String> {
+    let read = |name: &str, max| -> Result<Option<f64>, String> {
         match std::env::var(name) {
-            Ok(v) if !v.trim().is_empty() => match positive_seconds(&v) {
-                Some(d) => Ok(Some(d.as_secs_f64())),
-                None => Err(format!("{name}={v:?} is not a positive number of seconds")),
-            },
+            Ok(v) if !v.trim().is_empty() => positive_seconds(name, &v, max).map(|d| Some(d.as_secs_f64())),
             _ => Ok(None),
         }
     };
-    Ok((read("DEPLOY_TIMEOUT")?, read("HEALTH_CHECK_INTERVAL")?))
+    Ok((
+        read("DEPLOY_TIMEOUT", MAX_TIMEOUT)?,
+        read("HEALTH_CHECK_INTERVAL", MAX_INTERVAL)?,
+    ))
 }
 
 /// Stream one operation; returns its outcome, or how the request failed.
@@ -55,7 +55,10 @@ async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool)
     let renderer = Renderer::new(json);
     let client = match client(cli) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(e) => {
+            renderer.refusal(&format!("config: {e}"), Outcome::Refused);
+            return exit::USAGE;
+        }
     };
     match stream(&client, path, body, renderer).await {
         Ok(Some(outcome)) => outcome.exit_code(),
@@ -73,12 +76,7 @@ async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool)
                     _ => Outcome::Failed,
                 };
                 renderer.refusal(&e.to_string(), outcome);
-                return match e {
-                    ClientError::Unreachable { .. } => exit::UNREACHABLE,
-                    ClientError::BadRequest(_) => exit::USAGE,
-                    ClientError::Busy(_) => exit::BUSY,
-                    ClientError::Other { .. } => exit::FAILED,
-                };
+                return client_exit_code(&e);
             }
             client_failed(&e)
         }

@@ -1,17 +1,17 @@
 //! `history [--json]`: past deploys, flips and rollbacks, oldest first.
 
-use super::{client, client_failed, exit, Cli};
+use super::{client, client_exit_code, exit, query_failed, Cli};
 use crate::admin::api::HistoryEntry;
 
 /// `switchctl history`
 pub async fn run(cli: &Cli, json: bool) -> i32 {
     let client = match client(cli) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(e) => return query_failed(json, &format!("config: {e}"), exit::USAGE),
     };
     let entries: Vec<HistoryEntry> = match client.get("/v1/history").await {
         Ok(e) => e,
-        Err(e) => return client_failed(&e),
+        Err(e) => return query_failed(json, &e.to_string(), client_exit_code(&e)),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&entries).unwrap_or_default());

@@ -4,6 +4,7 @@
 //! operation in progress.
 
 pub mod check;
+pub mod completions;
 pub mod demo;
 pub mod deploy;
 pub mod history;
@@ -38,8 +39,8 @@ pub struct Cli {
     /// Config file (default: $SWITCHCTL_CONFIG, ./switchctl.toml, /etc/switchctl/switchctl.toml).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Admin socket of the daemon (default: the config's proxy.admin_socket).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Admin socket of the daemon (default: $SWITCHCTL_SOCKET, else the config's proxy.admin_socket).
+    #[arg(long, global = true, value_name = "PATH", env = "SWITCHCTL_SOCKET")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -87,6 +88,18 @@ pub enum Command {
     Check,
     /// A self-contained blue/green demo on loopback (no Docker needed).
     Demo,
+    /// Print shell completions (bash, zsh or fish) to stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: completions::Shell,
+    },
+    /// Write man pages into a directory (used by packaging).
+    #[command(hide = true)]
+    Man {
+        /// Where to write them.
+        dir: PathBuf,
+    },
     /// The demo's upstream app (see `demo_app`).
     #[command(hide = true)]
     DemoApp {
@@ -120,26 +133,53 @@ pub fn config_failed(e: &ConfigError) -> i32 {
     exit::USAGE
 }
 
-/// The admin client: `--socket`, else the config's admin socket.
-pub fn client(cli: &Cli) -> Result<Client, i32> {
+/// The daemon's admin socket: `--socket` or `$SWITCHCTL_SOCKET`, else the
+/// config's `proxy.admin_socket` (read without loading the rest of the
+/// config: no Compose file, no env file), else the default socket when the
+/// config cannot be read by this user.
+pub fn socket_path(cli: &Cli) -> Result<PathBuf, ConfigError> {
     if let Some(socket) = &cli.socket {
-        return Ok(Client::new(socket));
+        return Ok(socket.clone());
     }
-    match load_config(cli.config.as_deref()) {
-        Ok((_, config)) => Ok(Client::new(&config.proxy.admin_socket)),
-        Err(e) => Err(config_failed(&e)),
-    }
+    let from_config = match Config::locate(cli.config.as_deref()) {
+        Ok(path) => Config::admin_socket_of(&path)?,
+        Err(ConfigError::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(from_config.unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_ADMIN_SOCKET)))
 }
 
-/// The exit status for a client error, after printing it.
-pub fn client_failed(e: &ClientError) -> i32 {
-    eprintln!("{}", output::error_line(&e.to_string()));
+/// The admin client for [`socket_path`].
+pub fn client(cli: &Cli) -> Result<Client, ConfigError> {
+    socket_path(cli).map(|socket| Client::new(&socket))
+}
+
+/// The exit status for a client error.
+pub fn client_exit_code(e: &ClientError) -> i32 {
     match e {
         ClientError::Unreachable { .. } => exit::UNREACHABLE,
         ClientError::BadRequest(_) => exit::USAGE,
         ClientError::Busy(_) => exit::BUSY,
         ClientError::Other { .. } => exit::FAILED,
     }
+}
+
+/// Report why a command that reads from the daemon failed, and return its
+/// exit status. With `json`, one JSON object on stdout
+/// (`{"error": "...", "exit_code": 3}`) so scripts that parse the output
+/// get a document either way; else a red line on stderr.
+pub fn query_failed(json: bool, message: &str, code: i32) -> i32 {
+    if json {
+        println!("{}", serde_json::json!({ "error": message, "exit_code": code }));
+    } else {
+        eprintln!("{}", output::error_line(message));
+    }
+    code
+}
+
+/// The exit status for a client error, after printing it.
+pub fn client_failed(e: &ClientError) -> i32 {
+    query_failed(false, &e.to_string(), client_exit_code(e))
 }
 
 /// Run the parsed command line; returns the exit status.
@@ -167,6 +207,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::History { json } => history::run(&cli, *json).await,
         Command::Check => check::run(&cli).await,
         Command::Demo => demo::run().await,
+        Command::Completions { shell } => completions::completions(*shell),
+        Command::Man { dir } => completions::man_pages(dir),
         Command::DemoApp { .. } => unreachable!("demo-app runs before the runtime starts"),
     }
 }

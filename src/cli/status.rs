@@ -1,18 +1,18 @@
 //! `status [--json]`: the active color and tag, the standby, the operation
 //! in progress, and each service's upstreams with health and in-flight counts.
 
-use super::{client, client_failed, exit, Cli};
+use super::{client, client_exit_code, exit, query_failed, Cli};
 use crate::admin::api::{ColorStatus, ColorTag, Status};
 
 /// `switchctl status`
 pub async fn run(cli: &Cli, json: bool) -> i32 {
     let client = match client(cli) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(e) => return query_failed(json, &format!("config: {e}"), exit::USAGE),
     };
     let status: Status = match client.get("/v1/status").await {
         Ok(s) => s,
-        Err(e) => return client_failed(&e),
+        Err(e) => return query_failed(json, &e.to_string(), client_exit_code(&e)),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());

@@ -5,15 +5,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, MAX_INTERVAL, MAX_TIMEOUT};
 
 impl Config {
     /// `DEPLOY_TIMEOUT` and `HEALTH_CHECK_INTERVAL` (seconds) override the file.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(d) = env_seconds(&get, "DEPLOY_TIMEOUT", &self.path)? {
+        if let Some(d) = env_seconds(&get, "DEPLOY_TIMEOUT", MAX_TIMEOUT, &self.path)? {
             self.deploy.timeout = d;
         }
-        if let Some(d) = env_seconds(&get, "HEALTH_CHECK_INTERVAL", &self.path)? {
+        if let Some(d) = env_seconds(&get, "HEALTH_CHECK_INTERVAL", MAX_INTERVAL, &self.path)? {
             self.deploy.health_check_interval = d;
         }
         Ok(())
@@ -23,30 +23,48 @@ impl Config {
 fn env_seconds(
     get: &impl Fn(&str) -> Option<String>,
     name: &str,
+    max: Duration,
     path: &Path,
 ) -> Result<Option<Duration>, ConfigError> {
     let Some(raw) = get(name).filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
-    match positive_seconds(&raw) {
-        Some(d) => Ok(Some(d)),
-        None => Err(ConfigError::Invalid {
+    positive_seconds(name, &raw, max)
+        .map(Some)
+        .map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
             key: format!("environment variable {name}"),
-            message: format!("{raw:?} is not a positive number of seconds"),
-        }),
+            message,
+        })
+}
+
+/// `"2.5"` → 2.5 s, for `name` (`DEPLOY_TIMEOUT`, `HEALTH_CHECK_INTERVAL`):
+/// a positive, finite number of seconds no greater than `max`, or why not.
+pub fn positive_seconds(name: &str, raw: &str, max: Duration) -> Result<Duration, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(secs) => seconds(name, secs, max),
+        Err(_) => Err(format!("{name}={raw:?} is not a number of seconds")),
     }
 }
 
-/// `"2.5"` → 2.5 s; `None` for anything but a positive, finite number of
-/// seconds (the form of `DEPLOY_TIMEOUT` and `HEALTH_CHECK_INTERVAL`).
-pub fn positive_seconds(raw: &str) -> Option<Duration> {
-    seconds(raw.trim().parse().ok()?)
-}
-
-/// `secs` as a duration, if it is positive and finite.
-pub fn seconds(secs: f64) -> Option<Duration> {
-    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+/// `secs` as a duration for `name`, if it is positive, finite and at most
+/// `max`; else an error that says the allowed range. Never panics, whatever
+/// a client sends (`1e300`, `NaN`, `-1`).
+pub fn seconds(name: &str, secs: f64, max: Duration) -> Result<Duration, String> {
+    let range = || {
+        format!(
+            "{name} must be a number of seconds greater than 0 and at most {} ({}); got {secs}",
+            max.as_secs_f64(),
+            humantime::format_duration(max)
+        )
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(range());
+    }
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= max && !d.is_zero() => Ok(d),
+        _ => Err(range()),
+    }
 }
 
 /// Parse a `KEY=value` env file: `#` comments, blank lines, optional
@@ -101,6 +119,26 @@ mod tests {
             .apply_env(|k| (k == "DEPLOY_TIMEOUT").then(|| "soon".into()))
             .unwrap_err();
         assert!(err.to_string().contains("DEPLOY_TIMEOUT"), "{err}");
+    }
+
+    #[test]
+    fn huge_or_odd_seconds_are_refused_without_panicking() {
+        for raw in ["1e19", "1e300", "inf", "NaN", "-1", "0", "1e-12", "86400.5"] {
+            let err = positive_seconds("DEPLOY_TIMEOUT", raw, MAX_TIMEOUT).unwrap_err();
+            assert!(
+                err.contains("DEPLOY_TIMEOUT") && err.contains("at most 86400"),
+                "{raw}: {err}"
+            );
+        }
+        assert_eq!(
+            positive_seconds("DEPLOY_TIMEOUT", "86400", MAX_TIMEOUT),
+            Ok(Duration::from_secs(86400))
+        );
+        let mut c = parse(GOOD).unwrap();
+        let err = c
+            .apply_env(|k| (k == "HEALTH_CHECK_INTERVAL").then(|| "1e300".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("HEALTH_CHECK_INTERVAL"), "{err}");
     }
 
     #[test]

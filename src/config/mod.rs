@@ -11,6 +11,7 @@ pub mod interpolate;
 mod validate;
 
 pub use env::{positive_seconds, read_env_file, seconds};
+pub use validate::{MAX_HEADER_BYTES, MAX_KEEP_IMAGES, MAX_WORKERS};
 
 pub mod traefik;
 
@@ -20,6 +21,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// Longest any timeout may be (a day): a larger value is a typo, and every
+/// `Instant + timeout` stays far from overflowing.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Longest time between two health probes (an hour).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +75,11 @@ pub enum DriverKind {
     Process,
 }
 
+/// Where the admin socket is when the config does not say.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/switchctl/switchctl.sock";
+/// The admin socket's group when the config does not say.
+pub const DEFAULT_ADMIN_GROUP: &str = "switchctl";
+
 /// `[proxy]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -76,6 +88,9 @@ pub struct ProxySection {
     pub listen: Vec<SocketAddr>,
     /// The admin API's Unix socket.
     pub admin_socket: PathBuf,
+    /// The group that owns the admin socket (mode 0660): its members may run
+    /// deploys without root.
+    pub admin_group: String,
     /// How long the old color may take to finish its requests.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -113,7 +128,8 @@ impl Default for ProxySection {
         let d = switchctl_proxy::ProxyConfig::default();
         ProxySection {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 80))],
-            admin_socket: PathBuf::from("/run/switchctl/switchctl.sock"),
+            admin_socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
+            admin_group: DEFAULT_ADMIN_GROUP.to_string(),
             drain_timeout: Duration::from_secs(30),
             workers: d.workers,
             header_read_timeout: d.header_read_timeout,
@@ -540,6 +556,39 @@ impl Config {
         })?;
         config.path = path.to_path_buf();
         Ok(config)
+    }
+
+    /// Only `proxy.admin_socket` of the file at `path`, resolved against the
+    /// file's directory: the short path of commands that just talk to the
+    /// daemon. Nothing else is read or validated (no Compose file, no env
+    /// file), so a CI user needs no access to secrets, and a flip stays quick.
+    /// `Ok(None)` when the file cannot be read (missing, or not readable by
+    /// this user): the caller falls back to [`DEFAULT_ADMIN_SOCKET`].
+    pub fn admin_socket_of(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Ok(None);
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            let (line, column) = e.span().map(|span| line_col(&text, span.start)).unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let socket = match table.get("proxy").and_then(|p| p.get("admin_socket")) {
+            None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
+            Some(toml::Value::String(s)) => PathBuf::from(s),
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: "proxy.admin_socket".into(),
+                    message: "must be a path string".into(),
+                })
+            }
+        };
+        Ok(Some(join_relative(path.parent().unwrap_or(Path::new(".")), &socket)))
     }
 
     /// A path from the config, relative to the config file's directory.

@@ -3,7 +3,20 @@
 //! name the file, the key and, where it can be found, the line.
 
 use super::env::read_env_file;
-use super::{line_col, Config, ConfigError, DriverKind};
+use std::time::Duration;
+
+use super::{line_col, Config, ConfigError, DriverKind, MAX_INTERVAL, MAX_TIMEOUT};
+
+/// Most image tags `keep_images` may keep.
+pub const MAX_KEEP_IMAGES: usize = 1000;
+/// Most proxy worker threads.
+pub const MAX_WORKERS: usize = 1024;
+/// Largest request head the proxy may be told to accept.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// Most client connections (overall, or per client address).
+pub const MAX_CONNECTIONS: usize = 1 << 24;
+/// Most consecutive good probes a health check may require.
+pub const MAX_HEALTHY_THRESHOLD: u32 = 1000;
 
 impl Config {
     /// Every problem of the file, all reported at once. `services_known`:
@@ -33,6 +46,7 @@ impl Config {
         if self.deploy.timeout.is_zero() {
             invalid("deploy.timeout".into(), "must be greater than 0".into());
         }
+        self.check_bounds()?;
         for (i, s) in self.services.iter().enumerate() {
             let at = |key: &str| {
                 let line =
@@ -157,6 +171,86 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Every duration and number within a sane range, so that no value
+    /// (a typo, `1e19`) can overflow a deadline or exhaust the host.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        let too_big = |key: &str, message: String| ConfigError::Invalid {
+            path: self.path.clone(),
+            key: key.to_string(),
+            message,
+        };
+        let duration = |key: &str, value: Duration, max: Duration| {
+            if value > max {
+                Err(too_big(
+                    key,
+                    format!(
+                        "{} is too long; at most {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(max)
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let number = |key: &str, value: usize, max: usize| {
+            if value > max {
+                Err(too_big(key, format!("{value} is too large; at most {max}")))
+            } else {
+                Ok(())
+            }
+        };
+        let (p, d) = (&self.proxy, &self.deploy);
+        duration("deploy.timeout", d.timeout, MAX_TIMEOUT)?;
+        duration("deploy.health_check_interval", d.health_check_interval, MAX_INTERVAL)?;
+        duration("deploy.stop_timeout", d.stop_timeout, MAX_TIMEOUT)?;
+        number("deploy.keep_images", d.keep_images, MAX_KEEP_IMAGES)?;
+        duration("proxy.drain_timeout", p.drain_timeout, MAX_TIMEOUT)?;
+        duration("proxy.header_read_timeout", p.header_read_timeout, MAX_TIMEOUT)?;
+        duration("proxy.idle_timeout", p.idle_timeout, MAX_TIMEOUT)?;
+        duration("proxy.connect_timeout", p.connect_timeout, MAX_TIMEOUT)?;
+        duration("proxy.response_timeout", p.response_timeout, MAX_TIMEOUT)?;
+        duration("proxy.upstream_idle_timeout", p.upstream_idle_timeout, MAX_TIMEOUT)?;
+        duration("proxy.body_read_timeout", p.body_read_timeout, MAX_TIMEOUT)?;
+        number("proxy.workers", p.workers, MAX_WORKERS)?;
+        number("proxy.max_header_bytes", p.max_header_bytes, MAX_HEADER_BYTES)?;
+        number("proxy.max_connections", p.max_connections, MAX_CONNECTIONS)?;
+        number(
+            "proxy.max_connections_per_ip",
+            p.max_connections_per_ip,
+            MAX_CONNECTIONS,
+        )?;
+        for s in &self.services {
+            let key = |k: &str| format!("service {:?}.{k}", s.name);
+            duration(&key("health.timeout"), s.health.timeout, MAX_INTERVAL)?;
+            if s.health.timeout.is_zero() {
+                return Err(too_big(&key("health.timeout"), "must be greater than 0".into()));
+            }
+            number(
+                &key("health.healthy_threshold"),
+                s.health.healthy_threshold as usize,
+                MAX_HEALTHY_THRESHOLD as usize,
+            )?;
+            if let Some(hc) = &s.docker_healthcheck {
+                for (k, v) in [
+                    ("healthcheck.interval", hc.interval),
+                    ("healthcheck.timeout", hc.timeout),
+                    ("healthcheck.start_period", hc.start_period),
+                ] {
+                    if let Some(v) = v {
+                        duration(&key(k), v, MAX_TIMEOUT)?;
+                    }
+                }
+                if let Some(r) = hc.retries {
+                    number(&key("healthcheck.retries"), r as usize, MAX_HEALTHY_THRESHOLD as usize)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn find_line(text: &str, needle: &str) -> Option<usize> {
     text.find(needle).map(|off| line_col(text, off).0)
 }
@@ -171,6 +265,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("command") && err.contains("{port}"), "{err}");
+    }
+
+    #[test]
+    fn every_duration_and_number_is_bounded_naming_the_key() {
+        for (from, to, key) in [
+            ("timeout = \"30s\"", "timeout = \"100years\"", "deploy.timeout"),
+            ("timeout = \"30s\"", "timeout = \"25h\"", "deploy.timeout"),
+            (
+                "timeout = \"30s\"",
+                "timeout = \"30s\"\nkeep_images = 1000000",
+                "deploy.keep_images",
+            ),
+            (
+                "timeout = \"30s\"",
+                "timeout = \"30s\"\nhealth_check_interval = \"2h\"",
+                "deploy.health_check_interval",
+            ),
+            (
+                "drain_timeout = \"5s\"",
+                "drain_timeout = \"5s\"\nworkers = 100000",
+                "proxy.workers",
+            ),
+            (
+                "drain_timeout = \"5s\"",
+                "drain_timeout = \"9999h\"",
+                "proxy.drain_timeout",
+            ),
+        ] {
+            assert!(GOOD.contains(from), "{from}");
+            let err = parse(&GOOD.replacen(from, to, 1)).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("at most"), "{to}: {err}");
+        }
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     }
 }
 
+/// `timeout` from now; config bounds keep it small, and a value that
+/// still would not fit (no panic on `Instant` overflow) means "no deadline".
+fn deadline_after(timeout: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + crate::config::MAX_TIMEOUT)
+}
+
 /// Why a deploy stopped before the flip.
 struct Failure {
     /// The service at fault, if one (its logs are shown).
@@ -98,7 +106,7 @@ impl Deploy {
         };
         Deploy {
             record: Record::new("deploy", &tag, from, idle),
-            deadline: tokio::time::Instant::now() + config.deploy.timeout,
+            deadline: deadline_after(config.deploy.timeout),
             controller,
             op,
             config,
@@ -147,7 +155,10 @@ impl Deploy {
             },
             Err(failure) => return self.roll_back(failure).await,
         };
-        let old = self.flip(&release).await;
+        let old = match self.flip(&release).await {
+            Ok(old) => old,
+            Err(reason) => return self.roll_back(Failure::new(reason)).await,
+        };
         self.hooks(HookWhen::AfterFlip).await.ok();
         self.drain(old.as_ref()).await;
         self.retire(old).await;
@@ -235,7 +246,7 @@ impl Deploy {
             self.controller.stop_release(&old, &self.config, &self.reporter).await;
         }
         state.begin(self.idle, &self.tag);
-        self.controller.save(&state).map_err(Failure::new)
+        self.controller.save(&state).await.map_err(Failure::new)
     }
 
     /// Start every service of the new color, each recorded as it exists.
@@ -256,7 +267,7 @@ impl Deploy {
             );
             let mut state = self.controller.state.lock().await;
             state.add_upstream(self.idle, &service.name, upstream);
-            self.controller.save(&state).map_err(Failure::new)?;
+            self.controller.save(&state).await.map_err(Failure::new)?;
         }
         Ok(())
     }
@@ -292,19 +303,22 @@ impl Deploy {
             };
             Some(async move {
                 let t = Instant::now();
-                let result = check.wait().await;
-                if result.is_ok() {
-                    check.reporter.success(
-                        Phase::Health,
-                        Some(check.service),
-                        format!("healthy after {} ms", ms(t.elapsed())),
-                    );
+                match check.wait().await {
+                    Ok(()) => {
+                        check.reporter.success(
+                            Phase::Health,
+                            Some(check.service),
+                            format!("healthy after {} ms", ms(t.elapsed())),
+                        );
+                        Ok(())
+                    }
+                    Err(why) => Err((service.name.clone(), why)),
                 }
-                (service.name.clone(), result)
             })
         });
-        let results = futures_util::future::join_all(checks).await;
-        if let Some((service, why)) = results.into_iter().find_map(|(s, r)| r.err().map(|e| (s, e))) {
+        // The first service that fails ends the deploy at once: the other
+        // checks are dropped rather than waited for.
+        if let Err((service, why)) = futures_util::future::try_join_all(checks).await {
             return Err(Failure {
                 reason: format!("{service} ({}, {}) is not healthy: {why}", self.idle, self.tag),
                 service: Some(service),
@@ -317,7 +331,7 @@ impl Deploy {
 
     /// Send every service to the new color in one swap, then persist.
     /// Returns the color and release that served before.
-    async fn flip(&mut self, release: &Release) -> Option<(Color, Release)> {
+    async fn flip(&mut self, release: &Release) -> Result<Option<(Color, Release)>, String> {
         self.op.phase(Phase::Flip);
         self.controller
             .flip_to(self.idle, release, &self.config, &mut self.record, &self.reporter)
@@ -413,7 +427,7 @@ impl Deploy {
         }
         let mut state = controller.state.lock().await;
         state.abandon(idle);
-        if let Err(e) = controller.save(&state) {
+        if let Err(e) = controller.save(&state).await {
             reporter.error(Phase::Rollback, None, e.to_string());
         }
         let serving = match state.active_release() {
@@ -435,7 +449,13 @@ impl Deploy {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_tag;
+    use super::{deadline_after, validate_tag};
+
+    #[test]
+    fn a_huge_timeout_makes_a_deadline_without_panicking() {
+        let d = deadline_after(std::time::Duration::from_secs(u64::MAX));
+        assert!(d > tokio::time::Instant::now());
+    }
 
     #[test]
     fn tags_follow_the_image_tag_grammar() {

@@ -16,7 +16,10 @@ use crate::config::{Config, HookWhen, StandbyPolicy};
 use crate::release::{Color, Release};
 
 impl Controller {
-    /// Point every service at `color` in one swap, then persist.
+    /// Point every service at `color` in one swap, then persist. The intent
+    /// is persisted first: if that fails, nothing moves (`Err`, routes
+    /// unchanged); a daemon killed after the swap but before the result is
+    /// saved completes the flip at start (see `recover::complete_flip`).
     /// Returns the color and release that served before.
     pub(super) async fn flip_to(
         &self,
@@ -25,21 +28,32 @@ impl Controller {
         config: &Config,
         rec: &mut Record,
         reporter: &Reporter,
-    ) -> Option<(Color, Release)> {
+    ) -> Result<Option<(Color, Release)>, String> {
+        let mut state = self.state.lock().await;
+        state.flipping_to = Some(color);
+        if let Err(e) = self.save(&state).await {
+            state.flipping_to = None;
+            let msg = format!("the state could not be saved before the flip ({e}); traffic stays where it is");
+            reporter.error(Phase::Flip, None, msg.clone());
+            return Err(msg);
+        }
         let table = route_table(config, Some(release), &self.upstreams);
         let t = Instant::now();
         self.proxy.swap(table);
         let swap = t.elapsed();
         rec.flip_us = Some(swap.as_micros() as u64);
-        let mut state = self.state.lock().await;
         let old = state.activate(color);
-        if let Err(e) = self.save(&state) {
+        if let Err(e) = self.save(&state).await {
             reporter.error(
                 Phase::Flip,
                 None,
-                format!("traffic moved, but the state could not be saved ({e}); a daemon restart would return to the old color"),
+                format!(
+                    "traffic moved, but the state could not be saved ({e}); the flip was recorded before the swap, \
+                     so a daemon restart keeps {color} serving if it is healthy; fix the state directory"
+                ),
             );
         }
+        drop(state);
         reporter.success(
             Phase::Flip,
             None,
@@ -49,7 +63,7 @@ impl Controller {
                 swap.as_micros()
             ),
         );
-        old
+        Ok(old)
     }
 
     /// Wait until the color that just lost traffic has no request or tunnel
@@ -108,7 +122,7 @@ impl Controller {
                 self.stop_release(&release, config, reporter).await;
                 let mut state = self.state.lock().await;
                 state.retire(color);
-                if let Err(e) = self.save(&state) {
+                if let Err(e) = self.save(&state).await {
                     reporter.warn(Phase::Standby, None, e.to_string());
                 }
                 reporter.info(Phase::Standby, None, format!("{color} ({}) stopped", release.tag));
@@ -171,7 +185,10 @@ impl Controller {
         // Other containers calling a service by its Compose name follow the
         // traffic: the standby takes the name before it takes traffic.
         self.set_service_alias(&release, &config, true, &reporter).await;
-        let old = self.flip_to(color, &release, &config, &mut rec, &reporter).await;
+        let old = match self.flip_to(color, &release, &config, &mut rec, &reporter).await {
+            Ok(old) => old,
+            Err(msg) => return rec.finish(&self.history, Outcome::Refused, Some(msg.clone()), msg, &reporter),
+        };
         op.phase(Phase::Drain);
         self.drain(old.as_ref(), &config, &mut rec, &reporter).await;
         op.phase(Phase::Standby);

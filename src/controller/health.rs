@@ -19,6 +19,16 @@ use crate::release::Handle;
 
 /// How often the driver is asked whether the upstream still runs, between probes.
 const EXIT_POLL: Duration = Duration::from_millis(100);
+/// The wait before the second probe; it doubles up to `health_check_interval`,
+/// so an app that is ready soon after it starts is flipped to soon after
+/// (ready-to-flip ≤ 100 ms), and a slow one is not probed in a busy loop.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+
+/// The wait after `wait`: twice as long, up to `interval`.
+fn next_wait(wait: Duration, interval: Duration) -> Duration {
+    wait.saturating_mul(2).min(interval)
+}
+
 /// How often a failing health check says so.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
@@ -106,6 +116,7 @@ impl HealthCheck<'_> {
         let mut good = 0u32;
         let mut last;
         let mut last_report: Option<Instant> = None;
+        let mut wait = FIRST_RETRY.min(self.interval);
         loop {
             let container_health = match self.driver.state(self.handle).await {
                 RunState::Running { health } => health,
@@ -146,7 +157,8 @@ impl HealthCheck<'_> {
                     .warn(Phase::Health, Some(self.service), format!("not healthy yet: {last}"));
                 last_report = Some(Instant::now());
             }
-            let next = Instant::now() + self.interval;
+            let next = Instant::now() + wait;
+            wait = next_wait(wait, self.interval);
             if next >= self.deadline {
                 // One last wait up to the deadline, still watching for an exit.
                 self.watch_until(self.deadline).await?;
@@ -195,6 +207,54 @@ mod tests {
             ..HealthConfig::default()
         };
         assert_eq!(probe(app(true).await, &expect_503).await, Ok(503));
+    }
+
+    #[test]
+    fn probes_start_at_50ms_and_double_up_to_the_interval() {
+        let interval = Duration::from_secs(5);
+        let mut wait = FIRST_RETRY.min(interval);
+        let mut waits = vec![wait];
+        for _ in 0..8 {
+            wait = next_wait(wait, interval);
+            waits.push(wait);
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(FIRST_RETRY.min(Duration::from_millis(20)), Duration::from_millis(20));
+    }
+
+    #[tokio::test]
+    async fn an_app_ready_soon_is_seen_within_the_first_backoff_steps() {
+        // Bind now, serve after 300 ms: with a 5 s interval, the check must
+        // see it at the probe after the 400 ms step (at 750 ms), not at 5 s.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+            switchctl_testapp::serve(listener, switchctl_testapp::App::new("v1", false, Duration::ZERO)).await;
+        });
+        let driver = Driver::Process(crate::driver::process::ProcessDriver::new(std::env::temp_dir()));
+        let handle = Handle::Process {
+            pid: std::process::id() as i32,
+            start_time: crate::driver::process::start_time_of(std::process::id() as i32),
+        };
+        let health = HealthConfig::default();
+        let reporter = Reporter::silent();
+        let start = Instant::now();
+        let check = HealthCheck {
+            driver: &driver,
+            handle: &handle,
+            addr,
+            health: &health,
+            interval: Duration::from_secs(5),
+            deadline: start + Duration::from_secs(60),
+            reporter: &reporter,
+            service: "web",
+        };
+        check.wait().await.unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! or rollback. Image cleanup reads it to know which releases succeeded.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use std::time::{Duration, Instant};
@@ -99,19 +100,42 @@ impl History {
         }
         let mut line = serde_json::to_vec(entry).expect("history entry serializes");
         line.push(b'\n');
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        // A file from before switchctl made it private becomes so.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         f.write_all(&line)?;
         f.sync_data()
     }
 
-    /// Every entry, oldest first. Lines that do not parse (a torn last line
-    /// after a crash) are skipped.
+    /// Every entry, oldest first. Lines that do not decode (a torn last line
+    /// after a crash, a stray byte that is not UTF-8) are skipped with a
+    /// warning: one bad line never hides the rest.
     pub fn read(&self) -> std::io::Result<Vec<HistoryEntry>> {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut entries = Vec::new();
+        for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice(line) {
+                Ok(entry) => entries.push(entry),
+                Err(e) => tracing::warn!(
+                    file = %self.path.display(),
+                    line = n + 1,
+                    error = %e,
+                    "skipping an undecodable history line"
+                ),
+            }
         }
+        Ok(entries)
     }
 
     /// Tags of successful deploys and rollbacks, newest first, without repeats.
@@ -162,5 +186,35 @@ mod tests {
         f.write_all(b"{\"torn").unwrap();
         assert_eq!(h.read().unwrap().len(), 4);
         assert_eq!(h.successful_tags().unwrap(), vec!["v1", "v3"]);
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_skips_only_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::new(dir.path());
+        h.append(&entry("v1", Outcome::Deployed)).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("history.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"kind\": \"\xff\"}\n\xff\n").unwrap();
+        h.append(&entry("v2", Outcome::Deployed)).unwrap();
+        let tags: Vec<String> = h.read().unwrap().into_iter().map(|e| e.tag).collect();
+        assert_eq!(tags, ["v1", "v2"]);
+        assert_eq!(h.successful_tags().unwrap(), vec!["v2", "v1"]);
+    }
+
+    #[test]
+    fn the_history_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        History::new(dir.path())
+            .append(&entry("v1", Outcome::Deployed))
+            .unwrap();
+        let mode = std::fs::metadata(dir.path().join("history.jsonl"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

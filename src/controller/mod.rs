@@ -155,7 +155,23 @@ impl Controller {
         &self.history
     }
 
-    fn save(&self, state: &State) -> Result<(), StateError> {
-        self.store.save(state)
+    /// Persist `state` (fsync, rename) on a blocking thread, never on the
+    /// runtime's threads that serve the admin API and the operations.
+    async fn save(&self, state: &State) -> Result<(), StateError> {
+        let (store, state) = (self.store.clone(), state.clone());
+        match tokio::task::spawn_blocking(move || store.save(&state)).await {
+            Ok(result) => result,
+            Err(e) => Err(StateError::Io {
+                action: "write",
+                path: self.store.path().to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    /// Say loudly (log and `status`) that something is wrong.
+    pub fn problem(&self, message: String) {
+        tracing::error!("{message}");
+        self.problems.lock().expect("problems lock").push(message);
     }
 }

@@ -3,13 +3,14 @@
 //! client that goes away (an SSH session dropped mid-deploy) does not stop
 //! it. The caller gets its progress events, or why it was refused.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::deploy::{validate_tag, Deploy};
-use super::event::{Event, Reporter};
+use super::event::{Event, Outcome, Reporter};
 use super::Controller;
 use crate::api::OperationInfo;
 use crate::config::Config;
@@ -111,25 +112,84 @@ impl Controller {
         };
         let (reporter, events) = Reporter::channel();
         let controller = self.clone();
+        let kind = operation.kind();
+        let watcher = reporter.clone();
         match operation {
             Operation::Deploy { tag, overrides } => {
                 let config = fresh_config(overrides)?;
-                tokio::spawn(async move {
-                    Deploy::new(controller, op, config, tag, reporter).await.run().await;
+                spawn_contained(kind, watcher, async move {
+                    Deploy::new(controller, op, config, tag, reporter).await.run().await
                 });
             }
             Operation::FlipBack => {
-                tokio::spawn(async move {
-                    controller.flip_back(op, reporter).await;
-                });
+                spawn_contained(kind, watcher, async move { controller.flip_back(op, reporter).await });
             }
             Operation::Rollback { tag, overrides } => {
                 let config = fresh_config(overrides)?;
-                tokio::spawn(async move {
-                    controller.rollback(op, config, tag, reporter).await;
+                spawn_contained(kind, watcher, async move {
+                    controller.rollback(op, config, tag, reporter).await
                 });
             }
         }
         Ok(events)
+    }
+}
+
+/// Run one operation as a task of its own. A panic in it (a bug) costs only
+/// that operation: unwinding drops the operation lock and the state lock it
+/// held, the client gets a final `failed` event saying so, and the daemon
+/// keeps serving. Returns the watcher's handle (tests await it).
+pub(super) fn spawn_contained<F>(kind: &'static str, reporter: Reporter, work: F) -> tokio::task::JoinHandle<()>
+where
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let task = tokio::spawn(work);
+    tokio::spawn(async move {
+        let Err(e) = task.await else { return };
+        if !e.is_panic() {
+            return;
+        }
+        let payload = e.into_panic();
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic with no message".into());
+        reporter.send(Event::done(
+            Outcome::Failed,
+            format!(
+                "{kind} stopped by an internal error ({why}); the lock is released and the proxy keeps serving; \
+                 check `switchctl status` and the daemon log, then retry"
+            ),
+        ));
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::event::Phase;
+
+    #[tokio::test]
+    async fn a_panicking_operation_ends_with_a_failed_event_and_releases_its_locks() {
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let (reporter, mut events) = Reporter::channel();
+        let (held, inner) = (lock.clone(), reporter.clone());
+        let watcher = spawn_contained("deploy", reporter, async move {
+            let _guard = held.lock().await;
+            inner.info(Phase::Start, None, "about to fail");
+            if held.try_lock().is_err() {
+                panic!("a bug in a phase");
+            }
+            Outcome::Deployed
+        });
+        watcher.await.unwrap();
+        let first = events.recv().await.unwrap();
+        assert_eq!(first.message, "about to fail");
+        let done = events.recv().await.unwrap();
+        assert_eq!(done.outcome, Some(Outcome::Failed));
+        assert!(done.message.contains("a bug in a phase"), "{}", done.message);
+        assert!(events.recv().await.is_none(), "the stream ends after done");
+        assert!(lock.try_lock().is_ok(), "unwinding released the lock");
     }
 }

@@ -68,8 +68,8 @@ pub fn route_table(config: &Config, release: Option<&Release>, upstreams: &Upstr
                 .filter_map(|h| switchctl_proxy::HostPattern::parse(h).ok())
                 .collect(),
             path_prefix: r.path_prefix.clone(),
-            // strip_prefix: r.strip_prefix, // PROXY: pass through once switchctl_proxy::Route has `strip_prefix`
             service: s.name.clone(),
+            strip_prefix: r.strip_prefix,
         })
         .collect();
     // The config was validated, so the table is valid; an empty table (all

@@ -1,7 +1,10 @@
 //! What the daemon must remember across restarts: which color is active,
 //! which release each color runs (tag, upstream address, process or
 //! container), and which color a deploy was starting when it was
-//! interrupted. Written atomically: temp file, fsync, rename, fsync dir.
+//! interrupted, or the color a flip was moving traffic to. Written
+//! atomically (temp file, fsync, rename, fsync dir), private (0600), and the
+//! previous good copy is kept as `state.json.bak`: a truncated or garbage
+//! `state.json` is recovered from it at start, loudly.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -22,6 +25,11 @@ pub struct State {
     /// What runs in each color.
     #[serde(default)]
     pub colors: BTreeMap<Color, Release>,
+    /// A flip to this color was about to swap the routes (persisted before
+    /// the swap): a daemon killed before recording the result completes
+    /// the flip at start if the color is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flipping_to: Option<Color>,
 }
 
 impl State {
@@ -57,6 +65,7 @@ impl State {
     pub fn activate(&mut self, color: Color) -> Option<(Color, Release)> {
         let old = self.active_release().map(|(c, r)| (c, r.clone()));
         self.active = Some(color);
+        self.flipping_to = None;
         if self.pending == Some(color) {
             self.pending = None;
         }
@@ -92,6 +101,7 @@ impl State {
     pub fn clear(&mut self) -> BTreeMap<Color, Release> {
         self.active = None;
         self.pending = None;
+        self.flipping_to = None;
         std::mem::take(&mut self.colors)
     }
 
@@ -127,14 +137,25 @@ pub enum StateError {
         /// why
         source: std::io::Error,
     },
-    /// The file exists but is not valid.
-    #[error("state file {path} is corrupt ({source}); move it away to start with no active release")]
+    /// Neither the file nor its previous copy is valid.
+    #[error("state file {path} is corrupt ({why}) and so is its previous copy {backup}")]
     Corrupt {
         /// file
         path: PathBuf,
-        /// why
-        source: serde_json::Error,
+        /// its previous good copy
+        backup: PathBuf,
+        /// what is wrong with each
+        why: String,
     },
+}
+
+/// A state read at start, and what had to be done to get it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// the state
+    pub state: State,
+    /// Said loudly (log and `status`) when the state is not the file's.
+    pub problem: Option<String>,
 }
 
 /// The state file in `state_dir`.
@@ -151,41 +172,130 @@ impl StateStore {
         }
     }
 
+    /// The previous good copy, `state.json.bak`.
+    pub fn backup_path(&self) -> PathBuf {
+        self.path.with_extension("json.bak")
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Read the state; a missing file is the empty state.
     pub fn load(&self) -> Result<State, StateError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
-                path: self.path.clone(),
-                source,
+        Ok(self.load_recovering()?.state)
+    }
+
+    /// Read the state. A corrupt `state.json` is kept aside (as
+    /// `state.json.corrupt`) and the previous good copy is used, with a
+    /// problem that says so; if both are corrupt, [`StateError::Corrupt`]
+    /// (the daemon then asks the drivers what runs).
+    pub fn load_recovering(&self) -> Result<Loaded, StateError> {
+        let backup = self.backup_path();
+        let why = match read_state(&self.path)? {
+            Read::Good(state) => return Ok(Loaded { state, problem: None }),
+            // Never written (or moved away by hand): the copy, if any.
+            Read::Missing => match read_state(&backup)? {
+                Read::Good(state) => {
+                    return Ok(Loaded {
+                        state,
+                        problem: Some(format!(
+                            "{} was missing; restored the previous copy {}",
+                            self.path.display(),
+                            backup.display()
+                        )),
+                    })
+                }
+                _ => return Ok(Loaded::default()),
+            },
+            Read::Corrupt(why) => why,
+        };
+        let aside = self.path.with_extension("json.corrupt");
+        let kept = match std::fs::rename(&self.path, &aside) {
+            Ok(()) => format!("kept as {}", aside.display()),
+            Err(e) => format!("could not be moved aside: {e}"),
+        };
+        match read_state(&backup)? {
+            Read::Good(state) => Ok(Loaded {
+                state,
+                problem: Some(format!(
+                    "{} was corrupt ({why}; {kept}); recovered from the previous copy {}: check that the active \
+                     color is the one you expect (`switchctl status`)",
+                    self.path.display(),
+                    backup.display()
+                )),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(source) => Err(StateError::Io {
-                action: "read",
+            Read::Missing => Err(StateError::Corrupt {
                 path: self.path.clone(),
-                source,
+                backup,
+                why: format!("{why}; {kept}; no previous copy"),
+            }),
+            Read::Corrupt(bad) => Err(StateError::Corrupt {
+                path: self.path.clone(),
+                backup,
+                why: format!("{why}; {kept}; the copy: {bad}"),
             }),
         }
     }
 
-    /// Replace the state on disk atomically.
+    /// Replace the state on disk atomically, keeping the copy it replaces
+    /// (if valid) as `state.json.bak`. Blocking: call it off the runtime's
+    /// threads (the controller uses `spawn_blocking`).
     pub fn save(&self, state: &State) -> Result<(), StateError> {
         let io = |source| StateError::Io {
             action: "write",
             path: self.path.clone(),
             source,
         };
-        let json = serde_json::to_vec_pretty(state).expect("state serializes");
+        let json = serde_json::to_vec_pretty(state).map_err(|e| io(std::io::Error::other(e)))?;
+        if let Ok(current) = std::fs::read(&self.path) {
+            if serde_json::from_slice::<State>(&current).is_ok() {
+                write_atomic(&self.backup_path(), &current).map_err(io)?;
+            }
+        }
         write_atomic(&self.path, &json).map_err(io)
     }
 }
 
-/// Write `bytes` to `path` so a crash leaves either the old or the new file.
+enum Read {
+    Good(State),
+    Missing,
+    Corrupt(String),
+}
+
+fn read_state(path: &Path) -> Result<Read, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(match serde_json::from_slice(&bytes) {
+            Ok(state) => Read::Good(state),
+            Err(e) => Read::Corrupt(format!("{}: {e}", path.display())),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Read::Missing),
+        Err(source) => Err(StateError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Write `bytes` to `path` so a crash leaves either the old or the new
+/// file; the file is private to the daemon's user (0600).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -282,10 +392,48 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_file_is_reported_not_overwritten() {
+    fn a_corrupt_file_with_no_good_copy_is_an_error_and_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("state.json"), "{not json").unwrap();
         let err = StateStore::new(dir.path()).load().unwrap_err().to_string();
-        assert!(err.contains("corrupt") && err.contains("move it away"), "{err}");
+        assert!(err.contains("corrupt") && err.contains("no previous copy"), "{err}");
+        assert!(dir.path().join("state.json.corrupt").exists());
+    }
+
+    #[test]
+    fn a_truncated_or_garbage_file_is_recovered_from_the_previous_copy() {
+        for garbage in [&b""[..], b"{\"active\": \"bl", b"\xff\xfe\x00garbage"] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = StateStore::new(dir.path());
+            let mut s = State::default();
+            s.begin(Color::Blue, "v1");
+            s.add_upstream(Color::Blue, "web", release("v1", 4000).services["web"].clone());
+            s.activate(Color::Blue);
+            store.save(&s).unwrap();
+            let mut later = s.clone();
+            later.begin(Color::Green, "v2");
+            store.save(&later).unwrap();
+            std::fs::write(store.path(), garbage).unwrap();
+            let loaded = store.load_recovering().unwrap();
+            assert_eq!(loaded.state, s, "the copy before the last save");
+            let problem = loaded.problem.unwrap();
+            assert!(
+                problem.contains("corrupt") && problem.contains("state.json.bak"),
+                "{problem}"
+            );
+        }
+    }
+
+    #[test]
+    fn state_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        store.save(&State::default()).unwrap();
+        store.save(&State::default()).unwrap();
+        for f in ["state.json", "state.json.bak"] {
+            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
     }
 }

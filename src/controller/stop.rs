@@ -47,7 +47,7 @@ impl Controller {
                     .map(|s| format!("{s} ({color}, {})", release.tag)),
             );
         }
-        if let Err(e) = self.save(&state) {
+        if let Err(e) = self.save(&state).await {
             // The upstreams are gone whatever the file says; recovery at the
             // next start reports them missing.
             tracing::warn!(error = %e, "stopped every upstream but could not save the state");

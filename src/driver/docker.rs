@@ -918,6 +918,40 @@ impl DockerDriver {
             .collect())
     }
 
+    /// Running containers of this instance, as their labels and published
+    /// port describe them.
+    pub(super) async fn survivors(&self) -> Result<Vec<super::Survivor>, DriverError> {
+        let docker = self.client().await?;
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_INSTANCE}={}", self.instance)])]);
+        let containers = match docker
+            .list_containers(Some(ListContainersOptionsBuilder::new().filters(&filters).build()))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return Err(self.api_error(e).await),
+        };
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels?;
+                let port = c
+                    .ports?
+                    .into_iter()
+                    .find(|p| p.ip.as_deref() == Some("127.0.0.1") && p.public_port.is_some())?
+                    .public_port?;
+                Some(super::Survivor {
+                    service: labels.get(LABEL_SERVICE)?.clone(),
+                    color: crate::release::Color::parse(labels.get(LABEL_COLOR)?)?,
+                    tag: labels.get(LABEL_TAG)?.clone(),
+                    record: UpstreamRecord {
+                        addr: ([127, 0, 0, 1], port).into(),
+                        handle: Handle::Container { id: c.id? },
+                    },
+                })
+            })
+            .collect())
+    }
+
     pub(super) async fn cleanup_images(
         &self,
         services: &[ServiceConfig],

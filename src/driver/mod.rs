@@ -83,6 +83,21 @@ pub struct TaskFailure {
     pub lines: Vec<String>,
 }
 
+/// An upstream the runtime runs for this switchctl instance, as its own
+/// records (Docker labels, a process's environment) describe it: what the
+/// state is rebuilt from when the state file cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Survivor {
+    /// its service
+    pub service: String,
+    /// its color
+    pub color: Color,
+    /// its tag
+    pub tag: String,
+    /// where it listens and how to find it
+    pub record: UpstreamRecord,
+}
+
 /// What to start: one service of one color at one tag.
 #[derive(Debug, Clone)]
 pub struct StartSpec<'a> {
@@ -139,7 +154,10 @@ impl Driver {
     /// cannot reach it still serves, and every operation says why it fails.
     pub fn new(config: &Config) -> Driver {
         match config.driver {
-            DriverKind::Process => Driver::Process(process::ProcessDriver::new(logs_dir(config))),
+            DriverKind::Process => Driver::Process(process::ProcessDriver::for_instance(
+                logs_dir(config),
+                config.state_dir.display().to_string(),
+            )),
             DriverKind::Docker => Driver::Docker(docker::DockerDriver::new(
                 config.state_dir.display().to_string(),
                 config.project.as_ref().map(|p| p.name.as_str()),
@@ -237,8 +255,17 @@ impl Driver {
     /// interrupted deploy.
     pub async fn orphans(&self, known: &[Handle]) -> Result<Vec<Handle>, DriverError> {
         match self {
-            Driver::Process(_) => Ok(Vec::new()),
+            Driver::Process(d) => Ok(d.orphans(known)),
             Driver::Docker(d) => d.orphans(known).await,
+        }
+    }
+
+    /// Every running upstream of this instance, from the runtime's own
+    /// records (for rebuilding a state that cannot be trusted).
+    pub async fn survivors(&self) -> Result<Vec<Survivor>, DriverError> {
+        match self {
+            Driver::Process(d) => Ok(d.survivors()),
+            Driver::Docker(d) => d.survivors().await,
         }
     }
 

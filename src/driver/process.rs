@@ -3,7 +3,10 @@
 //! a free loopback port switchctl picks. Output goes to
 //! `<state_dir>/logs/<service>-<color>.log`. Processes run in their own group
 //! so they outlive a daemon restart and are stopped as a whole (SIGTERM,
-//! then SIGKILL).
+//! then SIGKILL). Each carries its own record in its environment
+//! (`SWITCHCTL_INSTANCE`, `SWITCHCTL_SERVICE`, `SWITCHCTL_COLOR`,
+//! `SWITCHCTL_TAG`, `SWITCHCTL_PORT`): a scan of `/proc` finds the ones a
+//! crash left unrecorded (orphans), and rebuilds a lost state.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -23,18 +26,82 @@ use crate::release::{Color, Handle, UpstreamRecord};
 #[derive(Debug)]
 pub struct ProcessDriver {
     logs: PathBuf,
+    /// The owning instance (its state dir), set in each upstream's environment.
+    instance: String,
     /// Processes this daemon started, kept so their exit status can be
     /// collected (and they do not linger as zombies).
     children: Mutex<HashMap<i32, Child>>,
 }
 
 impl ProcessDriver {
-    /// A driver writing logs under `logs`.
+    /// A driver writing logs under `logs`, for the instance named by them.
     pub fn new(logs: PathBuf) -> Self {
+        let instance = logs.display().to_string();
+        ProcessDriver::for_instance(logs, instance)
+    }
+
+    /// A driver writing logs under `logs` for the switchctl `instance`.
+    pub fn for_instance(logs: PathBuf, instance: String) -> Self {
         ProcessDriver {
             logs,
+            instance,
             children: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Upstreams of this instance (process group leaders carrying its
+    /// marker) that are not among `known`.
+    pub(super) fn orphans(&self, known: &[Handle]) -> Vec<Handle> {
+        self.survivors()
+            .into_iter()
+            .map(|s| s.record.handle)
+            .filter(|h| !known.contains(h))
+            .collect()
+    }
+
+    /// Every live upstream of this instance, found by the marker in its
+    /// environment (not by a saved pid, which a crash may not have saved).
+    pub(super) fn survivors(&self) -> Vec<super::Survivor> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let pids = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+        let mut found: Vec<super::Survivor> = pids
+            .filter_map(|pid| {
+                let stat = proc_stat(pid)?;
+                if stat.pgrp != pid || stat.state == 'Z' {
+                    return None;
+                }
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+                let var = |name: &str| {
+                    environ.split(|b| *b == 0).find_map(|kv| {
+                        let value = kv.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+                        std::str::from_utf8(value).ok()
+                    })
+                };
+                if var("SWITCHCTL_INSTANCE")? != self.instance {
+                    return None;
+                }
+                let port: u16 = var("SWITCHCTL_PORT")?.parse().ok()?;
+                Some(super::Survivor {
+                    service: var("SWITCHCTL_SERVICE")?.to_string(),
+                    color: Color::parse(var("SWITCHCTL_COLOR")?)?,
+                    tag: var("SWITCHCTL_TAG")?.to_string(),
+                    record: UpstreamRecord {
+                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                        handle: Handle::Process {
+                            pid,
+                            start_time: stat.start_time,
+                        },
+                    },
+                })
+            })
+            .collect();
+        found.sort_by_key(|s| match s.record.handle {
+            Handle::Process { start_time, .. } => start_time,
+            Handle::Container { .. } => 0,
+        });
+        found
     }
 
     pub(super) fn preflight(&self, services: &[ServiceConfig], config: &Config) -> Result<(), DriverError> {
@@ -89,16 +156,18 @@ impl ProcessDriver {
         };
         std::fs::create_dir_all(&self.logs).map_err(|e| fail(format!("cannot create {}: {e}", self.logs.display())))?;
         let log_path = self.log_path(&spec.service.name, spec.color);
-        let log =
-            std::fs::File::create(&log_path).map_err(|e| fail(format!("cannot create {}: {e}", log_path.display())))?;
+        let log = open_log(&log_path).map_err(|e| fail(format!("cannot create {}: {e}", log_path.display())))?;
         let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
 
         let mut cmd = Command::new(&program);
         cmd.args(args)
             .current_dir(&cwd)
             .envs(spec.environment(port)?)
+            .env("SWITCHCTL_INSTANCE", &self.instance)
+            .env("SWITCHCTL_SERVICE", &spec.service.name)
             .env("SWITCHCTL_COLOR", spec.color.as_str())
             .env("SWITCHCTL_TAG", spec.tag)
+            .env("SWITCHCTL_PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -181,6 +250,25 @@ impl ProcessDriver {
             .map(|l| l.to_string())
             .collect()
     }
+}
+
+/// An upstream's log, truncated, readable by its owner and group only (0640).
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+    Ok(f)
+}
+
+/// When `pid` started (clock ticks since boot; 0 if it is gone): with the
+/// pid, what a [`Handle::Process`] is.
+pub fn start_time_of(pid: i32) -> u64 {
+    proc_stat(pid).map_or(0, |s| s.start_time)
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -284,6 +372,45 @@ mod tests {
             unreachable!()
         };
         assert!(!group_alive(pid), "the whole group is gone");
+    }
+
+    #[tokio::test]
+    async fn upstreams_are_found_by_their_marker_not_by_a_saved_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &["sh", "-c", "echo {port}; sleep 30 & wait"]);
+        let driver = ProcessDriver::for_instance(dir.path().join("logs"), "instance-a".into());
+        let rec = driver.start(&spec(&cfg, Color::Green, "v6")).unwrap();
+        first_output(&driver, Color::Green).await;
+        // A daemon that crashed before saving `rec` knows nothing of it.
+        let after_crash = ProcessDriver::for_instance(dir.path().join("logs"), "instance-a".into());
+        let found = after_crash.survivors();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].service.as_str(), found[0].color, found[0].tag.as_str()),
+            ("web", Color::Green, "v6")
+        );
+        assert_eq!(found[0].record, rec);
+        assert_eq!(after_crash.orphans(&[]), vec![rec.handle.clone()]);
+        assert!(after_crash.orphans(std::slice::from_ref(&rec.handle)).is_empty());
+        let other = ProcessDriver::for_instance(dir.path().join("logs"), "instance-b".into());
+        assert!(
+            other.survivors().is_empty(),
+            "another instance's upstreams are not ours"
+        );
+        driver.stop(&rec.handle, Duration::from_secs(5)).await.unwrap();
+        assert!(after_crash.survivors().is_empty());
+    }
+
+    #[test]
+    fn upstream_logs_are_not_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web-blue.log");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_log(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
     }
 
     #[tokio::test]

@@ -535,3 +535,22 @@ pub fn events(out: &Output) -> Vec<Value> {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// One raw request to the daemon's admin API: `(status, body)`.
+pub async fn admin(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "switchctl")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
