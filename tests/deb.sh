@@ -10,7 +10,8 @@ if dpkg-query -W -f='${Status}' switchctl 2>/dev/null | grep -q installed; then
     echo "tests/deb.sh: a switchctl package is already installed here; refusing to touch it"
     exit 1
 fi
-cleanup() { dpkg -P switchctl >/dev/null 2>&1 || true; }
+tmp=$(mktemp -d)
+cleanup() { dpkg -P switchctl >/dev/null 2>&1 || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
 fail() { echo "FAIL: $*"; exit 1; }
@@ -24,7 +25,7 @@ version=$(dpkg-deb -f "$deb" Version)
 step "install $deb"
 dpkg -i "$deb"
 switchctl --version | grep -q "switchctl" || fail "switchctl --version"
-switchctl completions bash | grep -q "_switchctl" || fail "bash completions"
+switchctl completions bash >"$tmp/completions.bash" && grep -q "_switchctl" "$tmp/completions.bash" || fail "bash completions"
 [[ -s /usr/share/bash-completion/completions/switchctl ]] || fail "bash completion file"
 [[ -s /usr/share/zsh/vendor-completions/_switchctl ]] || fail "zsh completion file"
 [[ -s /usr/share/fish/vendor_completions.d/switchctl.fish ]] || fail "fish completion file"

@@ -28,8 +28,17 @@ pub fn completions(shell: Shell) -> i32 {
         Shell::Zsh => clap_complete::Shell::Zsh,
         Shell::Fish => clap_complete::Shell::Fish,
     };
-    clap_complete::generate(generator, &mut cmd, "switchctl", &mut std::io::stdout());
-    exit::OK
+    let mut script = Vec::new();
+    clap_complete::generate(generator, &mut cmd, "switchctl", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        // A reader that stopped early (`| head`) is not a failure.
+        Ok(()) => exit::OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            eprintln!("{}", output::error_line(&format!("cannot write the completions: {e}")));
+            exit::FAILED
+        }
+    }
 }
 
 /// `switchctl man <dir>`: `switchctl.1` and one `switchctl-<command>.1` per

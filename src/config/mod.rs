@@ -545,15 +545,7 @@ impl Config {
 
     /// Parse TOML text (no environment, no Compose, no validation).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|span| line_col(text, span.start)).unwrap_or((1, 1));
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }
-        })?;
+        let mut config: Config = from_toml(path, text)?;
         config.path = path.to_path_buf();
         Ok(config)
     }
@@ -568,15 +560,7 @@ impl Config {
         let Ok(text) = std::fs::read_to_string(path) else {
             return Ok(None);
         };
-        let table: toml::Table = toml::from_str(&text).map_err(|e| {
-            let (line, column) = e.span().map(|span| line_col(&text, span.start)).unwrap_or((1, 1));
-            ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }
-        })?;
+        let table: toml::Table = from_toml(path, &text)?;
         let socket = match table.get("proxy").and_then(|p| p.get("admin_socket")) {
             None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
             Some(toml::Value::String(s)) => PathBuf::from(s),
@@ -618,6 +602,19 @@ pub fn join_relative(dir: &Path, p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Deserialize TOML `text` read from `path`; errors name the line and column.
+fn from_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|span| line_col(text, span.start)).unwrap_or((1, 1));
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })
 }
 
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
