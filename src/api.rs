@@ -80,6 +80,34 @@ pub struct Status {
     pub driver: DriverStatus,
     /// Problems found at start (upstreams gone...).
     pub problems: Vec<String>,
+    /// The pid of the daemon that answered (it changes with `upgrade`).
+    #[serde(default)]
+    pub daemon_pid: u32,
+    /// The TLS certificates, files first, then ACME's (empty without TLS).
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One TLS certificate in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// The DNS names it serves (its SANs); for an ACME domain with no
+    /// certificate yet, the domain.
+    pub names: Vec<String>,
+    /// The issuer's distinguished name; none when nothing is served.
+    pub issuer: Option<String>,
+    /// When the served certificate expires (RFC 3339).
+    pub not_after: Option<String>,
+    /// `file` or `acme`.
+    pub source: String,
+    /// The certificate file, or the ACME cache file.
+    pub path: Option<String>,
+    /// Why the last load failed (the previous certificate, if any, serves).
+    pub last_error: Option<String>,
+    /// ACME: why the last order failed; cleared by a success.
+    pub acme_error: Option<String>,
+    /// ACME: when the next order (renewal or retry) is due (RFC 3339).
+    pub acme_next_attempt: Option<String>,
 }
 
 /// One service in `status`.

@@ -4,11 +4,12 @@
 //! control plane: the config file ([`config`]), the drivers that run
 //! upstreams ([`driver`]), the deploy state machine ([`controller`]), the
 //! daemon that hosts proxy + controller + admin API ([`daemon`], [`admin`],
-//! whose wire types are [`api`]), and the CLI ([`cli`], with [`probe`] for
-//! `check` and [`demo_app`] for `demo`). [`release`] is the vocabulary they
-//! share. Dependencies run one way: cli → admin → controller → driver →
+//! whose wire types are [`api`]) and hands them over to a successor
+//! ([`upgrade`]), and the CLI ([`cli`], with [`probe`] for `check` and
+//! [`demo_app`] for `demo`). [`release`] is the vocabulary they share. Dependencies run one way: cli → admin → controller → driver →
 //! config (docs/architecture.md has the map).
 
+pub mod acme;
 pub mod admin;
 pub mod api;
 pub mod cli;
@@ -20,3 +21,5 @@ pub mod driver;
 pub mod notify;
 pub mod probe;
 pub mod release;
+pub mod tls;
+pub mod upgrade;

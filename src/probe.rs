@@ -1,7 +1,8 @@
 //! Probes of the environment a config needs, for `switchctl check`: the
 //! state and socket directories writable, the driver's runtime reachable,
-//! each process-driver command present, each listen port free. They live in
-//! the library, next to the driver they ask, so the CLI only prints results.
+//! each process-driver command present, each listen port free (TLS ones
+//! too), each certificate file loadable. They live in the library, next to
+//! the driver they ask, so the CLI only prints results.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -34,13 +35,31 @@ pub async fn environment(config: &Config, daemon_running: bool) -> Vec<Probe> {
         format!("admin socket directory {}", socket_dir.display()),
         writable(socket_dir),
     );
-    for addr in &config.proxy.listen {
+    let tls_listen = config
+        .proxy
+        .tls
+        .iter()
+        .flat_map(|t| t.listen.iter().map(|a| (a, " (TLS)")));
+    for (addr, kind) in config.proxy.listen.iter().map(|a| (a, "")).chain(tls_listen) {
         let result = if daemon_running {
             Ok(" (served by the running daemon)".into())
         } else {
             listen_free(*addr)
         };
-        add(format!("listen {addr}"), result);
+        add(format!("listen {addr}{kind}"), result);
+    }
+    for report in switchctl_proxy::CertStore::load(&config.tls_sources()).1 {
+        let result = report
+            .result
+            .map(|d| {
+                format!(
+                    " ({}; expires {})",
+                    d.names.join(", "),
+                    crate::acme::rfc3339(d.not_after)
+                )
+            })
+            .map_err(|e| e.to_string());
+        add(format!("certificate {}", report.source.cert.display()), result);
     }
     add(
         format!("driver {:?}", config.driver).to_lowercase(),
@@ -111,6 +130,25 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let err = listen_free(taken.local_addr().unwrap()).unwrap_err();
         assert!(err.starts_with("cannot listen"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tls_ports_and_certificate_files_are_probed() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "driver = \"process\"\nstate_dir = {:?}\n[proxy]\nlisten = [\"127.0.0.1:0\"]\n\
+             [proxy.tls]\nlisten = [\"127.0.0.1:0\"]\ncertificates = [{{ cert = \"missing.pem\", key = \"missing.key\" }}]\n",
+            dir.path().display().to_string()
+        );
+        let config = Config::parse(&dir.path().join("switchctl.toml"), &text).unwrap();
+        let probes = environment(&config, false).await;
+        assert!(
+            probes.iter().any(|p| p.what == "listen 127.0.0.1:0 (TLS)"),
+            "{probes:?}"
+        );
+        let cert = probes.iter().find(|p| p.what.starts_with("certificate ")).unwrap();
+        assert!(cert.what.ends_with("/missing.pem"), "{cert:?}");
+        assert!(cert.result.as_ref().unwrap_err().contains("cannot read"), "{cert:?}");
     }
 
     #[test]

@@ -56,6 +56,13 @@ impl ProxyBody {
         }
     }
 
+    /// Bytes of the proxy's own (an ACME challenge answer).
+    pub(crate) fn bytes(bytes: Bytes) -> Self {
+        ProxyBody {
+            kind: Kind::Text(Some(bytes)),
+        }
+    }
+
     /// An upstream body; `conn` returns to the pool when it and the
     /// request's `upload` (if any) have ended.
     pub(crate) fn upstream(

@@ -75,6 +75,10 @@ pub(crate) struct Forwarder {
     pub(crate) body_read_timeout: Duration,
     /// Set when plain connections answer with a redirect to https.
     pub(crate) https_redirect: Option<crate::tls::HttpsRedirect>,
+    /// Peers whose `X-Forwarded-*` headers are kept.
+    pub(crate) trusted_proxies: Vec<crate::Cidr>,
+    /// Where ACME HTTP-01 answers are looked up (with TLS on).
+    pub(crate) acme_http: Option<crate::CertStore>,
 }
 
 /// Where a worker keeps the tunnels of upgraded connections: they outlive
@@ -100,6 +104,8 @@ pub(crate) struct ClientConn {
     client_ip: HeaderValue,
     proto: HeaderValue,
     tls: bool,
+    /// The peer is a trusted proxy: its `X-Forwarded-*` are kept.
+    trusted: bool,
     requests: AtomicU64,
     close: AtomicU8,
     waker: AtomicWaker,
@@ -124,6 +130,7 @@ impl ClientConn {
     pub(crate) fn new(forwarder: Arc<Forwarder>, tunnels: Tunnels, slots: Slots, peer: SocketAddr, tls: bool) -> Self {
         let client_ip =
             HeaderValue::try_from(peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let trusted = forwarder.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
         ClientConn {
             forwarder,
             tunnels,
@@ -131,6 +138,7 @@ impl ClientConn {
             client_ip,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             tls,
+            trusted,
             requests: AtomicU64::new(0),
             close: AtomicU8::new(Close::No as u8),
             waker: AtomicWaker::new(),
@@ -167,6 +175,9 @@ impl ClientConn {
     pub(crate) async fn serve(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let fwd = &*self.forwarder;
+        if let Some(answer) = fwd.acme_http.as_ref().and_then(|c| c.http_challenge_response(&req)) {
+            return answer;
+        }
         if let (false, Some(redirect)) = (self.tls, &fwd.https_redirect) {
             if let Some(resp) = redirect.response(&req) {
                 return resp;
@@ -446,7 +457,9 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
 
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, present, upgrade);
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+    // From a trusted proxy, what it says about the client stays (For gets
+    // this hop appended); from anyone else it is replaced, not believed.
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).filter(|_| conn.trusted) {
         None => conn.client_ip.clone(),
         Some(prior) => {
             let mut joined = Vec::with_capacity(prior.len() + 2 + conn.client_ip.len());
@@ -457,9 +470,14 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
         }
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    }
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match headers.get(header::HOST).cloned() {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
     }
     upgrade.then(|| hyper::upgrade::on(req))
 }
@@ -605,6 +623,8 @@ mod tests {
             upstream_idle_timeout: Duration::from_secs(1),
             body_read_timeout: Duration::from_secs(1),
             https_redirect: None,
+            trusted_proxies: Vec::new(),
+            acme_http: None,
         });
         // The flip lands after this request looked blue up, and the drain of
         // blue looks at once.

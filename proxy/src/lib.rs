@@ -26,6 +26,7 @@
 //! ```
 
 mod body;
+mod cidr;
 mod forward;
 mod listener;
 mod pool;
@@ -37,7 +38,7 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -45,6 +46,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
+pub use cidr::{Cidr, CidrError};
 pub use routes::{HostPattern, Route, RouteError, RouteMatch, RouteTable, Service};
 pub use tls::{
     CertDetails, CertOrigin, CertReport, CertSource, CertStatus, CertStore, TlsConfig, TlsError,
@@ -74,6 +76,9 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// On shutdown, how long open requests may take to finish.
     pub drain_timeout: Duration,
+    /// Peers whose `X-Forwarded-For/-Proto/-Host` are kept (For appended
+    /// to); from any other peer they are replaced (default: none).
+    pub trusted_proxies: Vec<Cidr>,
     /// A pooled upstream connection idle this long is not reused. Keep it
     /// below the upstreams' keep-alive timeout, or an upstream may close a
     /// connection just as a request is sent on it.
@@ -97,6 +102,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
             // Below the shortest common keep-alive default (gunicorn 2 s;
             // node, uvicorn, Apache 5 s; nginx 75 s), with room for the
             // request's trip: reconnecting after 1.5 s idle costs one
@@ -129,6 +135,39 @@ pub enum ProxyError {
     /// No listener was given.
     #[error("the proxy needs at least one listen address")]
     NoListeners,
+    /// TLS listeners were given without a TLS configuration.
+    #[error("TLS listeners need a TLS configuration")]
+    NoTlsConfig,
+}
+
+/// The listening sockets of a proxy, grouped per worker: `plain[i]` and
+/// `tls[i]` are what worker `i` accepts on. A successor process adopts them
+/// with [`Proxy::from_worker_listeners`] (a hitless self-upgrade).
+#[derive(Debug, Default)]
+pub struct WorkerListeners {
+    /// Per worker, its plain HTTP listeners.
+    pub plain: Vec<Vec<std::net::TcpListener>>,
+    /// Per worker, its TLS listeners.
+    pub tls: Vec<Vec<std::net::TcpListener>>,
+}
+
+impl WorkerListeners {
+    /// Another handle on every socket (`dup`, sharing the kernel's socket
+    /// and its accept queue).
+    pub fn try_clone(&self) -> std::io::Result<WorkerListeners> {
+        Ok(WorkerListeners {
+            plain: dup_groups(&self.plain)?,
+            tls: dup_groups(&self.tls)?,
+        })
+    }
+}
+
+/// Another handle on each listener of `groups` (`dup`: the same socket).
+fn dup_groups(groups: &[Vec<std::net::TcpListener>]) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
+    groups
+        .iter()
+        .map(|g| g.iter().map(|l| l.try_clone()).collect())
+        .collect()
 }
 
 /// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
@@ -140,6 +179,10 @@ pub struct Proxy {
     certs: Option<CertStore>,
     shutdown: CancellationToken,
     stopped: CancellationToken,
+    /// Handles on the workers' sockets, for [`Proxy::listeners`]; dropped
+    /// at shutdown, so that the sockets close with the accept loops as
+    /// before unless a successor holds them.
+    listeners: Mutex<Option<WorkerListeners>>,
 }
 
 impl Proxy {
@@ -187,6 +230,27 @@ impl Proxy {
         Self::start(config, plain, secure, Some(tls), table)
     }
 
+    /// Start on listeners already grouped per worker, as a predecessor's
+    /// [`Proxy::listeners`] gave them: one worker per group, whatever
+    /// `config.workers` says, so that every `SO_REUSEPORT` socket (each
+    /// with its own accept queue) keeps a worker accepting on it. `tls` is
+    /// needed when there are TLS listeners.
+    pub fn from_worker_listeners(
+        config: ProxyConfig,
+        listeners: WorkerListeners,
+        tls: Option<TlsConfig>,
+        table: RouteTable,
+    ) -> Result<Proxy, ProxyError> {
+        let WorkerListeners { plain, tls: secure } = listeners;
+        if tls.is_none() && secure.iter().any(|g| !g.is_empty()) {
+            return Err(ProxyError::NoTlsConfig);
+        }
+        for l in plain.iter().chain(secure.iter()).flatten() {
+            l.set_nonblocking(true).map_err(ProxyError::Worker)?;
+        }
+        Self::start(config, plain, secure, tls, table)
+    }
+
     fn start(
         config: ProxyConfig,
         per_worker: Vec<Vec<std::net::TcpListener>>,
@@ -204,6 +268,10 @@ impl Proxy {
                 .unwrap_or_default()
         };
         let (local_addrs, tls_addrs) = (addrs_of(&per_worker), addrs_of(&tls_per_worker));
+        let handles = WorkerListeners {
+            plain: dup_groups(&per_worker).map_err(ProxyError::Worker)?,
+            tls: dup_groups(&tls_per_worker).map_err(ProxyError::Worker)?,
+        };
         let https_redirect = tls
             .as_ref()
             .filter(|t| t.redirect_http)
@@ -217,6 +285,8 @@ impl Proxy {
             upstream_idle_timeout: config.upstream_idle_timeout,
             body_read_timeout: config.body_read_timeout,
             https_redirect,
+            trusted_proxies: config.trusted_proxies.clone(),
+            acme_http: tls.as_ref().map(|t| t.certs.clone()),
         });
         let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let per_ip = listener::PerIp::new(config.max_connections_per_ip);
@@ -261,7 +331,16 @@ impl Proxy {
             certs: tls.map(|t| t.certs),
             shutdown,
             stopped,
+            listeners: Mutex::new(Some(handles)),
         })
+    }
+
+    /// New handles on every worker's listening sockets, grouped per worker,
+    /// for a successor process to accept on (see
+    /// [`Proxy::from_worker_listeners`]). `None` once shutdown has begun.
+    pub fn listeners(&self) -> Option<std::io::Result<WorkerListeners>> {
+        let handles = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        handles.as_ref().map(WorkerListeners::try_clone)
     }
 
     /// The addresses being served, in the order given (ports resolved).
@@ -296,7 +375,12 @@ impl Proxy {
     }
 
     /// Stop accepting and let open requests finish within the drain timeout.
+    /// A listening socket closes when the last handle on it does: at once
+    /// for sockets only this proxy held (the accept loops stop), never for
+    /// those a successor or systemd also holds, whose queued connections
+    /// wait for them.
     pub fn shutdown(&self) {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.shutdown.cancel();
     }
 

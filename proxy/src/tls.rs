@@ -224,6 +224,8 @@ struct Inner {
     set: ArcSwap<CertSet>,
     /// TLS-ALPN-01 challenge certificates by domain (lowercase).
     challenges: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    /// HTTP-01 key authorizations by token.
+    http_challenges: ArcSwap<HashMap<String, bytes::Bytes>>,
     /// Serializes writers (reload, insert, remove); handshakes never take it.
     update: Mutex<()>,
     provider: Arc<CryptoProvider>,
@@ -264,6 +266,7 @@ impl CertStore {
             inner: Arc::new(Inner {
                 set: ArcSwap::from_pointee(CertSet::default()),
                 challenges: ArcSwap::from_pointee(HashMap::new()),
+                http_challenges: ArcSwap::from_pointee(HashMap::new()),
                 update: Mutex::new(()),
                 provider: Arc::new(rustls::crypto::ring::default_provider()),
             }),
@@ -339,7 +342,7 @@ impl CertStore {
     pub fn insert_pem(&self, id: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<CertDetails, TlsError> {
         let _writer = self.inner.update.lock().unwrap_or_else(|e| e.into_inner());
         let at = format!("in-memory certificate {id}");
-        let result = parse_pair(chain_pem, key_pem, &at, &at, &self.inner.provider);
+        let result = parse_pair(chain_pem, key_pem, &at, &at, &self.inner.provider, true);
         let origin = CertOrigin::Memory(id.to_owned());
         let old = self.inner.set.load_full();
         let mut entries = old.entries.clone();
@@ -387,7 +390,10 @@ impl CertStore {
     /// the ACME side builds it with the `acmeIdentifier` extension).
     pub fn set_alpn_challenge(&self, domain: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {
         let at = format!("TLS-ALPN-01 challenge certificate for {domain}");
-        let loaded = parse_pair(cert_pem, key_pem, &at, &at, &self.inner.provider)?;
+        // Its acmeIdentifier extension is critical (RFC 8737) and webpki,
+        // which the key-pair check parses with, refuses unknown critical
+        // extensions: the ACME side made the pair itself, skip the check.
+        let loaded = parse_pair(cert_pem, key_pem, &at, &at, &self.inner.provider, false)?;
         let _writer = self.inner.update.lock().unwrap_or_else(|e| e.into_inner());
         let mut map = HashMap::clone(&self.inner.challenges.load());
         map.insert(domain.to_ascii_lowercase(), loaded.key);
@@ -402,6 +408,38 @@ impl CertStore {
         if map.remove(&domain.to_ascii_lowercase()).is_some() {
             self.inner.challenges.store(Arc::new(map));
         }
+    }
+
+    /// Answer HTTP-01 for `token`: `GET /.well-known/acme-challenge/<token>`
+    /// gets `key_authorization`, on any listener, before routing.
+    pub fn set_http_challenge(&self, token: &str, key_authorization: &str) {
+        let _writer = self.inner.update.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = HashMap::clone(&self.inner.http_challenges.load());
+        map.insert(token.to_owned(), bytes::Bytes::from(key_authorization.to_owned()));
+        self.inner.http_challenges.store(Arc::new(map));
+    }
+
+    /// Stop answering HTTP-01 for `token`.
+    pub fn clear_http_challenge(&self, token: &str) {
+        let _writer = self.inner.update.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = HashMap::clone(&self.inner.http_challenges.load());
+        if map.remove(token).is_some() {
+            self.inner.http_challenges.store(Arc::new(map));
+        }
+    }
+
+    /// The answer to an HTTP-01 challenge request, if `req` is one whose
+    /// token is set. Other paths cost one prefix compare; an unknown token
+    /// is routed as usual.
+    pub(crate) fn http_challenge_response<B>(&self, req: &Request<B>) -> Option<Response<ProxyBody>> {
+        let token = req.uri().path().strip_prefix(ACME_HTTP_CHALLENGE_PREFIX)?;
+        let answer = self.inner.http_challenges.load().get(token)?.clone();
+        let mut resp = Response::new(ProxyBody::bytes(answer));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        Some(resp)
     }
 
     /// Every certificate slot, files first in their order, for `status`.
@@ -497,16 +535,19 @@ fn load_files(source: &CertSource, provider: &CryptoProvider) -> Result<Loaded, 
         &source.cert.display().to_string(),
         &source.key.display().to_string(),
         provider,
+        true,
     )
 }
 
-/// A PEM chain and key made into what rustls serves, with its details.
+/// A PEM chain and key made into what rustls serves, with its details;
+/// with `check_pair`, refused if the key is not the certificate's.
 fn parse_pair(
     chain_pem: &[u8],
     key_pem: &[u8],
     cert_at: &str,
     key_at: &str,
     provider: &CryptoProvider,
+    check_pair: bool,
 ) -> Result<Loaded, TlsError> {
     let chain = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<Vec<_>, _>>()
@@ -530,7 +571,7 @@ fn parse_pair(
         detail: e.to_string(),
     })?;
     let key = CertifiedKey::new(chain, signer);
-    match key.keys_match() {
+    match if check_pair { key.keys_match() } else { Ok(()) } {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(_)) => {
             return Err(TlsError::KeyMismatch {
@@ -733,6 +774,19 @@ mod tests {
         assert_eq!(pick("x.b.example.org"), 0, "two labels deep: no match, first");
         assert_eq!(pick("other.test"), 0, "no match: first");
         assert!(Arc::ptr_eq(&set.resolve(None).unwrap(), &keys[0]), "no SNI: first");
+    }
+
+    #[test]
+    fn alpn_challenge_certificate_with_its_critical_acme_extension_is_taken() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["acme.test".to_string()]).unwrap();
+        params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&[7u8; 32])];
+        let cert = params.self_signed(&key).unwrap();
+        let store = CertStore::new();
+        store
+            .set_alpn_challenge("acme.test", cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .unwrap();
+        assert!(store.inner.challenges.load().contains_key("acme.test"));
     }
 
     #[test]

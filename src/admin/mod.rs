@@ -10,6 +10,7 @@
 //! | `POST /v1/flip-back`    | NDJSON events                                   |
 //! | `POST /v1/rollback`     | [`RollbackRequest`] → NDJSON events             |
 //! | `POST /v1/stop-all`     | [`api::StopAllAnswer`]: every upstream stopped  |
+//! | `POST /v1/upgrade`      | NDJSON events: a new daemon takes over ([`crate::upgrade`]) |
 //!
 //! Refusals before an operation starts: 400 (bad request or config, the CLI
 //! exits 2) and 409 (another operation holds the lock, exit 4), each with an

@@ -19,14 +19,21 @@ use tokio_util::sync::CancellationToken;
 use super::{ApiError, DeployRequest, RollbackRequest};
 use crate::api::OperationInfo;
 use crate::controller::{Controller, Events, Operation, Overrides, Refused};
+use crate::upgrade::Upgrader;
 
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Serve the admin API on `listener` until `shutdown`.
-pub async fn serve(listener: UnixListener, controller: Arc<Controller>, shutdown: CancellationToken) {
+/// Serve the admin API on `listener` until `shutdown`; `upgrader` answers
+/// `POST /v1/upgrade`.
+pub async fn serve(
+    listener: UnixListener,
+    controller: Arc<Controller>,
+    upgrader: Arc<Upgrader>,
+    shutdown: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -39,11 +46,11 @@ pub async fn serve(listener: UnixListener, controller: Arc<Controller>, shutdown
                 }
             },
         };
-        let controller = controller.clone();
+        let (controller, upgrader) = (controller.clone(), upgrader.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let controller = controller.clone();
-                async move { Ok::<_, Infallible>(route(controller, req).await) }
+                let (controller, upgrader) = (controller.clone(), upgrader.clone());
+                async move { Ok::<_, Infallible>(route(controller, upgrader, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -71,6 +78,14 @@ pub async fn bind(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
+    bind_fresh(path, group)
+}
+
+/// Bind a new admin socket at `path` (a successor's staging path: nobody
+/// answers there), chmod 0660, owned by `group` as [`bind`] does.
+pub fn bind_fresh(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
+    let _ = std::fs::remove_file(path);
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot listen on admin socket {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
@@ -158,11 +173,17 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 }
 
 /// Decode the request, call the controller, encode its answer.
-async fn route(controller: Arc<Controller>, req: Request<Incoming>) -> Response<Body> {
-    handle(controller, req).await.unwrap_or_else(Refusal::into_response)
+async fn route(controller: Arc<Controller>, upgrader: Arc<Upgrader>, req: Request<Incoming>) -> Response<Body> {
+    handle(controller, upgrader, req)
+        .await
+        .unwrap_or_else(Refusal::into_response)
 }
 
-async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+async fn handle(
+    controller: Arc<Controller>,
+    upgrader: Arc<Upgrader>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/v1/status") => Ok(json(StatusCode::OK, &controller.status().await)),
         (&Method::GET, "/v1/history") => match controller.history().read() {
@@ -201,9 +222,12 @@ async fn handle(controller: Arc<Controller>, req: Request<Incoming>) -> Result<R
             Ok(answer) => Ok(json(StatusCode::OK, &answer)),
             Err(holder) => Err(Refusal::busy(holder)),
         },
-        (_, "/v1/status" | "/v1/history" | "/v1/deploy" | "/v1/flip-back" | "/v1/rollback" | "/v1/stop-all") => {
-            Err(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
-        }
+        (&Method::POST, "/v1/upgrade") => refused_or_events(upgrader.begin().await),
+        (
+            _,
+            "/v1/status" | "/v1/history" | "/v1/deploy" | "/v1/flip-back" | "/v1/rollback" | "/v1/stop-all"
+            | "/v1/upgrade",
+        ) => Err(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
         (_, path) => Err(Refusal::new(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),
     }
 }
@@ -227,7 +251,12 @@ fn overrides(timeout: Option<f64>, interval: Option<f64>) -> Result<Overrides, R
 
 /// Start `op` and stream its events, or say why it was refused.
 async fn operation(controller: &Arc<Controller>, op: Operation) -> Result<Response<Body>, Refusal> {
-    match controller.begin(op).await {
+    refused_or_events(controller.begin(op).await)
+}
+
+/// An operation's events as NDJSON, or its refusal.
+fn refused_or_events(begun: Result<Events, Refused>) -> Result<Response<Body>, Refusal> {
+    match begun {
         Ok(events) => Ok(ndjson(events)),
         Err(Refused::BadRequest(message)) => Err(Refusal::bad_request(message)),
         Err(Refused::Busy(holder)) => Err(Refusal::busy(holder)),

@@ -1,7 +1,8 @@
 //! `check`: validate the config (exit 2 when it is wrong) and the
 //! environment: state dir writable, admin socket directory usable, driver
-//! reachable, commands present, listen ports free (exit 1 when not). The
-//! probes themselves are the library's ([`crate::probe`]).
+//! reachable, commands present, listen ports free, certificate files
+//! loadable (exit 1 when not). The probes themselves are the library's
+//! ([`crate::probe`]).
 
 use super::{config_failed, exit, load_config, Cli};
 use crate::admin::client::Client;

@@ -109,6 +109,7 @@ mod tests {
             "switchctl-deploy.1",
             "switchctl-flip-back.1",
             "switchctl-status.1",
+            "switchctl-upgrade.1",
         ] {
             assert!(names.contains(&want.to_string()), "{want} missing from {names:?}");
         }

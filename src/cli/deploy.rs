@@ -51,7 +51,9 @@ pub async fn stream(
     Ok(outcome)
 }
 
-async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool) -> i32 {
+/// Run the operation at `path` on the daemon, printing its events; its
+/// exit status.
+pub(crate) async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool) -> i32 {
     let renderer = Renderer::new(json);
     let client = match client(cli) {
         Ok(c) => c,

@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod history;
 pub mod output;
 pub mod status;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +87,12 @@ pub enum Command {
     },
     /// Validate the config and the environment.
     Check,
+    /// Hitless self-upgrade: a new daemon takes the sockets, the old drains.
+    Upgrade {
+        /// Print progress as NDJSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A self-contained blue/green demo on loopback (no Docker needed).
     Demo,
     /// Print shell completions (bash, zsh or fish) to stdout.
@@ -186,13 +193,31 @@ pub fn client_failed(e: &ClientError) -> i32 {
 pub async fn run(cli: Cli) -> i32 {
     match &cli.command {
         Command::Proxy => {
+            // Started by `upgrade`: the old daemon waits to hear how it went.
+            let handoff = match crate::upgrade::Handoff::from_env() {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("{}", output::error_line(&format!("upgrade handoff: {e:#}")));
+                    return exit::FAILED;
+                }
+            };
+            let report = handoff.as_ref().map(|h| h.failure_report());
+            let failed = |message: &str| {
+                if let Some(r) = &report {
+                    r.failed(message);
+                }
+            };
             let (path, config) = match load_config(cli.config.as_deref()) {
                 Ok(c) => c,
-                Err(e) => return config_failed(&e),
+                Err(e) => {
+                    failed(&format!("config: {e}"));
+                    return config_failed(&e);
+                }
             };
-            match crate::daemon::run(path, config).await {
+            match crate::daemon::run(path, config, handoff).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
+                    failed(&format!("{e:#}"));
                     eprintln!("{}", output::error_line(&format!("{e:#}")));
                     exit::FAILED
                 }
@@ -206,6 +231,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Status { json } => status::run(&cli, *json).await,
         Command::History { json } => history::run(&cli, *json).await,
         Command::Check => check::run(&cli).await,
+        Command::Upgrade { json } => upgrade::run(&cli, *json).await,
         Command::Demo => demo::run().await,
         Command::Completions { shell } => completions::completions(*shell),
         Command::Man { dir } => completions::man_pages(dir),

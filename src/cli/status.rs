@@ -1,8 +1,9 @@
 //! `status [--json]`: the active color and tag, the standby, the operation
-//! in progress, and each service's upstreams with health and in-flight counts.
+//! in progress, each service's upstreams with health and in-flight counts,
+//! and the TLS certificates with their expiry and last errors.
 
 use super::{client, client_exit_code, exit, query_failed, Cli};
-use crate::admin::api::{ColorStatus, ColorTag, Status};
+use crate::admin::api::{CertificateStatus, ColorStatus, ColorTag, Status};
 
 /// `switchctl status`
 pub async fn run(cli: &Cli, json: bool) -> i32 {
@@ -75,5 +76,90 @@ pub fn render(s: &Status) -> String {
     for p in &s.problems {
         out.push_str(&format!("problem: {p}\n"));
     }
+    render_certificates(&mut out, &s.certificates);
     out
+}
+
+/// One line per certificate, then its errors indented under it.
+fn render_certificates(out: &mut String, certs: &[CertificateStatus]) {
+    if certs.is_empty() {
+        return;
+    }
+    out.push_str(&format!(
+        "\n{:<32} {:<6} {:<21} {}\n",
+        "CERTIFICATE", "SOURCE", "EXPIRES", "ISSUER"
+    ));
+    for c in certs {
+        out.push_str(&format!(
+            "{:<32} {:<6} {:<21} {}\n",
+            c.names.join(","),
+            c.source,
+            c.not_after.as_deref().unwrap_or("none"),
+            c.issuer.as_deref().unwrap_or("-")
+        ));
+        if let Some(e) = &c.last_error {
+            out.push_str(&format!("  load error: {e}\n"));
+        }
+        if let Some(e) = &c.acme_error {
+            out.push_str(&format!("  ACME error: {e}\n"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::api::DriverStatus;
+
+    #[test]
+    fn certificates_are_listed_with_their_errors() {
+        let cert = |names: &[&str], source: &str| CertificateStatus {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            issuer: Some("CN=R11, O=Let's Encrypt, C=US".into()),
+            not_after: Some("2027-02-01T00:00:00Z".into()),
+            source: source.into(),
+            path: None,
+            last_error: None,
+            acme_error: None,
+            acme_next_attempt: None,
+        };
+        let broken = CertificateStatus {
+            last_error: Some("/etc/site.pem: no certificate found".into()),
+            ..cert(&["site.example.org"], "file")
+        };
+        let failing = CertificateStatus {
+            issuer: None,
+            not_after: None,
+            acme_error: Some("validation of b.example.org failed".into()),
+            ..cert(&["b.example.org"], "acme")
+        };
+        let status = Status {
+            active: None,
+            standby: None,
+            operation: None,
+            services: Vec::new(),
+            driver: DriverStatus {
+                kind: crate::config::DriverKind::Process,
+                ok: true,
+                error: None,
+            },
+            problems: Vec::new(),
+            daemon_pid: 1,
+            certificates: vec![broken, cert(&["a.example.org"], "acme"), failing],
+        };
+        let out = render(&status);
+        assert!(out.contains("CERTIFICATE"), "{out}");
+        assert!(out.contains("site.example.org"), "{out}");
+        assert!(
+            out.contains("  load error: /etc/site.pem: no certificate found\n"),
+            "{out}"
+        );
+        assert!(out.contains("2027-02-01T00:00:00Z"), "{out}");
+        assert!(
+            out.contains("  ACME error: validation of b.example.org failed\n"),
+            "{out}"
+        );
+        let b = out.lines().find(|l| l.starts_with("b.example.org")).unwrap();
+        assert!(b.contains("none"), "{out}");
+    }
 }

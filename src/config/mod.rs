@@ -8,6 +8,7 @@
 pub mod compose;
 pub mod env;
 pub mod interpolate;
+pub mod tls;
 mod validate;
 
 pub use env::{positive_seconds, read_env_file, seconds};
@@ -112,6 +113,10 @@ pub struct ProxySection {
     /// Time for an upstream's response head.
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// CIDRs of proxies in front whose `X-Forwarded-*` are kept.
+    pub trusted_proxies: Vec<String>,
+    /// TLS listeners and certificates (`[proxy.tls]`).
+    pub tls: Option<tls::TlsSection>,
     /// A pooled upstream connection idle this long is not reused (it should
     /// be shorter than the upstream's own keep-alive timeout).
     #[serde(with = "humantime_serde")]
@@ -138,6 +143,8 @@ impl Default for ProxySection {
             max_connections: d.max_connections,
             connect_timeout: d.connect_timeout,
             response_timeout: d.response_timeout,
+            trusted_proxies: Vec::new(),
+            tls: None,
             upstream_idle_timeout: d.upstream_idle_timeout,
             body_read_timeout: d.body_read_timeout,
             max_connections_per_ip: d.max_connections_per_ip,
@@ -157,6 +164,8 @@ impl ProxySection {
             connect_timeout: self.connect_timeout,
             response_timeout: self.response_timeout,
             drain_timeout: self.drain_timeout,
+            // Validated at load; nothing unparsable gets here.
+            trusted_proxies: self.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect(),
             upstream_idle_timeout: self.upstream_idle_timeout,
             body_read_timeout: self.body_read_timeout,
             max_connections_per_ip: self.max_connections_per_ip,
@@ -552,27 +561,18 @@ impl Config {
 
     /// Only `proxy.admin_socket` of the file at `path`, resolved against the
     /// file's directory: the short path of commands that just talk to the
-    /// daemon. Nothing else is read or validated (no Compose file, no env
-    /// file), so a CI user needs no access to secrets, and a flip stays quick.
-    /// `Ok(None)` when the file cannot be read (missing, or not readable by
-    /// this user): the caller falls back to [`DEFAULT_ADMIN_SOCKET`].
+    /// daemon. The file is parsed against the schema (a typo is still exit 2,
+    /// naming the line), but nothing else is read or validated: no Compose
+    /// file, no env file, so a CI user needs no access to secrets and a flip
+    /// stays quick. `Ok(None)` when the file cannot be read (missing, or not
+    /// readable by this user): the caller falls back to
+    /// [`DEFAULT_ADMIN_SOCKET`].
     pub fn admin_socket_of(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
         let Ok(text) = std::fs::read_to_string(path) else {
             return Ok(None);
         };
-        let table: toml::Table = from_toml(path, &text)?;
-        let socket = match table.get("proxy").and_then(|p| p.get("admin_socket")) {
-            None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
-            Some(toml::Value::String(s)) => PathBuf::from(s),
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    key: "proxy.admin_socket".into(),
-                    message: "must be a path string".into(),
-                })
-            }
-        };
-        Ok(Some(join_relative(path.parent().unwrap_or(Path::new(".")), &socket)))
+        let config = Config::parse(path, &text)?;
+        Ok(Some(config.resolve(&config.proxy.admin_socket)))
     }
 
     /// A path from the config, relative to the config file's directory.

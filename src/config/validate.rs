@@ -24,6 +24,9 @@ impl Config {
     /// checks of the services are left out.
     pub(super) fn validate(&self, text: &str, services_known: bool) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
+        if let Err(e) = self.check_bounds() {
+            errors.push(e);
+        }
         let mut invalid = |key: String, message: String| {
             errors.push(ConfigError::Invalid {
                 path: self.path.clone(),
@@ -33,6 +36,16 @@ impl Config {
         };
         if self.proxy.listen.is_empty() {
             invalid("proxy.listen".into(), "needs at least one address".into());
+        }
+        for (i, cidr) in self.proxy.trusted_proxies.iter().enumerate() {
+            if let Err(e) = cidr.parse::<switchctl_proxy::Cidr>() {
+                invalid(format!("proxy.trusted_proxies[{i}]"), e.to_string());
+            }
+        }
+        if let Some(tls) = &self.proxy.tls {
+            if let Err((key, message)) = tls.check(self) {
+                invalid(key, message);
+            }
         }
         if self.services.is_empty() && services_known {
             invalid(
@@ -46,7 +59,6 @@ impl Config {
         if self.deploy.timeout.is_zero() {
             invalid("deploy.timeout".into(), "must be greater than 0".into());
         }
-        self.check_bounds()?;
         for (i, s) in self.services.iter().enumerate() {
             let at = |key: &str| {
                 let line =

@@ -33,13 +33,16 @@ pub enum Outcome {
     Refused,
     /// It failed in a way that left nothing to roll back.
     Failed,
+    /// A new daemon took over the sockets (`switchctl upgrade`); the old
+    /// one drains and exits.
+    Upgraded,
 }
 
 impl Outcome {
     /// The CLI's exit status for this outcome.
     pub fn exit_code(self) -> i32 {
         match self {
-            Outcome::Deployed | Outcome::Flipped => 0,
+            Outcome::Deployed | Outcome::Flipped | Outcome::Upgraded => 0,
             Outcome::RolledBack | Outcome::Failed | Outcome::Refused => 1,
         }
     }
@@ -83,6 +86,8 @@ pub enum Phase {
     Recover,
     /// Upstreams are stopped.
     Stop,
+    /// A new daemon takes over the sockets (`switchctl upgrade`).
+    Upgrade,
     /// The final event, with the outcome.
     Done,
 }
@@ -107,6 +112,7 @@ impl Phase {
             Phase::History => "history",
             Phase::Recover => "recover",
             Phase::Stop => "stop",
+            Phase::Upgrade => "upgrade",
             Phase::Done => "done",
         }
     }
@@ -154,7 +160,7 @@ impl Event {
     /// The final event of an operation.
     pub fn done(outcome: Outcome, message: impl Into<String>) -> Self {
         let level = match outcome {
-            Outcome::Deployed | Outcome::Flipped => Level::Success,
+            Outcome::Deployed | Outcome::Flipped | Outcome::Upgraded => Level::Success,
             _ => Level::Error,
         };
         Event {
@@ -231,6 +237,10 @@ mod tests {
         assert_eq!(d["phase"], "done");
         assert_eq!(d["outcome"], "rolled_back");
         assert!(d.get("service").is_none());
+        let u = serde_json::to_value(Event::done(Outcome::Upgraded, "x")).unwrap();
+        assert_eq!(u["outcome"], "upgraded");
+        assert_eq!(u["level"], "success");
+        assert_eq!(Outcome::Upgraded.exit_code(), 0);
     }
 
     #[test]
@@ -250,6 +260,7 @@ mod tests {
             Phase::History,
             Phase::Recover,
             Phase::Stop,
+            Phase::Upgrade,
             Phase::Done,
         ];
         for phase in all {

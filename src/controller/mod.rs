@@ -58,6 +58,8 @@ pub struct Controller {
     problems: Mutex<Vec<String>>,
     /// Cancelled once start-up recovery has finished.
     recovered: tokio_util::sync::CancellationToken,
+    /// Automatic certificates, for `status` (set once by the daemon).
+    acme: std::sync::OnceLock<Arc<crate::acme::Acme>>,
 }
 
 /// Holds the operation lock; dropping it unlocks.
@@ -103,7 +105,13 @@ impl Controller {
             upstreams,
             problems: Mutex::new(Vec::new()),
             recovered: tokio_util::sync::CancellationToken::new(),
+            acme: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Let `status` show ACME's domains and errors.
+    pub fn attach_acme(&self, acme: Arc<crate::acme::Acme>) {
+        let _ = self.acme.set(acme);
     }
 
     /// The config in use.
@@ -135,7 +143,7 @@ impl Controller {
     }
 
     /// Take the operation lock, or say who holds it.
-    fn try_begin(self: &Arc<Self>, kind: &str, tag: Option<&str>) -> Result<OperationGuard, OperationInfo> {
+    pub(crate) fn try_begin(self: &Arc<Self>, kind: &str, tag: Option<&str>) -> Result<OperationGuard, OperationInfo> {
         let mut op = self.operation.lock().expect("operation lock");
         if let Some(holder) = op.as_ref() {
             return Err(holder.clone());

@@ -89,6 +89,8 @@ impl Controller {
             services,
             driver,
             problems: self.problems.lock().expect("problems lock").clone(),
+            certificates: crate::tls::status(&self.proxy, self.acme.get().map(|a| &**a)),
+            daemon_pid: std::process::id(),
         }
     }
 }

@@ -83,6 +83,10 @@ pub struct Daemon {
     pub inherited: Option<std::net::TcpListener>,
     /// Working directory of the daemon and the CLI (default: the test's).
     pub cwd: Option<PathBuf>,
+    /// Daemons started by `switchctl upgrade` (not our children), killed on drop.
+    successors: Mutex<Vec<i32>>,
+    /// The binary the daemon is started from.
+    pub exe: PathBuf,
 }
 
 impl Daemon {
@@ -93,6 +97,15 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra top-level keys (e.g. `compose = ...`).
     pub fn start_with(top: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
+        let mut d = Daemon::configure(top, "", driver, deploy, services);
+        d.spawn();
+        d
+    }
+
+    /// Write the config (`proxy` adds keys and tables after `[proxy]`'s
+    /// own, e.g. `[proxy.tls]`) without starting the daemon: call
+    /// [`Daemon::spawn`] once what it needs is up.
+    pub fn configure(top: &str, proxy: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
         let dir = tempfile::Builder::new().prefix("switchctl-test-").tempdir().unwrap();
         let port = free_port();
         let socket = dir.path().join("admin.sock");
@@ -109,6 +122,7 @@ listen = ["127.0.0.1:{port}"]
 admin_socket = "{socket}"
 drain_timeout = "10s"
 workers = 2
+{proxy}
 
 [deploy]
 health_check_interval = "100ms"
@@ -120,7 +134,7 @@ stop_timeout = "3s"
             ),
         )
         .unwrap();
-        Daemon::start_in(dir, config, None, socket, ([127, 0, 0, 1], port).into())
+        Daemon::unspawned(dir, config, None, socket, ([127, 0, 0, 1], port).into())
     }
 
     /// Start the daemon on a config already written in `dir`: `config` is
@@ -133,7 +147,19 @@ stop_timeout = "3s"
         socket: PathBuf,
         proxy: SocketAddr,
     ) -> Daemon {
-        let mut d = Daemon {
+        let mut d = Daemon::unspawned(dir, config, cwd, socket, proxy);
+        d.spawn();
+        d
+    }
+
+    fn unspawned(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        cwd: Option<PathBuf>,
+        socket: PathBuf,
+        proxy: SocketAddr,
+    ) -> Daemon {
+        Daemon {
             dir,
             config,
             socket,
@@ -143,9 +169,9 @@ stop_timeout = "3s"
             daemon_env: Vec::new(),
             inherited: None,
             cwd,
-        };
-        d.spawn();
-        d
+            successors: Mutex::new(Vec::new()),
+            exe: PathBuf::from(switchctl()),
+        }
     }
 
     /// As [`Daemon::start`], but the public socket is created here and
@@ -168,7 +194,7 @@ stop_timeout = "3s"
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        let mut cmd = Command::new(switchctl());
+        let mut cmd = Command::new(&self.exe);
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
@@ -242,6 +268,13 @@ stop_timeout = "3s"
         }
     }
 
+    /// Send `sig` to the daemon process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            signal(c.id() as i32, sig);
+        }
+    }
+
     /// SIGTERM the daemon and wait for it; returns its exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         self.remember_pids();
@@ -256,6 +289,27 @@ stop_timeout = "3s"
         }
         let _ = c.kill();
         let _ = c.wait();
+        None
+    }
+
+    /// The daemon started by `switchctl upgrade` as `pid` now serves: stop
+    /// it on drop too.
+    pub fn follow(&self, pid: i32) {
+        self.successors.lock().unwrap().push(pid);
+    }
+
+    /// Wait for the daemon process this harness started to exit (after an
+    /// upgrade it drains, then exits); its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         None
     }
 
@@ -339,6 +393,9 @@ stop_timeout = "3s"
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        for pid in self.successors.lock().unwrap().iter() {
+            signal(*pid, 9);
+        }
         // Upstreams live in their own process groups: stop every group seen.
         for pid in self.seen_pids.lock().unwrap().iter() {
             signal(-pid, 9);
@@ -420,12 +477,22 @@ const LOAD_MAX_REQUESTS: u64 = 3_000_000;
 const LOAD_MAX_TIME: Duration = Duration::from_secs(240);
 
 impl Load {
+    /// `clients` keep-alive connections.
     pub fn start(addr: SocketAddr, clients: usize) -> Load {
-        Load::start_path(addr, clients, "/")
+        Load::start_with(addr, clients, false, "/")
     }
 
     /// As [`Load::start`], sending `GET path`.
     pub fn start_path(addr: SocketAddr, clients: usize, path: &'static str) -> Load {
+        Load::start_with(addr, clients, false, path)
+    }
+
+    /// `clients` loops that open a new connection for every request.
+    pub fn start_fresh(addr: SocketAddr, clients: usize) -> Load {
+        Load::start_with(addr, clients, true, "/")
+    }
+
+    fn start_with(addr: SocketAddr, clients: usize, fresh: bool, path: &'static str) -> Load {
         let mut load = Load {
             stop: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(AtomicU64::new(0)),
@@ -486,6 +553,11 @@ impl Load {
                                 fail(format!("request: {e}"));
                                 continue 'connect;
                             }
+                        }
+                        if fresh {
+                            // Paced: each closed connection holds a port in TIME_WAIT.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue 'connect;
                         }
                     }
                     return;
