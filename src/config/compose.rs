@@ -1387,6 +1387,11 @@ service = "api-migrations"
             Some(Duration::from_secs(60))
         );
         assert_eq!(project.acme_hosts, ["app.example.org"]);
+        assert_eq!(
+            c.acme_domains(),
+            Vec::<String>::new(),
+            "no ACME without [proxy.tls.acme]"
+        );
         let migrations = project.task("api-migrations").unwrap();
         assert_eq!(migrations.image.as_deref(), Some("app-api-migrations"));
         assert_eq!(migrations.volumes, ["app-prod_migrations:/state"]);
@@ -1398,6 +1403,19 @@ service = "api-migrations"
         assert!(external.external);
         let own = project.network("app-prod_app-prod-network").unwrap();
         assert_eq!(own.driver.as_deref(), Some("bridge"));
+    }
+
+    #[test]
+    fn certresolver_hosts_are_acme_domains_once_tls_is_on() {
+        let toml = format!(
+            "{TOML}\n[proxy.tls]\nlisten = [\"127.0.0.1:8443\"]\n[proxy.tls.acme]\ncontact = \"mailto:ops@example.org\"\n"
+        );
+        let (_dir, c) = load(&[
+            ("switchctl.toml", &toml),
+            ("docker-compose.prod.yml", STACK),
+            (".env.production", ENV),
+        ]);
+        assert_eq!(c.unwrap().acme_domains(), ["app.example.org"]);
     }
 
     #[test]
