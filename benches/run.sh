@@ -7,6 +7,7 @@
 #
 #   benches/run.sh                 # 2 rounds of 10 s per target
 #   ROUNDS=3 DURATION=15 benches/run.sh
+#   SWITCHCTL_BIN=/tmp/switchctl-before benches/run.sh   # a given build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
@@ -22,8 +23,14 @@ if ((${#need[@]})); then
     sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
     $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${need[@]}"
 fi
-cargo build --release -q
-BIN=$PWD/target/release/switchctl
+# SWITCHCTL_BIN: measure that binary instead of building this tree (e.g.
+# two builds side by side, run after run, to compare a change).
+if [[ -n ${SWITCHCTL_BIN:-} ]]; then
+    BIN=$SWITCHCTL_BIN
+else
+    cargo build --release -q
+    BIN=$PWD/target/release/switchctl
+fi
 
 WORK=$(mktemp -d /tmp/switchctl-bench.XXXXXX)
 PIDS=()

@@ -6,7 +6,7 @@
 //! vocabulary), never the admin server or the controller's machinery, so
 //! every arrow into it runs one way.
 //!
-//! Field names and shapes here are the `--json` interface of DESIGN.md:
+//! Field names and shapes here are the `--json` interface of docs/design.md:
 //! change them and scripts break.
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,9 @@ pub struct DeployRequest {
     /// Overrides `deploy.health_check_interval` (`HEALTH_CHECK_INTERVAL`), seconds.
     #[serde(default)]
     pub health_check_interval_secs: Option<f64>,
+    /// Skip the post-flip watch (`deploy --no-watch`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_watch: bool,
 }
 
 /// Body of `POST /v1/rollback`.
@@ -80,6 +83,9 @@ pub struct Status {
     pub driver: DriverStatus,
     /// Problems found at start (upstreams gone...).
     pub problems: Vec<String>,
+    /// The post-flip watch in progress, if one.
+    #[serde(default)]
+    pub watch: Option<WatchInfo>,
     /// The pid of the daemon that answered (it changes with `upgrade`).
     #[serde(default)]
     pub daemon_pid: u32,
@@ -179,6 +185,41 @@ pub struct HistoryEntry {
     /// Time spent building images (Compose `build:`), when a deploy built any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub build_ms: Option<u64>,
+    /// What the post-flip watch counted, when one ran.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub watch: Option<WatchInfo>,
+    /// Notifications that failed, and other warnings about the outcome.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub warnings: Vec<String>,
+}
+
+/// The post-flip watch: in `status` while it runs, in history after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchInfo {
+    /// The color watched (the one the deploy flipped to).
+    pub color: Color,
+    /// When the window ends (RFC 3339).
+    pub until: String,
+    /// Answers of that color since the flip, every service.
+    pub requests: u64,
+    /// Of them, 5xx (the proxy's own 502/504 for that color included).
+    pub errors_5xx: u64,
+    /// The same per service.
+    pub services: Vec<WatchService>,
+    /// The service past the threshold, when the watch flipped back.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tripped: Option<String>,
+}
+
+/// One service's figures in [`WatchInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchService {
+    /// The service.
+    pub name: String,
+    /// Answers since the flip.
+    pub requests: u64,
+    /// Of them, 5xx.
+    pub errors_5xx: u64,
 }
 
 /// A color and the tag it ran.

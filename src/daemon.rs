@@ -1,7 +1,7 @@
 //! `switchctl proxy`: the daemon. Starts the data plane on the configured
 //! (or systemd-provided) listeners with the route table of the persisted
 //! active color, then the controller and the admin API; tells systemd it is
-//! ready; on SIGTERM/SIGINT stops accepting, drains, and exits 0. Upstreams
+//! ready (and, with `proxy.metrics_listen`, serves `/metrics`); on SIGTERM/SIGINT stops accepting, drains, and exits 0. Upstreams
 //! are left running: a restart of the daemon is not a deploy.
 //!
 //! With `[proxy.tls]` it also serves TLS (sockets from systemd are told
@@ -90,6 +90,10 @@ pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Hando
         Some(h) => admin::server::bind_fresh(&h.admin_socket(&config.proxy.admin_socket), admin_group)?,
         None => admin::server::bind(&config.proxy.admin_socket, admin_group).await?,
     };
+    let metrics_listener = match config.proxy.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let socket_path = config.proxy.admin_socket.clone();
     let drain_timeout = config.proxy.drain_timeout;
     let active = state.active_release().map(|(c, r)| format!("{c} ({})", r.tag));
@@ -120,6 +124,13 @@ pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Hando
         let controller = controller.clone();
         async move { controller.recover().await }
     });
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(metrics = %addr, "Prometheus metrics at http://{addr}/metrics");
+        }
+        let registry = Arc::new(crate::metrics::Metrics::registry(controller.clone()));
+        tokio::spawn(crate::metrics::serve(listener, registry, shutdown.clone()));
+    }
 
     let addrs: Vec<String> = proxy.local_addrs().iter().map(|a| a.to_string()).collect();
     let tls_addrs: Vec<String> = proxy.tls_addrs().iter().map(|a| a.to_string()).collect();

@@ -4,9 +4,10 @@
 //! control plane: the config file ([`config`]), the drivers that run
 //! upstreams ([`driver`]), the deploy state machine ([`controller`]), the
 //! daemon that hosts proxy + controller + admin API ([`daemon`], [`admin`],
-//! whose wire types are [`api`]) and hands them over to a successor
-//! ([`upgrade`]), and the CLI ([`cli`], with [`probe`] for `check` and
-//! [`demo_app`] for `demo`). [`release`] is the vocabulary they share. Dependencies run one way: cli → admin → controller → driver →
+//! whose wire types are [`api`]; [`metrics`] for Prometheus, [`notify`] for
+//! notifications) and hands them over to a successor ([`upgrade`]), and the
+//! CLI ([`cli`], with [`probe`] for `check` and [`demo_app`] for `demo`).
+//! [`release`] is the vocabulary they share. Dependencies run one way: cli → admin → controller → driver →
 //! config (docs/architecture.md has the map).
 
 pub mod acme;
@@ -18,6 +19,7 @@ pub mod controller;
 pub mod daemon;
 pub mod demo_app;
 pub mod driver;
+pub mod metrics;
 pub mod notify;
 pub mod probe;
 pub mod release;

@@ -828,3 +828,25 @@ async fn acme_failing_domain_is_reported_and_blocks_neither_the_others_nor_the_p
     let human = String::from_utf8_lossy(&d.cli(&["status"]).await.stdout).into_owned();
     assert!(human.contains("ACME error:"), "{human}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_show_when_each_served_certificate_expires() {
+    let ca = Ca::new("metrics CA");
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (d, _tls, _cert, _key) = daemon_with_files(&ca, &format!("metrics_listen = \"{metrics}\"")).await;
+    let not_after = certificates(&d).await[0]["not_after"].as_str().unwrap().to_string();
+    let expected = humantime::parse_rfc3339(&not_after)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (status, page) = common::get(metrics, "/metrics").await;
+    assert_eq!(status, 200, "{page}");
+    let line = page
+        .lines()
+        .find(|l| l.starts_with("switchctl_certificate_expiry_timestamp_seconds{"))
+        .unwrap_or_else(|| panic!("no certificate metric in:\n{page}"));
+    assert!(line.contains("names=\"test.local\""), "{line}");
+    let value: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value, expected, "{line}");
+}

@@ -13,13 +13,15 @@
 //! 4. [`respond`]: hop-by-hop headers removed, the body streamed back; a
 //!    `101 Switching Protocols` becomes a two-way tunnel the worker tracks.
 //!
+//! Each answer of a routed request is counted in its upstream's
+//! [`Stats`](crate::stats::Stats) (status class, time to the response head).
 //! Nothing here logs per request, locks, or allocates what it can avoid.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use futures_util::task::AtomicWaker;
@@ -34,6 +36,7 @@ use crate::body::{ProxyBody, RequestBody, Upload};
 use crate::listener::Slots;
 use crate::pool::{self, ConnectError};
 use crate::routes::RouteTable;
+use crate::stats::UpstreamError;
 use crate::upstream::InFlight;
 use crate::{target, tunnel};
 
@@ -184,15 +187,27 @@ impl ClientConn {
             }
         }
         let http1 = req.version() <= Version::HTTP_11;
+        let arrived = Instant::now();
         let in_flight = match fwd.route(&mut req) {
             Ok(in_flight) => in_flight,
             Err(failure) => return failure.response(http1),
         };
         let client_upgrade = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
+        let stats = in_flight.upstream().stats();
         let mut resp = match fwd.send(addr, req).await {
-            Ok((resp, conn, upload)) => respond(resp, conn, upload, addr, in_flight, client_upgrade, self),
-            Err(failure) => failure.response(http1),
+            Ok((resp, conn, upload)) => {
+                stats.record(resp.status().as_u16(), arrived.elapsed());
+                respond(resp, conn, upload, addr, in_flight, client_upgrade, self)
+            }
+            Err(failure) => {
+                if let Some(error) = failure.upstream_error() {
+                    stats.record_error(error);
+                }
+                let resp = failure.response(http1);
+                stats.record(resp.status().as_u16(), arrived.elapsed());
+                resp
+            }
         };
         // A `101` hands the connection over to the tunnel: `Connection: close`
         // would replace its `Connection: upgrade` and break the handshake.
@@ -224,6 +239,16 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
+    /// The upstream's own failure behind this answer, if it is one.
+    fn upstream_error(self) -> Option<UpstreamError> {
+        match self {
+            Failure::Refused => Some(UpstreamError::Connect),
+            Failure::ConnectTimeout => Some(UpstreamError::ConnectTimeout),
+            Failure::ResponseTimeout => Some(UpstreamError::ResponseTimeout),
+            _ => None,
+        }
+    }
+
     /// The proxy's answer; `http1` says whether the client speaks HTTP/1,
     /// whose connection is closed after a malformed request.
     fn response(self, http1: bool) -> Response<ProxyBody> {

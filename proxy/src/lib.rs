@@ -31,6 +31,7 @@ mod forward;
 mod listener;
 mod pool;
 mod routes;
+mod stats;
 mod target;
 mod tls;
 mod tunnel;
@@ -48,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 pub use body::ProxyBody;
 pub use cidr::{Cidr, CidrError};
 pub use routes::{HostPattern, Route, RouteError, RouteMatch, RouteTable, Service};
+pub use stats::{Snapshot, Stats, BUCKETS_US};
 pub use tls::{
     CertDetails, CertOrigin, CertReport, CertSource, CertStatus, CertStore, TlsConfig, TlsError,
     ACME_HTTP_CHALLENGE_PREFIX, ACME_TLS_ALPN,
@@ -315,6 +317,7 @@ impl Proxy {
             std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
+                    stats::set_worker(i);
                     runtime.block_on(worker.run());
                     // Dropping the runtime closes whatever outlived the drain.
                     drop(runtime);

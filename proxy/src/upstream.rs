@@ -7,6 +7,9 @@
 //! be stopped without cutting anyone off. A request is counted before a
 //! drain that starts after the flip can look (the route table's generation
 //! is checked again after `enter`, in `forward.rs`), so zero means zero.
+//!
+//! Its [`Stats`] count what came back (status classes, durations,
+//! failures), for metrics and the post-flip watch.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +19,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::stats::Stats;
 
 /// One address that requests can be sent to, shared by every route table
 /// that names it so its in-flight count survives a swap.
@@ -28,6 +33,7 @@ pub struct Upstream {
     idle: Notify,
     /// Cancelled when a drain times out: upgraded connections select on it.
     cut: ArcSwap<CancellationToken>,
+    stats: Stats,
 }
 
 /// What a drain observed.
@@ -49,6 +55,7 @@ impl Upstream {
             drainers: AtomicUsize::new(0),
             idle: Notify::new(),
             cut: ArcSwap::from_pointee(CancellationToken::new()),
+            stats: Stats::default(),
         })
     }
 
@@ -60,6 +67,11 @@ impl Upstream {
     /// Requests and upgraded connections currently in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// What the proxy counted of this upstream's responses.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Count one unit of work until the returned guard (which keeps this

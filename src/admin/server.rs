@@ -195,7 +195,10 @@ async fn handle(
         },
         (&Method::POST, "/v1/deploy") => {
             let body: DeployRequest = read_json(req).await?;
-            let overrides = overrides(body.timeout_secs, body.health_check_interval_secs)?;
+            let overrides = Overrides {
+                no_watch: body.no_watch,
+                ..overrides(body.timeout_secs, body.health_check_interval_secs)?
+            };
             operation(
                 &controller,
                 Operation::Deploy {
@@ -246,6 +249,7 @@ fn overrides(timeout: Option<f64>, interval: Option<f64>) -> Result<Overrides, R
             "HEALTH_CHECK_INTERVAL (health_check_interval_secs)",
             MAX_INTERVAL,
         )?,
+        no_watch: false,
     })
 }
 

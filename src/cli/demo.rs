@@ -213,6 +213,7 @@ async fn demo() -> anyhow::Result<bool> {
         tag: tag.into(),
         timeout_secs: None,
         health_check_interval_secs: None,
+        no_watch: false,
     };
 
     step("1. deploy v1 (the first release: nothing to switch from)");

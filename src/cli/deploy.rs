@@ -86,7 +86,7 @@ pub(crate) async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, 
 }
 
 /// `switchctl deploy <tag>`
-pub async fn deploy(cli: &Cli, tag: &str, json: bool) -> i32 {
+pub async fn deploy(cli: &Cli, tag: &str, json: bool, no_watch: bool) -> i32 {
     let (timeout_secs, health_check_interval_secs) = match env_overrides(json) {
         Ok(o) => o,
         Err(code) => return code,
@@ -95,6 +95,7 @@ pub async fn deploy(cli: &Cli, tag: &str, json: bool) -> i32 {
         tag: tag.to_string(),
         timeout_secs,
         health_check_interval_secs,
+        no_watch,
     };
     run_operation(cli, "/v1/deploy", &body, json).await
 }

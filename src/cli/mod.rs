@@ -1,5 +1,5 @@
 //! The command line: clap definitions and dispatch, one file per command.
-//! Every command returns its exit status (DESIGN.md): 0 done, 1 failed and
+//! Every command returns its exit status (docs/design.md): 0 done, 1 failed and
 //! rolled back, 2 bad usage or config, 3 daemon unreachable, 4 another
 //! operation in progress.
 
@@ -59,6 +59,9 @@ pub enum Command {
         /// Print progress as NDJSON.
         #[arg(long)]
         json: bool,
+        /// Skip the post-flip watch ([deploy.watch]): return right after the flip.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Switch traffic instantly.
     Flip {
@@ -223,7 +226,7 @@ pub async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Deploy { tag, json } => deploy::deploy(&cli, tag, *json).await,
+        Command::Deploy { tag, json, no_watch } => deploy::deploy(&cli, tag, *json, *no_watch).await,
         Command::Flip {
             direction: FlipDirection::Back { json },
         } => deploy::flip_back(&cli, *json).await,

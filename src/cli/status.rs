@@ -42,6 +42,12 @@ pub fn render(s: &Status) -> String {
         None => "none".into(),
     };
     out.push_str(&format!("operation: {op}\n"));
+    if let Some(w) = &s.watch {
+        out.push_str(&format!(
+            "watch:     {} until {}: {} 5xx of {} requests\n",
+            w.color, w.until, w.errors_5xx, w.requests
+        ));
+    }
     let driver = match &s.driver.error {
         None => format!("{:?} (reachable)", s.driver.kind).to_lowercase(),
         Some(e) => format!("{:?}: {e}", s.driver.kind).to_lowercase(),
@@ -144,6 +150,7 @@ mod tests {
                 error: None,
             },
             problems: Vec::new(),
+            watch: None,
             daemon_pid: 1,
             certificates: vec![broken, cert(&["a.example.org"], "acme"), failing],
         };

@@ -59,6 +59,9 @@ pub struct Config {
     /// (project, networks, hook services); `None` without Compose.
     #[serde(skip)]
     pub project: Option<compose::ComposeProject>,
+    /// Where outcomes are sent (`[[notify]]`).
+    #[serde(default)]
+    pub notify: Vec<crate::notify::NotifyConfig>,
     /// The file this was read from (relative paths inside resolve against
     /// its directory).
     #[serde(skip)]
@@ -126,6 +129,8 @@ pub struct ProxySection {
     pub body_read_timeout: Duration,
     /// Most connections from one client address (IPv6: per /64); 0: no limit.
     pub max_connections_per_ip: usize,
+    /// Where Prometheus scrapes `/metrics` (off when unset).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ProxySection {
@@ -148,6 +153,7 @@ impl Default for ProxySection {
             upstream_idle_timeout: d.upstream_idle_timeout,
             body_read_timeout: d.body_read_timeout,
             max_connections_per_ip: d.max_connections_per_ip,
+            metrics_listen: None,
         }
     }
 }
@@ -201,6 +207,27 @@ pub struct DeploySection {
     /// Time an upstream gets between SIGTERM and SIGKILL.
     #[serde(with = "humantime_serde")]
     pub stop_timeout: Duration,
+    /// The post-flip watch (`[deploy.watch]`); none when absent.
+    pub watch: Option<WatchConfig>,
+}
+
+/// `[deploy.watch]`: after a deploy's flip, too many 5xx from the new color
+/// flip traffic back by itself.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// How long after the flip the new color is watched.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Largest share of 5xx answers a service may give (0 to 1).
+    pub max_5xx_ratio: f64,
+    /// Fewest answers of a service before its ratio is judged.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+}
+
+fn default_min_requests() -> u64 {
+    20
 }
 
 impl Default for DeploySection {
@@ -211,6 +238,7 @@ impl Default for DeploySection {
             standby: StandbyPolicy::Keep,
             keep_images: 5,
             stop_timeout: Duration::from_secs(10),
+            watch: None,
         }
     }
 }
@@ -535,6 +563,10 @@ impl Config {
         if let Err(e) = config.apply_env(|k| std::env::var(k).ok()) {
             errors.push(e);
         }
+        let base = config.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        for entry in &mut config.notify {
+            entry.resolve_paths(&base);
+        }
         // With a broken Compose import the services are not known: the rest
         // of the file is still checked, so that one run shows everything.
         let services_known = errors.is_empty();
@@ -683,6 +715,28 @@ health = { path = "/up", healthy_threshold = 2 }
     fn missing_field_is_reported() {
         let err = parse(&GOOD.replace("name = \"web\"", "")).unwrap_err().to_string();
         assert!(err.contains("missing field `name`"), "{err}");
+    }
+
+    #[test]
+    fn deploy_watch_and_notify_parse_and_are_checked() {
+        let text = GOOD.replace(
+            "timeout = \"30s\"",
+            "timeout = \"30s\"\n[deploy.watch]\nwindow = \"60s\"\nmax_5xx_ratio = 0.05",
+        );
+        let c = parse(&text).unwrap();
+        let w = c.deploy.watch.unwrap();
+        assert_eq!(
+            (w.window, w.max_5xx_ratio, w.min_requests),
+            (Duration::from_secs(60), 0.05, 20)
+        );
+        assert!(parse(GOOD).unwrap().deploy.watch.is_none(), "no section, no watch");
+        let err = parse(&text.replace("0.05", "1.5")).unwrap_err().to_string();
+        assert!(err.contains("deploy.watch.max_5xx_ratio"), "{err}");
+        let notify = format!("{GOOD}\n[[notify]]\nkind = \"webhook\"\nurl = \"ftp://x\"\n");
+        let err = parse(&notify).unwrap_err().to_string();
+        assert!(err.contains("notify[0].url"), "{err}");
+        let notify = notify.replace("ftp://x", "https://hooks.example.org/x");
+        assert_eq!(parse(&notify).unwrap().notify.len(), 1);
     }
 
     #[test]

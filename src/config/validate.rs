@@ -59,6 +59,31 @@ impl Config {
         if self.deploy.timeout.is_zero() {
             invalid("deploy.timeout".into(), "must be greater than 0".into());
         }
+        if let Some(watch) = &self.deploy.watch {
+            if watch.window.is_zero() {
+                invalid("deploy.watch.window".into(), "must be greater than 0".into());
+            }
+            if !(0.0..=1.0).contains(&watch.max_5xx_ratio) {
+                invalid(
+                    "deploy.watch.max_5xx_ratio".into(),
+                    "must be between 0 and 1 (0.05 flips back past 5% of 5xx)".into(),
+                );
+            }
+            if watch.min_requests == 0 {
+                invalid(
+                    "deploy.watch.min_requests".into(),
+                    "must be at least 1: a ratio over no request means nothing".into(),
+                );
+            }
+        }
+        if let Err(e) = crate::notify::validate_all(&self.notify) {
+            let key = e.key().unwrap_or_else(|| "notify".into());
+            let message = match &e {
+                crate::notify::NotifyError::Invalid { invalid, .. } => invalid.message.clone(),
+                other => other.to_string(),
+            };
+            invalid(key, message);
+        }
         for (i, s) in self.services.iter().enumerate() {
             let at = |key: &str| {
                 let line =

@@ -1,8 +1,10 @@
-//! [`Deploy`]: the deploy state machine of DESIGN.md, one method per phase:
+//! [`Deploy`]: the deploy state machine of docs/design.md, one method per phase:
 //!
 //! preflight → prepare (clear the idle color) → start → health → flip (one
-//! `ArcSwap` store, then persist) → drain the old color → retire it (keep as
-//! standby or stop) → cleanup (old images) → history.
+//! `ArcSwap` store, then persist) → drain the old color (and, with
+//! `[deploy.watch]`, watch the new one meanwhile, flipping back if it fails
+//! real traffic) → retire it (keep as standby or stop) → cleanup (old
+//! images) → history.
 //!
 //! Any failure before the flip is [`Deploy::roll_back`]: the new color is
 //! stopped and the active one is left untouched.
@@ -14,9 +16,10 @@ use super::event::{Outcome, Phase, Reporter};
 use super::health::HealthCheck;
 use super::history::{ms, Record};
 use super::hooks::{self, HookContext, HookFailure};
+use super::watch::{Baseline, Verdict};
 use super::{retention, Controller, OperationGuard};
 use crate::api::ColorTag;
-use crate::config::{Config, HookWhen};
+use crate::config::{Config, HookWhen, WatchConfig};
 use crate::driver::{Driver, StartSpec};
 use crate::release::{Color, Release};
 
@@ -139,7 +142,7 @@ impl Deploy {
         if let Err(e) = preflight {
             self.hooks(HookWhen::AfterFailure).await.ok();
             let msg = format!("deploy of {} failed before anything was started: {e}", self.tag);
-            return self.finish(Outcome::Failed, Some(e), msg);
+            return self.finish(Outcome::Failed, Some(e), msg).await;
         }
         let release = match self.prepare().await {
             Ok(()) => match self.start().await {
@@ -155,12 +158,33 @@ impl Deploy {
             },
             Err(failure) => return self.roll_back(failure).await,
         };
+        let watch = self.config.deploy.watch.filter(|_| {
+            let watched = self.record.from.is_some();
+            if !watched {
+                self.reporter.info(
+                    Phase::Watch,
+                    None,
+                    "first release: no previous color to flip back to, so no watch",
+                );
+            }
+            watched
+        });
+        let baseline = watch.map(|_| self.controller.watch_baseline(self.idle, &release));
         let old = match self.flip(&release).await {
             Ok(old) => old,
             Err(reason) => return self.roll_back(Failure::new(reason)).await,
         };
         self.hooks(HookWhen::AfterFlip).await.ok();
-        self.drain(old.as_ref()).await;
+        let verdict = match (watch, baseline, &old) {
+            (Some(watch), Some(baseline), Some(_)) => self.drain_and_watch(old.as_ref(), &baseline, &watch).await,
+            _ => {
+                self.drain(old.as_ref()).await;
+                None
+            }
+        };
+        if let Some(why) = verdict {
+            return self.flip_back(release, old, why).await;
+        }
         self.retire(old).await;
         self.cleanup().await;
         let msg = format!(
@@ -169,7 +193,7 @@ impl Deploy {
             self.idle,
             self.record.started.elapsed().as_secs_f64()
         );
-        self.finish(Outcome::Deployed, None, msg)
+        self.finish(Outcome::Deployed, None, msg).await
     }
 
     /// Can the release start at all (runtime reachable, networks there,
@@ -346,6 +370,91 @@ impl Deploy {
             .await;
     }
 
+    /// Drain the old color while the watch reads the new one's answers.
+    /// Returns why the watch tripped, if it did (the drain then stops at
+    /// once: the old color is about to take traffic again).
+    async fn drain_and_watch(
+        &mut self,
+        old: Option<&(Color, Release)>,
+        baseline: &Baseline,
+        watch: &WatchConfig,
+    ) -> Option<String> {
+        self.op.phase(Phase::Watch);
+        self.reporter.info(
+            Phase::Watch,
+            None,
+            format!(
+                "watching {} for {}: more than {:.1}% 5xx over at least {} requests of a service flips back to {}",
+                self.idle,
+                humantime::format_duration(watch.window),
+                watch.max_5xx_ratio * 100.0,
+                watch.min_requests,
+                old.map_or("-".to_string(), |(c, r)| format!("{c} ({})", r.tag))
+            ),
+        );
+        let verdict = {
+            let controller = &self.controller;
+            let drain = controller.drain(old, &self.config, &mut self.record, &self.reporter);
+            let watching = controller.watch(baseline, watch, &self.reporter);
+            tokio::pin!(drain, watching);
+            tokio::select! {
+                _ = &mut drain => watching.await,
+                verdict = &mut watching => {
+                    if matches!(verdict, Verdict::Passed(_)) {
+                        drain.await;
+                    }
+                    verdict
+                }
+            }
+        };
+        match verdict {
+            Verdict::Passed(info) => {
+                self.record.watch = Some(info);
+                None
+            }
+            Verdict::Tripped(info, why) => {
+                self.record.watch = Some(info);
+                Some(why)
+            }
+        }
+    }
+
+    /// The watch tripped: traffic goes back to the previous color at once,
+    /// the new one drains and is retired as `standby` says.
+    async fn flip_back(mut self, release: Release, old: Option<(Color, Release)>, why: String) -> Outcome {
+        self.reporter.error(Phase::Watch, None, format!("{why}: flipping back"));
+        let Some((color, previous)) = old else {
+            return self.finish(Outcome::Failed, Some(why.clone()), why).await;
+        };
+        self.op.phase(Phase::Flip);
+        let first_swap = self.record.flip_us;
+        let flipped = self
+            .controller
+            .flip_to(color, &previous, &self.config, &mut self.record, &self.reporter)
+            .await;
+        self.record.flip_us = first_swap;
+        let bad = match flipped {
+            Ok(bad) => bad.or(Some((self.idle, release))),
+            Err(e) => {
+                let msg = format!(
+                    "the watch could not flip back, {} ({}) still serves: {why}; then: {e}",
+                    self.tag, self.idle
+                );
+                return self.finish(Outcome::Failed, Some(msg.clone()), msg).await;
+            }
+        };
+        self.op.phase(Phase::Drain);
+        self.controller
+            .drain(bad.as_ref(), &self.config, &mut self.record, &self.reporter)
+            .await;
+        self.retire(bad).await;
+        let msg = format!(
+            "the watch flipped back: {color} ({}) serves again after {} ({}) failed real traffic: {why}",
+            previous.tag, self.tag, self.idle
+        );
+        self.finish(Outcome::AutoFlippedBack, Some(why), msg).await
+    }
+
     /// Keep the old color warm as standby, or stop it.
     async fn retire(&self, old: Option<(Color, Release)>) {
         self.op.phase(Phase::Standby);
@@ -437,13 +546,14 @@ impl Deploy {
         drop(state);
         self.hooks(HookWhen::AfterFailure).await.ok();
         let msg = format!("deploy of {} rolled back: {}; {serving}", self.tag, failure.reason);
-        self.finish(Outcome::RolledBack, Some(failure.reason), msg)
+        self.finish(Outcome::RolledBack, Some(failure.reason), msg).await
     }
 
     /// Record the deploy in history and send the final event.
-    fn finish(self, outcome: Outcome, reason: Option<String>, message: String) -> Outcome {
+    async fn finish(self, outcome: Outcome, reason: Option<String>, message: String) -> Outcome {
         self.record
-            .finish(&self.controller.history, outcome, reason, message, &self.reporter)
+            .finish(&self.controller, outcome, reason, message, &self.reporter)
+            .await
     }
 }
 

@@ -33,6 +33,10 @@ pub enum Outcome {
     Refused,
     /// It failed in a way that left nothing to roll back.
     Failed,
+    /// The post-flip watch saw too many 5xx from the new release and flipped
+    /// back to the previous one. History records it so; a `done` event says
+    /// `rolled_back` (DESIGN's outcomes), its message naming the watch.
+    AutoFlippedBack,
     /// A new daemon took over the sockets (`switchctl upgrade`); the old
     /// one drains and exits.
     Upgraded,
@@ -43,7 +47,7 @@ impl Outcome {
     pub fn exit_code(self) -> i32 {
         match self {
             Outcome::Deployed | Outcome::Flipped | Outcome::Upgraded => 0,
-            Outcome::RolledBack | Outcome::Failed | Outcome::Refused => 1,
+            Outcome::RolledBack | Outcome::Failed | Outcome::Refused | Outcome::AutoFlippedBack => 1,
         }
     }
 }
@@ -84,6 +88,10 @@ pub enum Phase {
     History,
     /// Start-up recovery of the daemon.
     Recover,
+    /// After a deploy's flip, the new color's answers are watched.
+    Watch,
+    /// Notifications of the outcome are sent.
+    Notify,
     /// Upstreams are stopped.
     Stop,
     /// A new daemon takes over the sockets (`switchctl upgrade`).
@@ -111,6 +119,8 @@ impl Phase {
             Phase::Logs => "logs",
             Phase::History => "history",
             Phase::Recover => "recover",
+            Phase::Watch => "watch",
+            Phase::Notify => "notify",
             Phase::Stop => "stop",
             Phase::Upgrade => "upgrade",
             Phase::Done => "done",
@@ -163,6 +173,10 @@ impl Event {
             Outcome::Deployed | Outcome::Flipped | Outcome::Upgraded => Level::Success,
             _ => Level::Error,
         };
+        let outcome = match outcome {
+            Outcome::AutoFlippedBack => Outcome::RolledBack,
+            other => other,
+        };
         Event {
             outcome: Some(outcome),
             ..Event::new(level, Phase::Done, None, message)
@@ -187,6 +201,11 @@ impl Reporter {
     /// A reporter that only logs (for work nobody watches).
     pub fn silent() -> Reporter {
         Reporter { tx: None }
+    }
+
+    /// Whether nobody can be listening (work started by the daemon itself).
+    pub fn is_silent(&self) -> bool {
+        self.tx.is_none()
     }
 
     /// Send an event (and log it).
@@ -237,6 +256,12 @@ mod tests {
         assert_eq!(d["phase"], "done");
         assert_eq!(d["outcome"], "rolled_back");
         assert!(d.get("service").is_none());
+        let auto = serde_json::to_value(Event::done(Outcome::AutoFlippedBack, "the watch flipped back")).unwrap();
+        assert_eq!(auto["outcome"], "rolled_back", "the done event keeps DESIGN's outcomes");
+        assert_eq!(
+            serde_json::to_value(Outcome::AutoFlippedBack).unwrap(),
+            "auto_flipped_back"
+        );
         let u = serde_json::to_value(Event::done(Outcome::Upgraded, "x")).unwrap();
         assert_eq!(u["outcome"], "upgraded");
         assert_eq!(u["level"], "success");
@@ -259,6 +284,8 @@ mod tests {
             Phase::Logs,
             Phase::History,
             Phase::Recover,
+            Phase::Watch,
+            Phase::Notify,
             Phase::Stop,
             Phase::Upgrade,
             Phase::Done,

@@ -42,6 +42,7 @@ impl Controller {
         self.proxy.swap(table);
         let swap = t.elapsed();
         rec.flip_us = Some(swap.as_micros() as u64);
+        self.counters.flipped();
         let old = state.activate(color);
         if let Err(e) = self.save(&state).await {
             reporter.error(
@@ -171,14 +172,18 @@ impl Controller {
                     "standby {color} ({}) has no {} service (added since); deploy instead",
                     release.tag, service.name
                 );
-                return rec.finish(&self.history, Outcome::Refused, Some(msg.clone()), msg, &reporter);
+                return rec
+                    .finish(self, Outcome::Refused, Some(msg.clone()), msg, &reporter)
+                    .await;
             };
             if let Err(why) = health::probe(upstream.addr, &service.health).await {
                 let msg = format!(
                     "standby {color} ({}) is not healthy, traffic stays where it is: {}: {why}",
                     release.tag, service.name
                 );
-                return rec.finish(&self.history, Outcome::Refused, Some(msg.clone()), msg, &reporter);
+                return rec
+                    .finish(self, Outcome::Refused, Some(msg.clone()), msg, &reporter)
+                    .await;
             }
         }
         op.phase(Phase::Flip);
@@ -187,7 +192,11 @@ impl Controller {
         self.set_service_alias(&release, &config, true, &reporter).await;
         let old = match self.flip_to(color, &release, &config, &mut rec, &reporter).await {
             Ok(old) => old,
-            Err(msg) => return rec.finish(&self.history, Outcome::Refused, Some(msg.clone()), msg, &reporter),
+            Err(msg) => {
+                return rec
+                    .finish(self, Outcome::Refused, Some(msg.clone()), msg, &reporter)
+                    .await
+            }
         };
         op.phase(Phase::Drain);
         self.drain(old.as_ref(), &config, &mut rec, &reporter).await;
@@ -210,6 +219,6 @@ impl Controller {
             }
         }
         let msg = format!("flipped back to {color} ({})", release.tag);
-        rec.finish(&self.history, Outcome::Flipped, None, msg, &reporter)
+        rec.finish(self, Outcome::Flipped, None, msg, &reporter).await
     }
 }

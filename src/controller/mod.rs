@@ -13,8 +13,11 @@
 //! | [`status`] | the `status` report |
 //! | [`stop`] | stopping a release, or everything |
 //! | [`routing`] | route tables and the shared upstream set |
+//! | [`watch`] | the post-flip watch: the new color's 5xx ratio, and the flip back |
+//! | [`counters`] | operation counters for metrics |
 //! | [`state`], [`history`], [`health`], [`event`] | persisted state, history, health checks, progress events |
 
+pub mod counters;
 pub mod deploy;
 pub mod event;
 pub mod flip;
@@ -29,15 +32,17 @@ pub mod routing;
 pub mod state;
 pub mod status;
 pub mod stop;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use switchctl_proxy::Proxy;
 
-use crate::api::OperationInfo;
+use crate::api::{OperationInfo, WatchInfo};
 use crate::config::{Config, ConfigError};
 use crate::driver::Driver;
+use crate::notify::Notifier;
 use event::Phase;
 use history::History;
 pub use operation::{Events, Operation, Overrides, Refused};
@@ -58,6 +63,12 @@ pub struct Controller {
     problems: Mutex<Vec<String>>,
     /// Cancelled once start-up recovery has finished.
     recovered: tokio_util::sync::CancellationToken,
+    /// Sends outcomes to `[[notify]]` entries; rebuilt with the config.
+    notifier: Mutex<Arc<Notifier>>,
+    /// Operation counters for metrics.
+    pub(crate) counters: counters::Counters,
+    /// The post-flip watch in progress, for `status`.
+    watch: Mutex<Option<WatchInfo>>,
     /// Automatic certificates, for `status` (set once by the daemon).
     acme: std::sync::OnceLock<Arc<crate::acme::Acme>>,
 }
@@ -93,7 +104,11 @@ impl Controller {
         state: State,
         upstreams: Arc<UpstreamSet>,
     ) -> Arc<Self> {
+        let notifier = Arc::new(notifier_for(&config));
         Arc::new(Controller {
+            notifier: Mutex::new(notifier),
+            counters: counters::Counters::default(),
+            watch: Mutex::new(None),
             config_path,
             store: StateStore::new(&config.state_dir),
             history: History::new(&config.state_dir),
@@ -131,9 +146,54 @@ impl Controller {
                 message: "changed since the daemon started; restart `switchctl proxy` to apply".into(),
             });
         }
+        if fresh.notify != current.notify {
+            *self.notifier.lock().expect("notifier lock") = Arc::new(notifier_for(&fresh));
+        }
         let fresh = Arc::new(fresh);
         *self.config.lock().expect("config lock") = fresh.clone();
         Ok(fresh)
+    }
+
+    /// The notifier of the config in use.
+    pub(crate) fn notifier(&self) -> Arc<Notifier> {
+        self.notifier.lock().expect("notifier lock").clone()
+    }
+
+    /// The operation counters (for metrics).
+    pub fn counters(&self) -> &counters::Counters {
+        &self.counters
+    }
+
+    /// The post-flip watch in progress, if one.
+    pub fn watch_status(&self) -> Option<WatchInfo> {
+        self.watch.lock().expect("watch lock").clone()
+    }
+
+    /// The proxy this controller steers.
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// What metrics label the proxy's counters with, without waiting: the
+    /// active color and, per color, its tag and each service's upstream.
+    /// `None` while an operation holds the state (the caller keeps the last).
+    pub fn metrics_view(&self) -> Option<MetricsView> {
+        let state = self.state.try_lock().ok()?;
+        let active = state.active_release().map(|(c, r)| (c, r.tag.clone()));
+        let mut upstreams = Vec::new();
+        for (color, release) in &state.colors {
+            for (service, rec) in &release.services {
+                if let Some(up) = self.upstreams.peek(rec.addr) {
+                    upstreams.push(MetricsUpstream {
+                        service: service.clone(),
+                        color: *color,
+                        tag: release.tag.clone(),
+                        upstream: up,
+                    });
+                }
+            }
+        }
+        Some(MetricsView { active, upstreams })
     }
 
     /// Resolves once start-up recovery is done; operations wait for it
@@ -182,4 +242,35 @@ impl Controller {
         tracing::error!("{message}");
         self.problems.lock().expect("problems lock").push(message);
     }
+}
+
+/// A notifier for `config`'s `[[notify]]` entries (validated with the
+/// config); one that cannot start (no TLS roots) notifies nothing, and says so.
+fn notifier_for(config: &Config) -> Notifier {
+    Notifier::new(&config.notify).unwrap_or_else(|e| {
+        tracing::warn!("notifications are off: {e}");
+        Notifier::disabled()
+    })
+}
+
+/// What metrics need of the controller's state at one scrape.
+#[derive(Debug, Clone)]
+pub struct MetricsView {
+    /// The color serving, with its tag.
+    pub active: Option<(crate::release::Color, String)>,
+    /// Every upstream of a color, with its labels.
+    pub upstreams: Vec<MetricsUpstream>,
+}
+
+/// One upstream and what it is.
+#[derive(Debug, Clone)]
+pub struct MetricsUpstream {
+    /// Its service.
+    pub service: String,
+    /// Its color.
+    pub color: crate::release::Color,
+    /// The tag that color runs.
+    pub tag: String,
+    /// The proxy's upstream (counters, in-flight).
+    pub upstream: Arc<switchctl_proxy::Upstream>,
 }

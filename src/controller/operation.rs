@@ -56,13 +56,15 @@ impl Operation {
     }
 }
 
-/// A client's `DEPLOY_TIMEOUT` and `HEALTH_CHECK_INTERVAL`, over the config's.
+/// A client's `DEPLOY_TIMEOUT`, `HEALTH_CHECK_INTERVAL` and `--no-watch`, over the config's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Overrides {
     /// `deploy.timeout`
     pub timeout: Option<Duration>,
     /// `deploy.health_check_interval`
     pub health_check_interval: Option<Duration>,
+    /// `deploy --no-watch`: no post-flip watch for this deploy.
+    pub no_watch: bool,
 }
 
 impl Overrides {
@@ -77,6 +79,9 @@ impl Overrides {
         }
         if let Some(i) = self.health_check_interval {
             config.deploy.health_check_interval = i;
+        }
+        if self.no_watch {
+            config.deploy.watch = None;
         }
         Arc::new(config)
     }

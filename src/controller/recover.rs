@@ -221,13 +221,9 @@ impl Controller {
             });
             if let Some((pending, release)) = state.abandon_pending() {
                 let message = format!("deploy of {} to {pending} {INTERRUPTED}", release.tag);
-                Record::new("deploy", &release.tag, from, pending).finish(
-                    &self.history,
-                    Outcome::Failed,
-                    Some(INTERRUPTED.to_string()),
-                    message,
-                    &reporter,
-                );
+                Record::new("deploy", &release.tag, from, pending)
+                    .finish(self, Outcome::Failed, Some(INTERRUPTED.to_string()), message, &reporter)
+                    .await;
                 reporter.warn(
                     Phase::Recover,
                     None,
@@ -310,6 +306,8 @@ mod tests {
             flip_us: None,
             drain_ms: None,
             build_ms: None,
+            watch: None,
+            warnings: Vec::new(),
         }
     }
 

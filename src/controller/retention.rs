@@ -1,4 +1,4 @@
-//! Image retention (DESIGN.md, deploy step 8) as one pure function: which
+//! Image retention (docs/design.md, deploy step 8) as one pure function: which
 //! tags' images may go after a deploy. Kept: every tag a container still
 //! runs, the newest `keep_images` tags switchctl deployed (by deploy time,
 //! whatever their outcome: a tag that failed may be retried or inspected),
@@ -54,6 +54,8 @@ mod tests {
             flip_us: None,
             drain_ms: None,
             build_ms: None,
+            watch: None,
+            warnings: Vec::new(),
         }
     }
 

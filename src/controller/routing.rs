@@ -29,6 +29,11 @@ impl UpstreamSet {
             .clone()
     }
 
+    /// The upstream at `addr`, if it exists (never creates one).
+    pub fn peek(&self, addr: SocketAddr) -> Option<Arc<Upstream>> {
+        self.by_addr.lock().expect("upstream set lock").get(&addr).cloned()
+    }
+
     /// Requests and tunnels in flight to `addr` (0 if it never took traffic).
     pub fn in_flight(&self, addr: SocketAddr) -> usize {
         self.by_addr

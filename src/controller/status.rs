@@ -89,6 +89,7 @@ impl Controller {
             services,
             driver,
             problems: self.problems.lock().expect("problems lock").clone(),
+            watch: self.watch_status(),
             certificates: crate::tls::status(&self.proxy, self.acme.get().map(|a| &**a)),
             daemon_pid: std::process::id(),
         }

@@ -97,7 +97,12 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra top-level keys (e.g. `compose = ...`).
     pub fn start_with(top: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
-        let mut d = Daemon::configure(top, "", driver, deploy, services);
+        Daemon::start_with_proxy(top, "", driver, deploy, services)
+    }
+
+    /// As [`Daemon::start_with`], with extra `[proxy]` keys (e.g. `metrics_listen`).
+    pub fn start_with_proxy(top: &str, proxy: &str, driver: &str, deploy: &str, services: &str) -> Daemon {
+        let mut d = Daemon::configure(top, proxy, driver, deploy, services);
         d.spawn();
         d
     }
@@ -470,6 +475,8 @@ pub struct LoadReport {
     pub sent: u64,
     pub failed: usize,
     pub failures: Vec<String>,
+    /// Every failure, counted by its text.
+    pub failure_kinds: BTreeMap<String, u64>,
     pub bodies: BTreeMap<String, u64>,
 }
 
@@ -574,7 +581,12 @@ impl Load {
             let _ = t.await;
         }
         let failures = self.failures.lock().unwrap().clone();
+        let mut failure_kinds = BTreeMap::new();
+        for f in &failures {
+            *failure_kinds.entry(f.trim().to_string()).or_default() += 1;
+        }
         LoadReport {
+            failure_kinds,
             sent: self.sent.load(Ordering::Relaxed),
             failed: failures.len(),
             failures: failures.into_iter().take(10).collect(),

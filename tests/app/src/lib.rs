@@ -19,8 +19,10 @@
 //! (`HEALTHY_AFTER`), `--exit-at-start` (`EXIT_AT_START=1`: exit 3 at once).
 //! `FAIL_HEALTH_VERSIONS`, `HANG_HEALTH_VERSIONS` and `EXIT_AT_START_VERSIONS`
 //! (comma-separated) make only those versions answer `/health` with 503,
-//! never answer it, or exit at start, so one command line can describe good
-//! and broken releases alike.
+//! never answer it, or exit at start; `FAIL_REQUESTS_VERSIONS` makes them
+//! healthy on `/health` but answer every other request with 500 (`<version>
+//! failing`): a release that fails real traffic. One command line can
+//! describe good and broken releases alike.
 //! `testapp healthcheck [PORT]` probes `/health` on loopback and exits 0/1:
 //! the Docker HEALTHCHECK of a `FROM scratch` image.
 //! `testapp migrate DIR` is a database migration's stand-in: it writes the
@@ -61,6 +63,7 @@ pub struct App {
     version: String,
     failing: AtomicBool,
     hang_health: AtomicBool,
+    fail_requests: AtomicBool,
     healthy_at: Instant,
 }
 
@@ -72,6 +75,7 @@ impl App {
             version: version.to_string(),
             failing: AtomicBool::new(fail_health),
             hang_health: AtomicBool::new(false),
+            fail_requests: AtomicBool::new(false),
             healthy_at: Instant::now() + healthy_after,
         })
     }
@@ -84,6 +88,7 @@ struct Opts {
     fail_health: bool,
     healthy_after: u64,
     hang_health: bool,
+    fail_requests: bool,
     exit_at_start: bool,
 }
 
@@ -104,6 +109,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             .map_err(|_| "HEALTHY_AFTER must be seconds")?,
         exit_at_start: env_or("EXIT_AT_START", "") == "1",
         hang_health: false,
+        fail_requests: false,
     };
     let listed = |var: &str, version: &str| env_or(var, "").split(',').any(|v| !v.is_empty() && v.trim() == version);
     let mut it = args.iter();
@@ -126,6 +132,7 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     o.fail_health |= listed("FAIL_HEALTH_VERSIONS", &o.version);
     o.exit_at_start |= listed("EXIT_AT_START_VERSIONS", &o.version);
     o.hang_health = listed("HANG_HEALTH_VERSIONS", &o.version);
+    o.fail_requests = listed("FAIL_REQUESTS_VERSIONS", &o.version);
     Ok(o)
 }
 
@@ -185,6 +192,7 @@ async fn run(args: &[String]) -> i32 {
     println!("testapp {} listening on {addr}", opts.version);
     let app = App::new(&opts.version, opts.fail_health, Duration::from_secs(opts.healthy_after));
     app.hang_health.store(opts.hang_health, Ordering::SeqCst);
+    app.fail_requests.store(opts.fail_requests, Ordering::SeqCst);
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
         eprintln!("testapp: cannot handle SIGTERM");
         return 1;
@@ -236,6 +244,9 @@ fn query_num(req: &Request<Incoming>, key: &str) -> u64 {
 async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let version_line = format!("{}\n", app.version);
     let resp = match (req.method().as_str(), req.uri().path()) {
+        (_, path) if path != "/health" && app.fail_requests.load(Ordering::SeqCst) => {
+            text(StatusCode::INTERNAL_SERVER_ERROR, format!("{} failing\n", app.version))
+        }
         ("GET", "/health") => {
             if app.hang_health.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
