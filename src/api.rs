@@ -185,6 +185,9 @@ pub struct HistoryEntry {
     /// Time the old color took to drain.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub drain_ms: Option<u64>,
+    /// Time spent building images (Compose `build:`), when a deploy built any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub build_ms: Option<u64>,
     /// What the post-flip watch counted, when one ran.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub watch: Option<WatchInfo>,

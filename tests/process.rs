@@ -525,3 +525,50 @@ async fn a_deploy_refused_as_busy_leaves_the_config_unread() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert_eq!(first.wait().await.unwrap().code(), Some(1));
 }
+
+/// `--config switchctl.toml` (no directory part) with relative state_dir
+/// and admin_socket: the daemon starts processes (their default working
+/// directory is the config's), and `status`/`deploy` work from another
+/// directory too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_config_path_without_a_directory_part_works_from_anywhere() {
+    let dir = tempfile::Builder::new().prefix("switchctl-test-").tempdir().unwrap();
+    let port = common::free_port();
+    std::fs::write(
+        dir.path().join("switchctl.toml"),
+        format!(
+            "driver = \"process\"\nstate_dir = \"state\"\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nadmin_socket = \"admin.sock\"\ndrain_timeout = \"5s\"\nworkers = 2\n\
+             [deploy]\nhealth_check_interval = \"100ms\"\n{}",
+            process_service("web", "")
+        ),
+    )
+    .unwrap();
+    let cwd = dir.path().to_path_buf();
+    let socket = cwd.join("admin.sock");
+    let d = Daemon::start_in(
+        dir,
+        "switchctl.toml".into(),
+        Some(cwd.clone()),
+        socket,
+        ([127, 0, 0, 1], port).into(),
+    );
+    deploy_ok(&d, "v1").await;
+    assert!(cwd.join("state/state.json").exists());
+
+    let load = Load::start(d.proxy, 5);
+    let parent = cwd.parent().unwrap();
+    let config = format!("{}/switchctl.toml", cwd.file_name().unwrap().to_string_lossy());
+    for args in [&["status"][..], &["deploy", "v2"][..]] {
+        let out = std::process::Command::new(common::switchctl())
+            .current_dir(parent)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?} from elsewhere: {}", text(&out));
+    }
+    let report = load.stop().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+}

@@ -1,243 +1,1196 @@
-//! Import services from a `docker-compose.yml`: image, environment,
-//! env_file, healthcheck, volumes, networks and command, with `${VAR}`
-//! references resolved from the environment and the Compose file's `.env`.
+//! Read a team's Compose file as `docker compose -p <project> --env-file <f>`
+//! would, so that switchctl takes over their stack unchanged: the project
+//! name, interpolation from the env files and the environment
+//! ([`super::interpolate`]), the variable in each image's tag position (which
+//! the deploy tag replaces), networks and volumes named `<project>_<name>`,
+//! `build:`, `depends_on`, labels (and routes from Traefik labels,
+//! [`super::traefik`]).
 //!
-//! Ports are switchctl's to assign, so Compose `ports` only tell which
-//! container port to proxy to. A Compose key that switchctl cannot honour is
-//! an error naming it, never silently dropped.
+//! Every service key has one treatment (docs/configuration.md has the
+//! table): honoured, accepted because it does not change what switchctl
+//! runs, or an error naming it because switchctl cannot honour it and its
+//! absence would change behaviour. Every problem is collected, so `check`
+//! shows them all in one run.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_norway::Value;
+use serde::Deserialize;
+use serde_norway::{Mapping, Value};
 
 use super::env::read_env_file;
-use super::{join_relative, ConfigError, DockerHealthcheck, HealthConfig, RouteConfig, ServiceConfig};
+use super::interpolate::{interpolate, network_name, project_name, split_image, Vars};
+use super::traefik::routes_from_labels;
+use super::{join_relative, Config, ConfigError, DockerHealthcheck, RouteConfig, ServiceConfig};
 
-/// Compose service keys that are imported or safely ignored.
-const SUPPORTED: &[&str] = &[
-    "image",
-    "environment",
-    "env_file",
-    "healthcheck",
-    "volumes",
-    "networks",
-    "command",
-    "ports",
-    "expose",
-    "restart",
-    "labels",
+/// `compose = "file"` or a `[compose]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ComposeSection {
+    /// The shorthand: just the file.
+    File(PathBuf),
+    /// The table.
+    Table(ComposeTable),
+}
+
+/// `[compose]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeTable {
+    /// The Compose file (relative to switchctl.toml's directory).
+    pub file: PathBuf,
+    /// Project name; default as Compose: the file's `name:`,
+    /// `COMPOSE_PROJECT_NAME`, the directory name.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Env files for interpolation, like `--env-file` (relative to
+    /// switchctl.toml's directory); default: `.env` beside the Compose file.
+    #[serde(default)]
+    pub env_files: Option<Vec<PathBuf>>,
+    /// The services switchctl switches; the others stay Compose's.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Traefik router labels become routes.
+    #[serde(default)]
+    pub routes_from_labels: bool,
+}
+
+impl<'de> Deserialize<'de> for ComposeSection {
+    // By hand rather than `#[serde(untagged)]`, so that a typo in the table
+    // is reported as the unknown field it is.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ComposeSection;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a Compose file path or a [compose] table")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ComposeSection, E> {
+                Ok(ComposeSection::File(PathBuf::from(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ComposeSection, A::Error> {
+                ComposeTable::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ComposeSection::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl ComposeSection {
+    /// The section as a table (the shorthand has every default).
+    pub fn table(&self) -> ComposeTable {
+        match self {
+            ComposeSection::File(file) => ComposeTable {
+                file: file.clone(),
+                project: None,
+                env_files: None,
+                services: Vec::new(),
+                routes_from_labels: false,
+            },
+            ComposeSection::Table(t) => t.clone(),
+        }
+    }
+}
+
+/// What the Compose file says besides the switched services.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComposeProject {
+    /// The project name.
+    pub name: String,
+    /// The Compose file, absolute.
+    pub file: PathBuf,
+    /// Networks the switched and hook services join.
+    pub networks: Vec<NetworkSpec>,
+    /// Compose services that hooks run as one-off containers.
+    pub tasks: Vec<ServiceConfig>,
+    /// Hosts of Traefik routers with a certresolver (ACME domains).
+    pub acme_hosts: Vec<String>,
+}
+
+impl ComposeProject {
+    /// The hook service `name`.
+    pub fn task(&self, name: &str) -> Option<&ServiceConfig> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+
+    /// The network whose engine name is `name`.
+    pub fn network(&self, name: &str) -> Option<&NetworkSpec> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+}
+
+/// A network as Compose names and creates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// Its key in the Compose file.
+    pub key: String,
+    /// Its name on the engine.
+    pub name: String,
+    /// Created by someone else: missing is an error, never created.
+    pub external: bool,
+    /// Its driver, when the file names one.
+    pub driver: Option<String>,
+}
+
+/// What the Compose file says about one service beyond what every
+/// switchctl service has.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ComposeService {
+    /// The project it belongs to.
+    pub project: String,
+    /// The variable in its image's tag position (`API_IMAGE_TAG`).
+    pub tag_variable: Option<String>,
+    /// `build:`: how to build `<image>:<tag>` when it is missing.
+    pub build: Option<BuildSpec>,
+    /// `depends_on`: checked before the new color starts, never started.
+    pub depends_on: Vec<Dependency>,
+    /// `labels`, passed through alongside switchctl's.
+    pub labels: BTreeMap<String, String>,
+    /// `user`
+    pub user: Option<String>,
+    /// `working_dir`
+    pub working_dir: Option<String>,
+    /// `entrypoint`
+    pub entrypoint: Option<Vec<String>>,
+    /// `extra_hosts` as `host:ip`.
+    pub extra_hosts: Vec<String>,
+    /// `stop_grace_period`: the stop timeout.
+    pub stop_grace_period: Option<Duration>,
+    /// `stop_signal`
+    pub stop_signal: Option<String>,
+    /// `init`
+    pub init: Option<bool>,
+    /// `logging`
+    pub logging: Option<Logging>,
+    /// `container_name`: not used (switchctl names the colors), but a
+    /// dependency may be found by it.
+    pub container_name: Option<String>,
+}
+
+/// `build:`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BuildSpec {
+    /// The context directory, absolute.
+    pub context: PathBuf,
+    /// The Dockerfile, relative to the context.
+    pub dockerfile: String,
+    /// `args`; `{tag}` stands for the deploy tag.
+    pub args: BTreeMap<String, String>,
+    /// `target`
+    pub target: Option<String>,
+    /// `labels`
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One `depends_on` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    /// The Compose service depended on.
+    pub service: String,
+    /// What it must be.
+    pub condition: Condition,
+    /// Its `container_name`, if it has one (another way to find it).
+    pub container_name: Option<String>,
+    /// `required: false`: a missing dependency is only a warning.
+    pub required: bool,
+}
+
+/// A `depends_on` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// `service_started`
+    Started,
+    /// `service_healthy`
+    Healthy,
+    /// `service_completed_successfully`
+    CompletedSuccessfully,
+}
+
+/// `logging:`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Logging {
+    /// `driver`
+    pub driver: Option<String>,
+    /// `options`
+    pub options: BTreeMap<String, String>,
+}
+
+/// How switchctl treats each Compose service key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Treatment {
+    /// Read and applied.
+    Honoured,
+    /// Accepted: it does not change what switchctl runs.
+    Accepted,
+}
+
+/// Every service key switchctl accepts; any other key is an error.
+const KEYS: &[(&str, Treatment)] = &[
+    ("image", Treatment::Honoured),
+    ("build", Treatment::Honoured),
+    ("command", Treatment::Honoured),
+    ("entrypoint", Treatment::Honoured),
+    ("environment", Treatment::Honoured),
+    ("env_file", Treatment::Honoured),
+    ("healthcheck", Treatment::Honoured),
+    ("volumes", Treatment::Honoured),
+    ("networks", Treatment::Honoured),
+    ("ports", Treatment::Honoured),
+    ("expose", Treatment::Honoured),
+    ("labels", Treatment::Honoured),
+    ("user", Treatment::Honoured),
+    ("working_dir", Treatment::Honoured),
+    ("extra_hosts", Treatment::Honoured),
+    ("stop_grace_period", Treatment::Honoured),
+    ("stop_signal", Treatment::Honoured),
+    ("init", Treatment::Honoured),
+    ("logging", Treatment::Honoured),
+    ("depends_on", Treatment::Honoured),
+    ("container_name", Treatment::Accepted),
+    ("restart", Treatment::Accepted),
+    ("pull_policy", Treatment::Accepted),
+    ("profiles", Treatment::Accepted),
 ];
 
-/// Read `path` and build the services. When `declared` is not empty, only the
-/// services it names are imported, and its fields (port, health, route,
-/// env...) override or extend what Compose says; otherwise every Compose
-/// service is imported.
-pub fn import(path: &Path, declared: &[ServiceConfig]) -> Result<Vec<ServiceConfig>, ConfigError> {
+/// The Compose file read for `config`: the switched services (with
+/// switchctl.toml's `[[service]]` overrides applied) and the project.
+pub fn import(config: &Config, section: &ComposeSection) -> Result<(Vec<ServiceConfig>, ComposeProject), ConfigError> {
+    let table = section.table();
+    let path = config.resolve(&table.file);
     let err = |key: String, message: String| ConfigError::Invalid {
-        path: path.to_path_buf(),
+        path: path.clone(),
         key,
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
         source,
     })?;
     let doc: Value = serde_norway::from_str(&text).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         ConfigError::Parse {
-            path: path.to_path_buf(),
+            path: path.clone(),
             line,
             column,
             message: e.to_string(),
         }
     })?;
-    let dotenv = path.parent().map(|d| d.join(".env"));
-    let dotenv: BTreeMap<String, String> = match dotenv.filter(|p| p.exists()) {
-        Some(p) => read_env_file(&p)
-            .map_err(|m| err(".env".into(), m))?
-            .into_iter()
-            .collect(),
-        None => BTreeMap::new(),
+    let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+
+    // Variables: the environment wins over the env files; a later file
+    // wins over an earlier one.
+    let mut file_vars: BTreeMap<String, String> = BTreeMap::new();
+    let env_files: Vec<(PathBuf, bool)> = match &table.env_files {
+        Some(files) => files.iter().map(|f| (config.resolve(f), true)).collect(),
+        None => vec![(dir.join(".env"), false)],
     };
-    let vars = |name: &str| std::env::var(name).ok().or_else(|| dotenv.get(name).cloned());
+    let mut errors = Vec::new();
+    for (file, required) in env_files {
+        if !required && !file.exists() {
+            continue;
+        }
+        match read_env_file(&file) {
+            Ok(vars) => file_vars.extend(vars),
+            Err(m) => errors.push(ConfigError::Invalid {
+                path: config.path.clone(),
+                key: "compose.env_files".into(),
+                message: m,
+            }),
+        }
+    }
+    let env = |name: &str| std::env::var(name).ok().or_else(|| file_vars.get(name).cloned());
 
     let Some(services) = doc.get("services").and_then(Value::as_mapping) else {
-        return Err(err(
+        errors.push(err(
             "services".into(),
             "the Compose file has no `services:` mapping".into(),
         ));
+        return Err(ConfigError::Many(errors));
     };
-    let mut wanted: Vec<String> = declared.iter().map(|s| s.name.clone()).collect();
-    if wanted.is_empty() {
-        wanted = services.keys().filter_map(|k| k.as_str().map(String::from)).collect();
+    let file_name = doc.get("name").and_then(Value::as_str);
+    let file_name = match file_name.map(|n| interpolate(n, &env)).transpose() {
+        Ok(n) => n,
+        Err(m) => {
+            errors.push(err("name".into(), m));
+            None
+        }
+    };
+    let env_project = env("COMPOSE_PROJECT_NAME");
+    let project = match project_name(
+        table.project.as_deref(),
+        file_name.as_deref(),
+        env_project.as_deref(),
+        &path,
+    ) {
+        Ok(p) => p,
+        Err(m) => {
+            errors.push(err("name".into(), m));
+            return Err(ConfigError::Many(errors));
+        }
+    };
+
+    // Which services are switched.
+    let declared = &config.services;
+    let all: Vec<String> = services.keys().filter_map(|k| k.as_str().map(String::from)).collect();
+    let switched: Vec<String> = if !table.services.is_empty() {
+        table.services.clone()
+    } else if !declared.is_empty() {
+        declared.iter().map(|s| s.name.clone()).collect()
+    } else {
+        all.clone()
+    };
+    let hook_services: Vec<String> = config
+        .hooks
+        .iter()
+        .filter_map(|h| h.service.clone())
+        .filter(|s| !switched.contains(s))
+        .fold(Vec::new(), |mut v, s| {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+            v
+        });
+
+    // Variables in the tag position of a switched or hook service stand
+    // for the deploy tag everywhere in those services (`{tag}`).
+    let mut tag_variables = Vec::new();
+    for name in switched.iter().chain(&hook_services) {
+        let raw = services
+            .get(name.as_str())
+            .and_then(|d| d.get("image"))
+            .and_then(Value::as_str);
+        if let Some(Ok(image)) = raw.map(|r| split_image(r, &env)) {
+            tag_variables.push(image.tag_variable);
+        }
     }
+    let vars = |name: &str| {
+        if tag_variables.iter().any(|t| t == name) {
+            Some("{tag}".to_string())
+        } else {
+            env(name)
+        }
+    };
+
+    let reader = Reader {
+        path: &path,
+        dir: &dir,
+        project: &project,
+        env: &env,
+        vars: &vars,
+        doc: &doc,
+        routes_from_labels: table.routes_from_labels,
+    };
+    let mut networks: Vec<NetworkSpec> = Vec::new();
+    let mut acme_hosts: Vec<String> = Vec::new();
     let mut out = Vec::new();
-    for name in wanted {
+    for name in &switched {
         let Some(def) = services.get(name.as_str()) else {
-            return Err(err(
+            errors.push(err(
                 format!("services.{name}"),
-                "declared in switchctl.toml but not found in the Compose file".into(),
+                format!(
+                    "switched by switchctl but not a service of the Compose file (its services: {})",
+                    all.join(", ")
+                ),
             ));
+            continue;
         };
+        let base = declared.iter().find(|s| &s.name == name);
+        match reader.service(name, def, base, true) {
+            Ok(read) => {
+                add_networks(&mut networks, read.networks);
+                for h in read.acme_hosts {
+                    if !acme_hosts.contains(&h) {
+                        acme_hosts.push(h);
+                    }
+                }
+                out.push(read.service);
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    // [[service]] entries that are not switched Compose services.
+    for s in declared {
+        if switched.contains(&s.name) {
+            continue;
+        }
+        if all.contains(&s.name) {
+            errors.push(ConfigError::Invalid {
+                path: config.path.clone(),
+                key: format!("service {:?}", s.name),
+                message: format!(
+                    "overrides Compose service {:?}, which [compose] services does not switch; add it to `services` or remove the [[service]]",
+                    s.name
+                ),
+            });
+        } else {
+            out.push(s.clone());
+        }
+    }
+    let mut tasks = Vec::new();
+    for name in &hook_services {
+        let Some(def) = services.get(name.as_str()) else {
+            // validate() names the hook whose service is unknown.
+            continue;
+        };
+        match reader.service(name, def, None, false) {
+            Ok(read) => {
+                add_networks(&mut networks, read.networks);
+                tasks.push(read.service);
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    ConfigError::from_many(errors)?;
+    Ok((
+        out,
+        ComposeProject {
+            name: project,
+            file: path.clone(),
+            networks,
+            tasks,
+            acme_hosts,
+        },
+    ))
+}
+
+fn add_networks(all: &mut Vec<NetworkSpec>, found: Vec<NetworkSpec>) {
+    for n in found {
+        if !all.iter().any(|m| m.name == n.name) {
+            all.push(n);
+        }
+    }
+}
+
+/// What was read of one service.
+struct Read {
+    service: ServiceConfig,
+    networks: Vec<NetworkSpec>,
+    acme_hosts: Vec<String>,
+}
+
+/// Reads services of one Compose file.
+struct Reader<'a> {
+    path: &'a Path,
+    dir: &'a Path,
+    project: &'a str,
+    /// The environment and env files.
+    env: &'a dyn Vars,
+    /// As `env`, with tag variables standing for `{tag}`.
+    vars: &'a dyn Vars,
+    doc: &'a Value,
+    routes_from_labels: bool,
+}
+
+impl Reader<'_> {
+    fn err(&self, key: String, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key,
+            message,
+        }
+    }
+
+    /// Read service `name`. `switched`: it is one of the colors (a port is
+    /// needed, routes are read); else a hook's one-off service.
+    fn service(
+        &self,
+        name: &str,
+        def: &Value,
+        base: Option<&ServiceConfig>,
+        switched: bool,
+    ) -> Result<Read, Vec<ConfigError>> {
+        let mut errors = Vec::new();
         let at = |key: &str| format!("services.{name}.{key}");
-        let def = def
-            .as_mapping()
-            .ok_or_else(|| err(at(""), "must be a mapping".into()))?;
-        for key in def.keys().filter_map(Value::as_str) {
-            if !SUPPORTED.contains(&key) {
-                return Err(err(
+        let Some(def) = def.as_mapping() else {
+            return Err(vec![self.err(at(""), "must be a mapping".into())]);
+        };
+        for key in def.keys() {
+            let Some(key) = key.as_str() else {
+                errors.push(self.err(at("?"), "keys must be strings".into()));
+                continue;
+            };
+            if key.starts_with("x-") {
+                continue;
+            }
+            if !KEYS.iter().any(|(k, _)| *k == key) {
+                errors.push(self.err(
                     at(key),
                     format!(
-                        "Compose key `{key}` is not supported by switchctl; remove it or manage it outside switchctl (supported: {})",
-                        SUPPORTED.join(", ")
+                        "switchctl cannot honour `{key}`, and running the service without it would change its behaviour; \
+                         remove it from the service, or leave the service to Compose (not in [compose] services). \
+                         docs/configuration.md lists every key"
                     ),
                 ));
             }
         }
-        let get_str = |key: &str| -> Result<Option<String>, ConfigError> {
-            match def.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(interpolate(s, &vars).map_err(|m| err(at(key), m))?)),
-                Some(Value::Number(n)) => Ok(Some(n.to_string())),
-                Some(_) => Err(err(at(key), "must be a string".into())),
-            }
-        };
-        let strings = |key: &str| -> Result<Vec<String>, ConfigError> {
-            match def.get(key) {
-                None | Some(Value::Null) => Ok(Vec::new()),
-                Some(Value::String(s)) => Ok(vec![interpolate(s, &vars).map_err(|m| err(at(key), m))?]),
-                Some(Value::Sequence(items)) => items
-                    .iter()
-                    .map(|v| match v {
-                        Value::String(s) => interpolate(s, &vars).map_err(|m| err(at(key), m)),
-                        Value::Number(n) => Ok(n.to_string()),
-                        _ => Err(err(
-                            at(key),
-                            "items must be strings (long syntax is not supported)".into(),
-                        )),
-                    })
-                    .collect(),
-                Some(Value::Mapping(m)) if key == "networks" => {
-                    Ok(m.keys().filter_map(|k| k.as_str().map(String::from)).collect())
+        // Every string of the service, interpolated.
+        let def: Mapping = def
+            .iter()
+            .filter(|(k, _)| k.as_str() != Some("image"))
+            .filter_map(|(k, v)| match self.interpolate_value(v) {
+                Ok(v) => Some((k.clone(), v)),
+                Err(m) => {
+                    errors.push(self.err(at(k.as_str().unwrap_or("?")), m));
+                    None
                 }
-                Some(_) => Err(err(at(key), "must be a string or a list of strings".into())),
+            })
+            .collect();
+        let raw_image = match def_get_raw(self.doc, name, "image") {
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                errors.push(self.err(at("image"), "must be a string".into()));
+                None
             }
+            None => None,
+        };
+        let mut compose = ComposeService {
+            project: self.project.to_string(),
+            ..Default::default()
         };
 
-        let image = get_str("image")?
-            .map(|i| untag(&i))
-            .transpose()
-            .map_err(|m| err(at("image"), m))?;
+        // Image and the tag variable.
+        let override_image = base.and_then(|b| b.image.clone());
+        let image = match (&override_image, raw_image) {
+            (Some(i), _) => Some(i.clone()),
+            (None, Some(raw)) => match split_image(&raw, self.env) {
+                Ok(r) => {
+                    compose.tag_variable = Some(r.tag_variable);
+                    Some(r.repository)
+                }
+                Err(m) => {
+                    errors.push(self.err(at("image"), m));
+                    None
+                }
+            },
+            // Compose names the image of a built service `<project>-<service>`.
+            (None, None) if def.contains_key("build") => Some(format!("{}-{name}", self.project)),
+            (None, None) => None,
+        };
+
         let mut env = BTreeMap::new();
+        match def.get("env_file") {
+            None | Some(Value::Null) => {}
+            Some(v) => match self.env_files(v) {
+                Ok(vars) => env.extend(vars),
+                Err(m) => errors.push(self.err(at("env_file"), m)),
+            },
+        }
         match def.get("environment") {
             None | Some(Value::Null) => {}
-            Some(Value::Mapping(m)) => {
-                for (k, v) in m {
-                    let k = k
-                        .as_str()
-                        .ok_or_else(|| err(at("environment"), "keys must be strings".into()))?;
-                    let v = match v {
-                        Value::String(s) => interpolate(s, &vars).map_err(|m| err(at("environment"), m))?,
-                        Value::Null => vars(k).unwrap_or_default(),
-                        other => serde_norway::to_string(other).unwrap_or_default().trim().to_string(),
-                    };
-                    env.insert(k.to_string(), v);
-                }
-            }
-            Some(Value::Sequence(_)) => {
-                for item in strings("environment")? {
-                    match item.split_once('=') {
-                        Some((k, v)) => env.insert(k.to_string(), v.to_string()),
-                        None => env.insert(item.clone(), vars(&item).unwrap_or_default()),
-                    };
-                }
-            }
-            Some(_) => return Err(err(at("environment"), "must be a mapping or a list".into())),
+            Some(v) => match key_values(v, "environment", Some(self.env)) {
+                Ok(vars) => env.extend(vars),
+                Err(m) => errors.push(self.err(at("environment"), m)),
+            },
         }
-        let env_files = strings("env_file")?;
-        if env_files.len() > 1 {
-            return Err(err(
-                at("env_file"),
-                "switchctl supports one env_file per service".into(),
+        let mut take = |key: &str, r: Result<Option<Vec<String>>, String>| match r {
+            Ok(v) => v,
+            Err(m) => {
+                errors.push(self.err(at(key), m));
+                None
+            }
+        };
+        compose.entrypoint = take("entrypoint", command(def.get("entrypoint")));
+        let command = take("command", command(def.get("command")));
+        let ports = take("ports", strings(def.get("ports"), "ports").map(Some)).unwrap_or_default();
+        let expose = take("expose", strings(def.get("expose"), "expose").map(Some)).unwrap_or_default();
+        let volumes = take("volumes", self.volumes(def.get("volumes")).map(Some)).unwrap_or_default();
+        let mut port = match container_port(&ports, &expose) {
+            Ok(p) => p,
+            Err(m) => {
+                errors.push(self.err(at("ports"), m));
+                None
+            }
+        };
+        let (network_names, networks) = match self.networks(def.get("networks")) {
+            Ok(n) => n,
+            Err(m) => {
+                errors.push(self.err(at("networks"), m));
+                (Vec::new(), Vec::new())
+            }
+        };
+        let docker_healthcheck = match def.get("healthcheck") {
+            Some(Value::Mapping(h)) => match healthcheck(h) {
+                Ok(h) => Some(h),
+                Err(m) => {
+                    errors.push(self.err(at("healthcheck"), m));
+                    None
+                }
+            },
+            None | Some(Value::Null) => None,
+            Some(_) => {
+                errors.push(self.err(at("healthcheck"), "must be a mapping".into()));
+                None
+            }
+        };
+        match def.get("labels") {
+            None | Some(Value::Null) => {}
+            Some(v) => match key_values(v, "labels", None) {
+                Ok(l) => compose.labels = l,
+                Err(m) => errors.push(self.err(at("labels"), m)),
+            },
+        }
+        let scalar = |key: &str| -> Result<Option<String>, String> {
+            match def.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(Value::Number(n)) => Ok(Some(n.to_string())),
+                Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+                Some(_) => Err("must be a string".into()),
+            }
+        };
+        let mut one = |key: &str| match scalar(key) {
+            Ok(v) => v,
+            Err(m) => {
+                errors.push(self.err(at(key), m));
+                None
+            }
+        };
+        compose.user = one("user");
+        compose.working_dir = one("working_dir");
+        compose.stop_signal = one("stop_signal");
+        compose.container_name = one("container_name");
+        let init = one("init");
+        let grace = one("stop_grace_period");
+        let pull_policy = one("pull_policy");
+        compose.init = init.map(|i| i == "true");
+        if let Some(g) = grace {
+            match compose_duration(&g) {
+                Ok(d) => compose.stop_grace_period = Some(d),
+                Err(m) => errors.push(self.err(at("stop_grace_period"), m)),
+            }
+        }
+        if pull_policy.as_deref() == Some("always") {
+            errors.push(self.err(
+                at("pull_policy"),
+                "switchctl never pulls during a deploy (it builds or uses the image on the host); remove `pull_policy: always`".into(),
             ));
         }
-        let command = match def.get("command") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(
-                interpolate(s, &vars)
-                    .map_err(|m| err(at("command"), m))?
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect(),
-            ),
-            Some(_) => Some(strings("command")?),
-        };
-        let port = container_port(&strings("ports")?, &strings("expose")?).map_err(|m| err(at("ports"), m))?;
-        let docker_healthcheck = match def.get("healthcheck") {
-            Some(Value::Mapping(h)) => Some(healthcheck(h, &vars).map_err(|m| err(at("healthcheck"), m))?),
-            None | Some(Value::Null) => None,
-            Some(_) => return Err(err(at("healthcheck"), "must be a mapping".into())),
-        };
-        let base = declared.iter().find(|s| s.name == name);
+        match def.get("extra_hosts") {
+            None | Some(Value::Null) => {}
+            Some(v) => match key_values(v, "extra_hosts", None) {
+                Ok(h) => {
+                    compose.extra_hosts = h
+                        .into_iter()
+                        .map(|(host, ip)| format!("{host}:{}", ip.trim_start_matches('=')))
+                        .collect()
+                }
+                Err(_) => match strings(Some(v), "extra_hosts") {
+                    Ok(h) => compose.extra_hosts = h.into_iter().map(|h| h.replacen('=', ":", 1)).collect(),
+                    Err(m) => errors.push(self.err(at("extra_hosts"), m)),
+                },
+            },
+        }
+        match def.get("logging") {
+            None | Some(Value::Null) => {}
+            Some(v) => match logging(v) {
+                Ok(l) => compose.logging = Some(l),
+                Err(m) => errors.push(self.err(at("logging"), m)),
+            },
+        }
+        match def.get("build") {
+            None | Some(Value::Null) => {}
+            Some(v) => match self.build(v) {
+                Ok(b) => compose.build = Some(b),
+                Err((key, m)) => errors.push(self.err(at(&key), m)),
+            },
+        }
+        match def.get("depends_on") {
+            None | Some(Value::Null) => {}
+            Some(v) => match self.depends_on(v) {
+                Ok(d) => compose.depends_on = d,
+                Err(m) => errors.push(self.err(at("depends_on"), m)),
+            },
+        }
+
+        let mut label_routes = Vec::new();
+        let mut acme_hosts = Vec::new();
+        if switched && self.routes_from_labels {
+            match routes_from_labels(&compose.labels) {
+                Ok(r) => {
+                    port = port.or(r.port);
+                    acme_hosts = r.acme_hosts;
+                    label_routes = r
+                        .routes
+                        .into_iter()
+                        .map(|r| RouteConfig {
+                            hosts: r.hosts,
+                            path_prefix: r.path_prefix,
+                            strip_prefix: r.strip_prefix,
+                        })
+                        .collect();
+                }
+                Err(e) => errors.push(self.err(at("labels"), e.to_string())),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         let mut service = ServiceConfig {
-            name: name.clone(),
             image,
             port,
             command,
-            cwd: None,
             env,
-            env_file: env_files
-                .first()
-                .map(|f| path.parent().unwrap_or(Path::new(".")).join(f)),
-            volumes: strings("volumes")?
-                .into_iter()
-                .map(|v| resolve_bind_source(&v, path.parent().unwrap_or(Path::new("."))))
-                .collect(),
-            networks: strings("networks")?,
-            health: HealthConfig::default(),
-            route: RouteConfig::default(),
+            volumes,
+            networks: network_names,
             docker_healthcheck,
+            compose: Some(compose),
+            label_routes,
+            ..ServiceConfig::named(name)
         };
         if let Some(b) = base {
-            service.image = b.image.clone().or(service.image);
             service.port = b.port.or(service.port);
             service.command = b.command.clone().or(service.command);
             service.cwd = b.cwd.clone();
             service.env.extend(b.env.clone());
-            service.env_file = b.env_file.clone().or(service.env_file);
+            service.env_file = b.env_file.clone();
             service.volumes.extend(b.volumes.iter().cloned());
             service.networks.extend(b.networks.iter().cloned());
             service.health = b.health.clone();
             service.route = b.route.clone();
         }
-        out.push(service);
+        service.health.wait_for_docker_starting = false;
+        Ok(Read {
+            service,
+            networks,
+            acme_hosts,
+        })
+    }
+
+    /// Interpolate every string in `v` (keys are left as they are).
+    fn interpolate_value(&self, v: &Value) -> Result<Value, String> {
+        Ok(match v {
+            Value::String(s) => Value::String(interpolate(s, self.vars)?),
+            Value::Sequence(items) => Value::Sequence(
+                items
+                    .iter()
+                    .map(|i| self.interpolate_value(i))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Mapping(m) => Value::Mapping(
+                m.iter()
+                    .map(|(k, v)| Ok((k.clone(), self.interpolate_value(v)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    /// `env_file:` (a path, a list of paths, or `{path, required}` items),
+    /// relative to the Compose file.
+    fn env_files(&self, v: &Value) -> Result<Vec<(String, String)>, String> {
+        let items: Vec<Value> = match v {
+            Value::Sequence(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        let mut vars = Vec::new();
+        for item in items {
+            let (file, required) = match &item {
+                Value::String(s) => (s.clone(), true),
+                Value::Mapping(m) => (
+                    m.get("path")
+                        .and_then(Value::as_str)
+                        .ok_or("long syntax needs `path`")?
+                        .to_string(),
+                    m.get("required").and_then(Value::as_bool).unwrap_or(true),
+                ),
+                _ => return Err("must be a path or a list of paths".into()),
+            };
+            let p = join_relative(self.dir, Path::new(&file));
+            if !required && !p.exists() {
+                continue;
+            }
+            vars.extend(read_env_file(&p)?);
+        }
+        Ok(vars)
+    }
+
+    /// `volumes:` as `source:target[:mode]`, with named volumes as Compose
+    /// names them and relative binds from the Compose file's directory.
+    fn volumes(&self, v: Option<&Value>) -> Result<Vec<String>, String> {
+        let Some(Value::Sequence(items)) = v else {
+            return match v {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                _ => Err("must be a list".into()),
+            };
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let (source, target, ro) = match item {
+                Value::String(s) => {
+                    let parts: Vec<&str> = s.split(':').collect();
+                    match parts.as_slice() {
+                        [target] => (None, target.to_string(), None),
+                        [src, target] => (Some(src.to_string()), target.to_string(), None),
+                        [src, target, mode] => (Some(src.to_string()), target.to_string(), Some(mode.to_string())),
+                        _ => return Err(format!("cannot read volume {s:?}")),
+                    }
+                }
+                Value::Mapping(m) => {
+                    for k in m.keys().filter_map(Value::as_str) {
+                        if !["type", "source", "target", "read_only"].contains(&k) {
+                            return Err(format!("volume key `{k}` is not supported"));
+                        }
+                    }
+                    let kind = m.get("type").and_then(Value::as_str).unwrap_or("volume");
+                    if kind != "volume" && kind != "bind" {
+                        return Err(format!("volume type `{kind}` is not supported (volume and bind are)"));
+                    }
+                    let target = m
+                        .get("target")
+                        .and_then(Value::as_str)
+                        .ok_or("a volume needs `target`")?;
+                    let ro = (m.get("read_only").and_then(Value::as_bool) == Some(true)).then(|| "ro".to_string());
+                    (
+                        m.get("source").and_then(Value::as_str).map(String::from),
+                        target.to_string(),
+                        ro,
+                    )
+                }
+                _ => return Err("items must be strings or mappings".into()),
+            };
+            let Some(source) = source else {
+                // An anonymous volume.
+                out.push(target);
+                continue;
+            };
+            let source = if source.starts_with('.') || source.starts_with('~') {
+                join_relative(self.dir, Path::new(&source)).display().to_string()
+            } else if source.starts_with('/') {
+                source
+            } else {
+                let def = self.doc.get("volumes").and_then(|v| v.get(source.as_str()));
+                let external = def.and_then(|d| d.get("external")).and_then(Value::as_bool) == Some(true);
+                let name = def.and_then(|d| d.get("name")).and_then(Value::as_str);
+                if self.doc.get("volumes").is_some() && def.is_none() {
+                    return Err(format!(
+                        "named volume {source:?} is not declared under the top-level `volumes:`"
+                    ));
+                }
+                network_name(self.project, &source, external, name)
+            };
+            out.push(match ro {
+                Some(mode) => format!("{source}:{target}:{mode}"),
+                None => format!("{source}:{target}"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// `networks:` (a list, or a mapping with empty values) as engine names,
+    /// and how each is created. No `networks:` means Compose's `default`.
+    fn networks(&self, v: Option<&Value>) -> Result<(Vec<String>, Vec<NetworkSpec>), String> {
+        let keys: Vec<String> = match v {
+            None | Some(Value::Null) => vec!["default".into()],
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(String::from).ok_or("items must be strings".to_string()))
+                .collect::<Result<_, _>>()?,
+            Some(Value::Mapping(m)) => {
+                let mut keys = Vec::new();
+                for (k, v) in m {
+                    let k = k.as_str().ok_or("keys must be strings")?;
+                    match v {
+                        Value::Null => {}
+                        Value::Mapping(o) if o.is_empty() => {}
+                        Value::Mapping(o) => {
+                            let what: Vec<&str> = o.keys().filter_map(Value::as_str).collect();
+                            return Err(format!(
+                                "network {k}: {} cannot be honoured (both colors would share them); remove them",
+                                what.join(", ")
+                            ));
+                        }
+                        _ => return Err(format!("network {k}: must be empty or a mapping")),
+                    }
+                    keys.push(k.to_string());
+                }
+                keys
+            }
+            Some(_) => return Err("must be a list or a mapping".into()),
+        };
+        let top = self.doc.get("networks");
+        let mut names = Vec::new();
+        let mut specs = Vec::new();
+        for key in keys {
+            let def = top.and_then(|t| t.get(key.as_str()));
+            if def.is_none() && key != "default" {
+                return Err(format!(
+                    "network {key:?} is not declared under the top-level `networks:`"
+                ));
+            }
+            let external = match def.and_then(|d| d.get("external")) {
+                Some(Value::Bool(b)) => *b,
+                // Compose's old form: `external: {name: x}`.
+                Some(Value::Mapping(_)) => true,
+                _ => false,
+            };
+            let name = def
+                .and_then(|d| d.get("name"))
+                .or_else(|| def.and_then(|d| d.get("external")).and_then(|e| e.get("name")))
+                .and_then(Value::as_str)
+                .map(|n| interpolate(n, self.env))
+                .transpose()?;
+            let driver = def
+                .and_then(|d| d.get("driver"))
+                .and_then(Value::as_str)
+                .map(String::from);
+            let name = network_name(self.project, &key, external, name.as_deref());
+            names.push(name.clone());
+            specs.push(NetworkSpec {
+                key,
+                name,
+                external,
+                driver,
+            });
+        }
+        Ok((names, specs))
+    }
+
+    /// `build:` (a context path, or the long form).
+    fn build(&self, v: &Value) -> Result<BuildSpec, (String, String)> {
+        let e = |k: &str, m: String| (format!("build.{k}"), m);
+        let mut spec = BuildSpec {
+            dockerfile: "Dockerfile".into(),
+            ..Default::default()
+        };
+        let context = match v {
+            Value::String(s) => s.clone(),
+            Value::Mapping(m) => {
+                for key in m.keys().filter_map(Value::as_str) {
+                    match key {
+                        "context" | "dockerfile" | "args" | "target" | "labels" => {}
+                        // Speed only: what is built is the same.
+                        "cache_from" => {}
+                        "pull" if m.get("pull") != Some(&Value::Bool(true)) => {}
+                        other => {
+                            return Err(e(
+                                other,
+                                format!("switchctl builds with context, dockerfile, args, target and labels; it cannot honour `build.{other}`: remove it or build the image yourself before the deploy"),
+                            ))
+                        }
+                    }
+                }
+                if let Some(d) = m.get("dockerfile") {
+                    spec.dockerfile = d
+                        .as_str()
+                        .ok_or_else(|| e("dockerfile", "must be a string".into()))?
+                        .into();
+                }
+                if let Some(t) = m.get("target") {
+                    spec.target = Some(t.as_str().ok_or_else(|| e("target", "must be a string".into()))?.into());
+                }
+                if let Some(a) = m.get("args") {
+                    spec.args = key_values(a, "args", Some(self.env)).map_err(|m| e("args", m))?;
+                }
+                if let Some(l) = m.get("labels") {
+                    spec.labels = key_values(l, "labels", None).map_err(|m| e("labels", m))?;
+                }
+                m.get("context").and_then(Value::as_str).unwrap_or(".").to_string()
+            }
+            _ => return Err(e("", "must be a path or a mapping".into())),
+        };
+        if context.contains("://") || context.starts_with("git@") {
+            return Err(e(
+                "context",
+                "a remote build context cannot be used; check it out on the host".into(),
+            ));
+        }
+        spec.context = join_relative(self.dir, Path::new(&context));
+        Ok(spec)
+    }
+
+    /// `depends_on:` (a list, or a mapping with conditions).
+    fn depends_on(&self, v: &Value) -> Result<Vec<Dependency>, String> {
+        let services = self.doc.get("services");
+        let container_name = |s: &str| {
+            services
+                .and_then(|all| all.get(s))
+                .and_then(|d| d.get("container_name"))
+                .and_then(Value::as_str)
+                .and_then(|n| interpolate(n, self.env).ok())
+        };
+        let mut out = Vec::new();
+        let mut add = |service: &str, condition: Condition, required: bool| -> Result<(), String> {
+            if services.and_then(|all| all.get(service)).is_none() {
+                return Err(format!("{service:?} is not a service of the Compose file"));
+            }
+            out.push(Dependency {
+                service: service.to_string(),
+                condition,
+                container_name: container_name(service),
+                required,
+            });
+            Ok(())
+        };
+        match v {
+            Value::Sequence(items) => {
+                for i in items {
+                    add(i.as_str().ok_or("items must be strings")?, Condition::Started, true)?;
+                }
+            }
+            Value::Mapping(m) => {
+                for (k, d) in m {
+                    let service = k.as_str().ok_or("keys must be strings")?;
+                    let condition = match d.get("condition").and_then(Value::as_str) {
+                        None | Some("service_started") => Condition::Started,
+                        Some("service_healthy") => Condition::Healthy,
+                        Some("service_completed_successfully") => Condition::CompletedSuccessfully,
+                        Some(other) => return Err(format!("{service}: unknown condition {other:?}")),
+                    };
+                    let required = d.get("required").and_then(Value::as_bool).unwrap_or(true);
+                    add(service, condition, required)?;
+                }
+            }
+            _ => return Err("must be a list or a mapping".into()),
+        }
+        Ok(out)
+    }
+}
+
+/// The raw (not interpolated) value of `services.<name>.<key>`.
+fn def_get_raw(doc: &Value, name: &str, key: &str) -> Option<Value> {
+    doc.get("services")?.get(name)?.get(key).cloned()
+}
+
+/// A list of strings (numbers allowed), or one string.
+fn strings(v: Option<&Value>, what: &str) -> Result<Vec<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Number(n)) => Ok(vec![n.to_string()]),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                Value::Mapping(m) if what == "ports" => m
+                    .get("target")
+                    .and_then(Value::as_u64)
+                    .map(|t| t.to_string())
+                    .ok_or_else(|| "a long-syntax port needs `target`".to_string()),
+                _ => Err(format!("{what}: items must be strings")),
+            })
+            .collect(),
+        Some(_) => Err(format!("{what}: must be a string or a list")),
+    }
+}
+
+/// `command:` / `entrypoint:`: a list, or a string split as a shell would
+/// split words (quotes respected).
+fn command(v: Option<&Value>) -> Result<Option<Vec<String>>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => shell_words(s).map(Some),
+        Some(other) => strings(Some(other), "command").map(Some),
+    }
+}
+
+/// Split `s` into words: whitespace separates, quotes group, `\` escapes.
+fn shell_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') | (None, '\\') => {
+                if let Some(n) = chars.next() {
+                    word.push(n);
+                }
+                in_word = true;
+            }
+            (Some(_), c) => word.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("unclosed quote in {s:?}"));
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// A mapping or a `KEY=value` list. With `lookup`, a key without a value
+/// takes it from the environment (as `environment: [KEY]` does).
+fn key_values(v: &Value, what: &str, lookup: Option<&dyn Vars>) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let scalar = |v: &Value| -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    };
+    match v {
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                let k = k.as_str().ok_or(format!("{what}: keys must be strings"))?;
+                let v = match v {
+                    Value::Null => match lookup.and_then(|l| l.get(k)) {
+                        Some(v) => v,
+                        None => continue,
+                    },
+                    v => scalar(v).ok_or(format!("{what}.{k}: must be a string, number or boolean"))?,
+                };
+                out.insert(k.to_string(), v);
+            }
+        }
+        Value::Sequence(items) => {
+            for item in items {
+                let item = item.as_str().ok_or(format!("{what}: items must be strings"))?;
+                match item.split_once('=') {
+                    Some((k, v)) => {
+                        out.insert(k.to_string(), v.to_string());
+                    }
+                    None => {
+                        if let Some(v) = lookup.and_then(|l| l.get(item)) {
+                            out.insert(item.to_string(), v);
+                        }
+                    }
+                }
+            }
+        }
+        _ => return Err(format!("{what}: must be a mapping or a list")),
     }
     Ok(out)
 }
 
-/// A relative bind source (`./data:/data`) is relative to the Compose file.
-fn resolve_bind_source(volume: &str, dir: &Path) -> String {
-    match volume.split_once(':') {
-        Some((src, rest)) if src.starts_with('.') => format!("{}:{rest}", join_relative(dir, Path::new(src)).display()),
-        _ => volume.to_string(),
+fn logging(v: &Value) -> Result<Logging, String> {
+    let m = v.as_mapping().ok_or("must be a mapping")?;
+    for k in m.keys().filter_map(Value::as_str) {
+        if k != "driver" && k != "options" {
+            return Err(format!("logging key `{k}` is not supported"));
+        }
     }
+    Ok(Logging {
+        driver: m.get("driver").and_then(Value::as_str).map(String::from),
+        options: match m.get("options") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(o) => key_values(o, "logging.options", None)?,
+        },
+    })
 }
 
-/// `repo:${TAG}` becomes `repo` (switchctl appends the deployed tag).
-fn untag(image: &str) -> Result<String, String> {
-    if let Some(base) = image.strip_suffix(":${TAG}").or_else(|| image.strip_suffix(":$TAG")) {
-        return Ok(base.to_string());
-    }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') || image.contains('@') {
-        return Err(format!(
-            "image {image:?} pins a tag; write it as \"{}:${{TAG}}\" so switchctl can deploy any tag",
-            image.rsplit_once(':').map_or(image, |(b, _)| b)
-        ));
-    }
-    Ok(image.to_string())
+/// A Compose duration: `1m30s`, `10s`, `500ms`, `1h`.
+fn compose_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration ({e})"))
 }
 
 /// The container port: from `ports` ("8080:8000", "8000", "127.0.0.1:8080:8000/tcp") or `expose`.
@@ -252,9 +1205,25 @@ fn container_port(ports: &[String], expose: &[String]) -> Result<Option<u16>, St
         .map_err(|_| format!("cannot read a container port from {spec:?}"))
 }
 
-fn healthcheck(h: &serde_norway::Mapping, vars: &impl Fn(&str) -> Option<String>) -> Result<DockerHealthcheck, String> {
+fn healthcheck(h: &Mapping) -> Result<DockerHealthcheck, String> {
+    for key in h.keys().filter_map(Value::as_str) {
+        if ![
+            "test",
+            "interval",
+            "timeout",
+            "retries",
+            "start_period",
+            "start_interval",
+            "disable",
+        ]
+        .contains(&key)
+        {
+            return Err(format!("healthcheck key `{key}` is not supported"));
+        }
+    }
     let test = match h.get("test") {
-        Some(Value::String(s)) => vec!["CMD-SHELL".to_string(), interpolate(s, vars)?],
+        _ if h.get("disable").and_then(Value::as_bool) == Some(true) => vec!["NONE".into()],
+        Some(Value::String(s)) => vec!["CMD-SHELL".to_string(), s.clone()],
         Some(Value::Sequence(items)) => items
             .iter()
             .map(|v| {
@@ -263,110 +1232,300 @@ fn healthcheck(h: &serde_norway::Mapping, vars: &impl Fn(&str) -> Option<String>
                     .ok_or("test items must be strings".to_string())
             })
             .collect::<Result<_, _>>()?,
-        None if h.get("disable").and_then(Value::as_bool) == Some(true) => vec!["NONE".into()],
         _ => return Err("needs `test`".into()),
     };
     let dur = |key: &str| -> Result<Option<Duration>, String> {
         match h.get(key).and_then(Value::as_str) {
             None => Ok(None),
-            Some(s) => humantime::parse_duration(s)
-                .map(Some)
-                .map_err(|e| format!("{key}: {s:?} is not a duration ({e})")),
+            Some(s) => compose_duration(s).map(Some).map_err(|e| format!("{key}: {e}")),
         }
     };
-    for key in h.keys().filter_map(Value::as_str) {
-        if !["test", "interval", "timeout", "retries", "start_period", "disable"].contains(&key) {
-            return Err(format!("healthcheck key `{key}` is not supported"));
-        }
-    }
     Ok(DockerHealthcheck {
         test,
         interval: dur("interval")?,
         timeout: dur("timeout")?,
-        retries: h.get("retries").and_then(Value::as_u64).map(|r| r as u32),
+        retries: match h.get("retries") {
+            None => None,
+            Some(r) => Some(
+                r.as_u64()
+                    .or_else(|| r.as_str().and_then(|s| s.parse().ok()))
+                    .and_then(|r| u32::try_from(r).ok())
+                    .ok_or("retries: must be a number")?,
+            ),
+        },
         start_period: dur("start_period")?,
     })
 }
 
-/// Resolve `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}` and `$$`.
-/// `${TAG}` is left for the deploy to fill in.
-fn interpolate(s: &str, vars: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i + 1..];
-        if let Some(r) = rest.strip_prefix('$') {
-            out.push('$');
-            rest = r;
-        } else if let Some(r) = rest.strip_prefix('{') {
-            let end = r.find('}').ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
-            let expr = &r[..end];
-            rest = &r[end + 1..];
-            let (name, default) = match expr.split_once(":-").or_else(|| expr.split_once('-')) {
-                Some((n, d)) => (n, Some(d)),
-                None => (expr, None),
-            };
-            if name == "TAG" {
-                out.push_str("${TAG}");
-                continue;
-            }
-            match (vars(name).filter(|v| !v.is_empty() || !expr.contains(":-")), default) {
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
-                (None, None) => return Err(format!("variable {name} is not set (in {s:?})")),
-            }
-        } else {
-            let len = rest
-                .bytes()
-                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
-                .count();
-            let name = &rest[..len];
-            rest = &rest[len..];
-            if name == "TAG" {
-                out.push_str("${TAG}");
-            } else {
-                out.push_str(&vars(name).ok_or_else(|| format!("variable {name} is not set (in {s:?})"))?);
-            }
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
+/// Every Compose service key and its treatment, for docs and tests.
+pub fn key_treatments() -> impl Iterator<Item = (&'static str, bool)> {
+    KEYS.iter().map(|(k, t)| (*k, *t == Treatment::Honoured))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn vars(name: &str) -> Option<String> {
-        match name {
-            "REGISTRY" => Some("reg.example.com".into()),
-            "EMPTY" => Some(String::new()),
-            _ => None,
+    /// Write `files` into a temp dir and load its switchctl.toml.
+    fn load(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let c = Config::load(&dir.path().join("switchctl.toml"));
+        (dir, c)
+    }
+
+    const STACK: &str = r#"
+name: ignored-when-project-is-set
+services:
+  postgres:
+    image: postgres:16
+    container_name: app-prod-postgres
+    restart: unless-stopped
+    healthcheck: {test: ["CMD", "pg_isready"], interval: 10s}
+  api:
+    container_name: app-prod-api
+    build:
+      context: ./api
+      args: {APP_VERSION: "${API_IMAGE_TAG:-latest}", PIP_INDEX: "${PIP_INDEX:-pypi}"}
+    image: app-api:${API_IMAGE_TAG:-latest}
+    command: uvicorn app.main:app --host 0.0.0.0 --port 8000 --proxy-headers
+    env_file: [.env.production]
+    environment:
+      DATABASE_URL: postgresql://${DB_USER}:${DB_PASSWORD}@postgres/app
+    depends_on:
+      postgres: {condition: service_healthy}
+    healthcheck:
+      test: ["CMD", "curl", "-f", "http://localhost:8000/health"]
+      interval: 60s
+      start_period: 60s
+    stop_grace_period: 1m30s
+    networks: [app-prod-network, traefik-public]
+    restart: unless-stopped
+    labels:
+      - traefik.enable=true
+      - traefik.http.routers.api.rule=Host(`app.example.org`) && PathPrefix(`/api`)
+      - traefik.http.routers.api.entrypoints=websecure
+      - traefik.http.routers.api.tls.certresolver=letsencrypt
+      - traefik.http.routers.api.middlewares=api-strip
+      - traefik.http.middlewares.api-strip.stripprefix.prefixes=/api
+      - traefik.http.services.api.loadbalancer.server.port=8000
+  api-migrations:
+    build: {context: ./api, dockerfile: Dockerfile.migrations}
+    image: app-api-migrations:${API_IMAGE_TAG:-latest}
+    command: alembic upgrade head
+    env_file: [.env.production]
+    networks: [app-prod-network]
+    volumes: [migrations:/state]
+    restart: "no"
+networks:
+  app-prod-network: {driver: bridge}
+  traefik-public: {external: true}
+volumes:
+  migrations: {}
+"#;
+
+    const ENV: &str = "DB_USER=app\nDB_PASSWORD=secret\nAPI_IMAGE_TAG=v1\n";
+
+    const TOML: &str = r#"
+driver = "docker"
+state_dir = "state"
+[compose]
+file = "docker-compose.prod.yml"
+project = "app-prod"
+env_files = [".env.production"]
+services = ["api"]
+routes_from_labels = true
+[[hook]]
+when = "before_flip"
+service = "api-migrations"
+"#;
+
+    #[test]
+    fn the_issue_stack_loads_unchanged() {
+        let (dir, c) = load(&[
+            ("switchctl.toml", TOML),
+            ("docker-compose.prod.yml", STACK),
+            (".env.production", ENV),
+        ]);
+        let c = c.unwrap();
+        assert_eq!(c.state_dir, dir.path().join("state"), "relative to the config");
+        let project = c.project.as_ref().unwrap();
+        assert_eq!(project.name, "app-prod");
+        assert_eq!(c.services.len(), 1);
+        let api = &c.services[0];
+        assert_eq!(api.image.as_deref(), Some("app-api"));
+        assert_eq!(api.port, Some(8000), "from loadbalancer.server.port");
+        assert_eq!(api.command.as_ref().unwrap()[0], "uvicorn");
+        assert_eq!(api.env["DATABASE_URL"], "postgresql://app:secret@postgres/app");
+        assert_eq!(api.env["DB_USER"], "app", "env_file values are the service's env");
+        assert_eq!(api.networks, ["app-prod_app-prod-network", "traefik-public"]);
+        let routes = api.routes();
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].hosts, ["app.example.org"]);
+        assert_eq!(routes[0].path_prefix, "/api");
+        assert!(routes[0].strip_prefix);
+        let compose = api.compose.as_ref().unwrap();
+        assert_eq!(compose.tag_variable.as_deref(), Some("API_IMAGE_TAG"));
+        let build = compose.build.as_ref().unwrap();
+        assert_eq!(build.context, dir.path().join("api"));
+        assert_eq!(build.args["APP_VERSION"], "{tag}", "the tag variable is the deploy tag");
+        assert_eq!(build.args["PIP_INDEX"], "pypi");
+        assert_eq!(compose.depends_on[0].service, "postgres");
+        assert_eq!(compose.depends_on[0].condition, Condition::Healthy);
+        assert_eq!(
+            compose.depends_on[0].container_name.as_deref(),
+            Some("app-prod-postgres")
+        );
+        assert_eq!(compose.stop_grace_period, Some(Duration::from_secs(90)));
+        assert_eq!(api.stop_timeout(&c), Duration::from_secs(90));
+        assert_eq!(
+            api.docker_healthcheck.as_ref().unwrap().start_period,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(project.acme_hosts, ["app.example.org"]);
+        assert_eq!(
+            c.acme_domains(),
+            Vec::<String>::new(),
+            "no ACME without [proxy.tls.acme]"
+        );
+        let migrations = project.task("api-migrations").unwrap();
+        assert_eq!(migrations.image.as_deref(), Some("app-api-migrations"));
+        assert_eq!(migrations.volumes, ["app-prod_migrations:/state"]);
+        assert_eq!(
+            migrations.compose.as_ref().unwrap().build.as_ref().unwrap().dockerfile,
+            "Dockerfile.migrations"
+        );
+        let external = project.network("traefik-public").unwrap();
+        assert!(external.external);
+        let own = project.network("app-prod_app-prod-network").unwrap();
+        assert_eq!(own.driver.as_deref(), Some("bridge"));
+    }
+
+    #[test]
+    fn certresolver_hosts_are_acme_domains_once_tls_is_on() {
+        let toml = format!(
+            "{TOML}\n[proxy.tls]\nlisten = [\"127.0.0.1:8443\"]\n[proxy.tls.acme]\ncontact = \"mailto:ops@example.org\"\n"
+        );
+        let (_dir, c) = load(&[
+            ("switchctl.toml", &toml),
+            ("docker-compose.prod.yml", STACK),
+            (".env.production", ENV),
+        ]);
+        assert_eq!(c.unwrap().acme_domains(), ["app.example.org"]);
+    }
+
+    #[test]
+    fn the_shorthand_still_works_and_the_project_defaults_to_the_file_name() {
+        let compose = "name: shop\nservices:\n  web:\n    image: web:${TAG}\n    expose: [\"3000\"]\n";
+        let (_dir, c) = load(&[
+            ("switchctl.toml", "compose = \"docker-compose.yml\"\n"),
+            ("docker-compose.yml", compose),
+        ]);
+        let c = c.unwrap();
+        assert_eq!(c.project.as_ref().unwrap().name, "shop");
+        assert_eq!(c.services[0].image.as_deref(), Some("web"));
+        assert_eq!(c.services[0].port, Some(3000));
+        assert_eq!(c.services[0].networks, ["shop_default"], "Compose's default network");
+    }
+
+    #[test]
+    fn a_fixed_tag_says_how_to_fix_it_and_an_override_fixes_it() {
+        let compose = "services:\n  web:\n    image: web:1.2\n    expose: [\"3000\"]\n";
+        let (_dir, c) = load(&[
+            ("switchctl.toml", "compose = \"docker-compose.yml\"\n"),
+            ("docker-compose.yml", compose),
+        ]);
+        let e = c.unwrap_err().to_string();
+        assert!(e.contains("fixed tag") && e.contains("image = \"web\""), "{e}");
+        let (_dir, c) = load(&[
+            (
+                "switchctl.toml",
+                "compose = \"docker-compose.yml\"\n[[service]]\nname = \"web\"\nimage = \"web\"\n",
+            ),
+            ("docker-compose.yml", compose),
+        ]);
+        assert_eq!(c.unwrap().services[0].image.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_one_run() {
+        let compose = r#"
+services:
+  web:
+    image: web:1.2
+    privileged: true
+    networks: [nowhere]
+    labels: ["traefik.http.routers.w.rule=Method(`GET`)"]
+    stop_grace_period: soon
+"#;
+        let toml = "[compose]\nfile = \"docker-compose.yml\"\nproject = \"p\"\nroutes_from_labels = true\n\
+                    [[hook]]\nwhen = \"before_flip\"\ncommand = []\n";
+        let (_dir, c) = load(&[("switchctl.toml", toml), ("docker-compose.yml", compose)]);
+        let e = c.unwrap_err().to_string();
+        for part in [
+            "services.web.image",
+            "services.web.privileged",
+            "services.web.networks",
+            "services.web.labels",
+            "services.web.stop_grace_period",
+            "hook[0] (before_flip).command",
+        ] {
+            assert!(e.contains(part), "{part} missing from:\n{e}");
         }
     }
 
     #[test]
-    fn variables_resolve_and_tag_is_kept_for_the_deploy() {
-        assert_eq!(
-            interpolate("${REGISTRY}/api:${TAG}", &vars).unwrap(),
-            "reg.example.com/api:${TAG}"
-        );
-        assert_eq!(interpolate("$REGISTRY/x", &vars).unwrap(), "reg.example.com/x");
-        assert_eq!(interpolate("${NOPE:-d}", &vars).unwrap(), "d");
-        assert_eq!(interpolate("${EMPTY:-d}", &vars).unwrap(), "d");
-        assert_eq!(interpolate("$$HOME", &vars).unwrap(), "$HOME");
-        assert!(interpolate("${NOPE}", &vars).unwrap_err().contains("NOPE is not set"));
+    fn a_typo_in_the_compose_table_is_named() {
+        let (_dir, c) = load(&[("switchctl.toml", "[compose]\nfile = \"x.yml\"\nservice = [\"a\"]\n")]);
+        let e = c.unwrap_err().to_string();
+        assert!(e.contains("unknown field `service`"), "{e}");
     }
 
     #[test]
-    fn images_must_leave_the_tag_to_switchctl() {
+    fn env_files_feed_interpolation_and_the_project_name() {
+        let compose = "services:\n  web:\n    image: ${REG}/web:${WEB_TAG:-latest}\n    expose: [\"80\"]\n";
+        let (_dir, c) = load(&[
+            (
+                "switchctl.toml",
+                "[compose]\nfile = \"docker-compose.yml\"\nenv_files = [\"a.env\", \"b.env\"]\n",
+            ),
+            ("docker-compose.yml", compose),
+            ("a.env", "REG=one.example\nCOMPOSE_PROJECT_NAME=from-env-file\n"),
+            ("b.env", "REG=two.example\n"),
+        ]);
+        let c = c.unwrap();
+        assert_eq!(c.services[0].image.as_deref(), Some("two.example/web"));
+        assert_eq!(c.project.as_ref().unwrap().name, "from-env-file");
+        let (_dir, c) = load(&[
+            (
+                "switchctl.toml",
+                "[compose]\nfile = \"docker-compose.yml\"\nenv_files = [\"missing.env\"]\n",
+            ),
+            ("docker-compose.yml", compose),
+        ]);
+        assert!(c.unwrap_err().to_string().contains("missing.env"));
+    }
+
+    #[test]
+    fn a_hook_service_must_exist() {
+        let compose = "services:\n  web:\n    image: web:${T}\n    expose: [\"80\"]\n";
+        let toml = "compose = \"docker-compose.yml\"\n[[hook]]\nwhen = \"before_flip\"\nservice = \"nope\"\n";
+        let (_dir, c) = load(&[("switchctl.toml", toml), ("docker-compose.yml", compose)]);
+        let e = c.unwrap_err().to_string();
+        assert!(e.contains("hook[0]") && e.contains("\"nope\""), "{e}");
+    }
+
+    #[test]
+    fn commands_split_like_a_shell() {
         assert_eq!(
-            untag("reg.example.com:5000/api:${TAG}").unwrap(),
-            "reg.example.com:5000/api"
+            shell_words(r#"sh -c "echo 'a b' && exit 1" x\ y"#).unwrap(),
+            ["sh", "-c", "echo 'a b' && exit 1", "x y"]
         );
-        assert_eq!(untag("reg.example.com:5000/api").unwrap(), "reg.example.com:5000/api");
-        assert!(untag("api:1.2").unwrap_err().contains("api:${TAG}"));
+        assert!(shell_words("a 'b").is_err());
     }
 
     #[test]
@@ -377,75 +1536,5 @@ mod tests {
         );
         assert_eq!(container_port(&[], &["3000".into()]).unwrap(), Some(3000));
         assert_eq!(container_port(&[], &[]).unwrap(), None);
-    }
-
-    #[test]
-    fn unsupported_keys_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("docker-compose.yml");
-        std::fs::write(&p, "services:\n  web:\n    image: app:${TAG}\n    build: .\n").unwrap();
-        let e = import(&p, &[]).unwrap_err().to_string();
-        assert!(e.contains("services.web.build") && e.contains("not supported"), "{e}");
-    }
-
-    #[test]
-    fn a_compose_service_is_imported_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(".env"), "DB_HOST=db.internal\n").unwrap();
-        let p = dir.path().join("docker-compose.yml");
-        std::fs::write(
-            &p,
-            r#"
-services:
-  web:
-    image: reg.example.com/web:${TAG}
-    command: ["./web", "--fast"]
-    environment:
-      DB: ${DB_HOST}
-      MODE: prod
-    env_file: .env.web
-    volumes: ["./data:/data:ro"]
-    networks: [backend]
-    ports: ["8080:8000"]
-    healthcheck:
-      test: ["CMD", "/app", "healthcheck"]
-      interval: 2s
-      retries: 3
-  db:
-    image: postgres
-"#,
-        )
-        .unwrap();
-        let declared = ServiceConfig {
-            name: "web".into(),
-            image: None,
-            port: None,
-            command: None,
-            cwd: None,
-            env: BTreeMap::new(),
-            env_file: None,
-            volumes: vec![],
-            networks: vec![],
-            health: HealthConfig {
-                path: "/up".into(),
-                ..HealthConfig::default()
-            },
-            route: RouteConfig::default(),
-            docker_healthcheck: None,
-        };
-        let s = import(&p, &[declared]).unwrap();
-        assert_eq!(s.len(), 1, "only the declared service is imported");
-        let web = &s[0];
-        assert_eq!(web.image.as_deref(), Some("reg.example.com/web"));
-        assert_eq!(web.port, Some(8000));
-        assert_eq!(web.command.as_deref().unwrap(), ["./web", "--fast"]);
-        assert_eq!(web.env["DB"], "db.internal");
-        assert_eq!(web.volumes, [format!("{}/data:/data:ro", dir.path().display())]);
-        assert_eq!(web.networks, ["backend"]);
-        assert_eq!(web.health.path, "/up");
-        let hc = web.docker_healthcheck.as_ref().unwrap();
-        assert_eq!(hc.test, ["CMD", "/app", "healthcheck"]);
-        assert_eq!(hc.interval, Some(Duration::from_secs(2)));
-        assert_eq!(hc.retries, Some(3));
     }
 }

@@ -7,11 +7,14 @@
 
 pub mod compose;
 pub mod env;
+pub mod interpolate;
 pub mod tls;
 mod validate;
 
 pub use env::{positive_seconds, read_env_file, seconds};
 pub use validate::{MAX_HEADER_BYTES, MAX_KEEP_IMAGES, MAX_WORKERS};
+
+pub mod traefik;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,9 +39,10 @@ pub struct Config {
     /// Where state, history and logs live.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// A Compose file to import services from.
+    /// A Compose file to import services from (`compose = "file"` or a
+    /// `[compose]` table).
     #[serde(default)]
-    pub compose: Option<PathBuf>,
+    pub compose: Option<compose::ComposeSection>,
     /// The data plane.
     #[serde(default)]
     pub proxy: ProxySection,
@@ -48,6 +52,13 @@ pub struct Config {
     /// The services deployed together.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// Commands or one-off containers run at points of a deploy.
+    #[serde(default, rename = "hook")]
+    pub hooks: Vec<HookConfig>,
+    /// What the Compose import found besides the switched services
+    /// (project, networks, hook services); `None` without Compose.
+    #[serde(skip)]
+    pub project: Option<compose::ComposeProject>,
     /// Where outcomes are sent (`[[notify]]`).
     #[serde(default)]
     pub notify: Vec<crate::notify::NotifyConfig>,
@@ -228,7 +239,7 @@ impl Default for DeploySection {
             timeout: Duration::from_secs(120),
             health_check_interval: Duration::from_secs(5),
             standby: StandbyPolicy::Keep,
-            keep_images: 3,
+            keep_images: 5,
             stop_timeout: Duration::from_secs(10),
             failover_to_standby: false,
             watch: None,
@@ -275,6 +286,109 @@ pub struct ServiceConfig {
     /// Docker: the image's own HEALTHCHECK (from Compose), if overridden.
     #[serde(skip)]
     pub docker_healthcheck: Option<DockerHealthcheck>,
+    /// What else the Compose file says about this service (build, labels,
+    /// dependencies...); `None` for a service of switchctl.toml only.
+    #[serde(skip)]
+    pub compose: Option<compose::ComposeService>,
+    /// Routes from Traefik labels, used when switchctl.toml sets no `route`.
+    #[serde(skip)]
+    pub label_routes: Vec<RouteConfig>,
+}
+
+impl ServiceConfig {
+    /// A service with `name` and every other field at its default.
+    pub fn named(name: &str) -> ServiceConfig {
+        ServiceConfig {
+            name: name.to_string(),
+            image: None,
+            port: None,
+            command: None,
+            cwd: None,
+            env: BTreeMap::new(),
+            env_file: None,
+            volumes: Vec::new(),
+            networks: Vec::new(),
+            health: HealthConfig::default(),
+            route: RouteConfig::default(),
+            docker_healthcheck: None,
+            compose: None,
+            label_routes: Vec::new(),
+        }
+    }
+
+    /// The routes of this service: its `route` when switchctl.toml sets one,
+    /// else those of its Traefik labels, else everything.
+    pub fn routes(&self) -> Vec<&RouteConfig> {
+        if self.route != RouteConfig::default() || self.label_routes.is_empty() {
+            vec![&self.route]
+        } else {
+            self.label_routes.iter().collect()
+        }
+    }
+
+    /// Time it gets between SIGTERM and SIGKILL: Compose's
+    /// `stop_grace_period`, else `[deploy] stop_timeout`.
+    pub fn stop_timeout(&self, config: &Config) -> Duration {
+        self.compose
+            .as_ref()
+            .and_then(|c| c.stop_grace_period)
+            .unwrap_or(config.deploy.stop_timeout)
+    }
+}
+
+/// When a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookWhen {
+    /// Before the new color starts (after its images are built).
+    BeforeStart,
+    /// After the new color is healthy, before traffic moves.
+    BeforeFlip,
+    /// After traffic moved to the new color.
+    AfterFlip,
+    /// After a deploy failed and was rolled back.
+    AfterFailure,
+    /// After `flip back` returned traffic to the standby.
+    AfterFlipBack,
+}
+
+impl HookWhen {
+    /// Its name in the config and in `SWITCHCTL_EVENT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookWhen::BeforeStart => "before_start",
+            HookWhen::BeforeFlip => "before_flip",
+            HookWhen::AfterFlip => "after_flip",
+            HookWhen::AfterFailure => "after_failure",
+            HookWhen::AfterFlipBack => "after_flip_back",
+        }
+    }
+
+    /// A failing `before_*` hook fails the deploy.
+    pub fn is_gate(self) -> bool {
+        matches!(self, HookWhen::BeforeStart | HookWhen::BeforeFlip)
+    }
+}
+
+/// `[[hook]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// When it runs.
+    pub when: HookWhen,
+    /// A one-off container of this Compose service, with the new tag.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Or a command on the host (argv; run in the config's directory).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Longest it may run.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// A health check imported from Compose, handed to Docker.
@@ -305,6 +419,12 @@ pub struct HealthConfig {
     pub healthy_threshold: u32,
     /// Exact status expected (default: any 2xx).
     pub expected_status: Option<u16>,
+    /// Whether a Docker HEALTHCHECK still `starting` holds the deploy back.
+    /// Not for Compose services: their checks are tuned for monitoring
+    /// (`interval: 60s`, `start_period: 60s`), so switchctl's own probe
+    /// decides, and only `unhealthy` fails the deploy.
+    #[serde(skip)]
+    pub wait_for_docker_starting: bool,
 }
 
 impl Default for HealthConfig {
@@ -314,6 +434,7 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(2),
             healthy_threshold: 1,
             expected_status: None,
+            wait_for_docker_starting: true,
         }
     }
 }
@@ -326,6 +447,8 @@ pub struct RouteConfig {
     pub hosts: Vec<String>,
     /// Path prefix.
     pub path_prefix: String,
+    /// Remove the prefix before the request goes upstream (`/api/x` → `/x`).
+    pub strip_prefix: bool,
 }
 
 impl Default for RouteConfig {
@@ -333,6 +456,7 @@ impl Default for RouteConfig {
         RouteConfig {
             hosts: Vec::new(),
             path_prefix: "/".into(),
+            strip_prefix: false,
         }
     }
 }
@@ -377,6 +501,20 @@ pub enum ConfigError {
         /// what is wrong and what to do
         message: String,
     },
+    /// Several problems, every one reported (`check` shows them all at once).
+    #[error("{} problems:\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// One error for `errors`: itself when there is one, `Many` otherwise.
+    pub fn from_many(mut errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Many(errors)),
+        }
+    }
 }
 
 impl Config {
@@ -399,23 +537,54 @@ impl Config {
 
     /// Read, parse, import Compose services, apply environment overrides and
     /// validate.
+    ///
+    /// The path is made absolute first, so that every relative path in the
+    /// file (state_dir, admin_socket, env files, the Compose file, process
+    /// cwd and command) means the same from any working directory, including
+    /// `--config switchctl.toml`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let path = &std::path::absolute(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         let mut config = Config::parse(path, &text)?;
-        if let Some(compose) = config.compose.clone() {
-            let compose = config.resolve(&compose);
-            let imported = compose::import(&compose, &config.services)?;
-            config.services = imported;
+        config.state_dir = config.resolve(&config.state_dir);
+        config.proxy.admin_socket = config.resolve(&config.proxy.admin_socket);
+        let mut errors = Vec::new();
+        if let Some(section) = config.compose.clone() {
+            match compose::import(&config, &section) {
+                Ok((services, project)) => {
+                    config.services = services;
+                    config.project = Some(project);
+                }
+                Err(e) => errors.push(e),
+            }
         }
-        config.apply_env(|k| std::env::var(k).ok())?;
+        if let Err(e) = config.apply_env(|k| std::env::var(k).ok()) {
+            errors.push(e);
+        }
         let base = config.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         for entry in &mut config.notify {
             entry.resolve_paths(&base);
         }
-        config.validate(&text)?;
+        // With a broken Compose import the services are not known: the rest
+        // of the file is still checked, so that one run shows everything.
+        let services_known = errors.is_empty();
+        if let Err(e) = config.validate(&text, services_known) {
+            errors.push(e);
+        }
+        let flat = errors
+            .into_iter()
+            .flat_map(|e| match e {
+                ConfigError::Many(v) => v,
+                one => vec![one],
+            })
+            .collect();
+        ConfigError::from_many(flat)?;
         Ok(config)
     }
 
@@ -444,7 +613,8 @@ impl Config {
 
     /// A path from the config, relative to the config file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        join_relative(self.path.parent().unwrap_or(Path::new(".")), p)
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
+        join_relative(dir.unwrap_or(Path::new(".")), p)
     }
 
     /// The service named `name`.
@@ -497,7 +667,7 @@ pub(crate) mod tests {
     /// Parse and validate `text` as `/etc/switchctl.toml`.
     pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
         let c = Config::parse(Path::new("/etc/switchctl.toml"), text)?;
-        c.validate(text)?;
+        c.validate(text, true)?;
         Ok(c)
     }
 

@@ -126,10 +126,17 @@ impl Config {
         };
         let named: Vec<String> = match &acme.domains {
             Some(domains) => domains.iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
+            // Hosts of Traefik routers with a certresolver (Compose labels)
+            // come first; every route (its own or its labels') follows.
             None => self
-                .services
+                .project
                 .iter()
-                .flat_map(|s| s.route.hosts.iter())
+                .flat_map(|p| p.acme_hosts.iter())
+                .chain(
+                    self.services
+                        .iter()
+                        .flat_map(|s| s.routes().into_iter().flat_map(|r| r.hosts.iter())),
+                )
                 .filter_map(|h| match HostPattern::parse(h) {
                     Ok(HostPattern::Exact(name)) => Some(name),
                     _ => None,

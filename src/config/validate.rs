@@ -19,54 +19,61 @@ pub const MAX_CONNECTIONS: usize = 1 << 24;
 pub const MAX_HEALTHY_THRESHOLD: u32 = 1000;
 
 impl Config {
-    pub(super) fn validate(&self, text: &str) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            path: self.path.clone(),
-            key,
-            message,
+    /// Every problem of the file, all reported at once. `services_known`:
+    /// false when the Compose import failed (its errors say why), so that
+    /// checks of the services are left out.
+    pub(super) fn validate(&self, text: &str, services_known: bool) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.check_bounds() {
+            errors.push(e);
+        }
+        let mut invalid = |key: String, message: String| {
+            errors.push(ConfigError::Invalid {
+                path: self.path.clone(),
+                key,
+                message,
+            })
         };
         if self.proxy.listen.is_empty() {
-            return Err(invalid("proxy.listen".into(), "needs at least one address".into()));
+            invalid("proxy.listen".into(), "needs at least one address".into());
         }
         for (i, cidr) in self.proxy.trusted_proxies.iter().enumerate() {
             if let Err(e) = cidr.parse::<switchctl_proxy::Cidr>() {
-                return Err(invalid(format!("proxy.trusted_proxies[{i}]"), e.to_string()));
+                invalid(format!("proxy.trusted_proxies[{i}]"), e.to_string());
             }
         }
         if let Some(tls) = &self.proxy.tls {
-            tls.check(self).map_err(|(key, message)| invalid(key, message))?;
+            if let Err((key, message)) = tls.check(self) {
+                invalid(key, message);
+            }
         }
-        if self.services.is_empty() {
-            return Err(invalid(
+        if self.services.is_empty() && services_known {
+            invalid(
                 "service".into(),
                 "no [[service]] defined (and no compose file): define at least one".into(),
-            ));
+            );
         }
         if self.deploy.health_check_interval.is_zero() {
-            return Err(invalid(
-                "deploy.health_check_interval".into(),
-                "must be greater than 0".into(),
-            ));
+            invalid("deploy.health_check_interval".into(), "must be greater than 0".into());
         }
         if self.deploy.timeout.is_zero() {
-            return Err(invalid("deploy.timeout".into(), "must be greater than 0".into()));
+            invalid("deploy.timeout".into(), "must be greater than 0".into());
         }
-        self.check_bounds()?;
         if let Some(watch) = &self.deploy.watch {
             if watch.window.is_zero() {
-                return Err(invalid("deploy.watch.window".into(), "must be greater than 0".into()));
+                invalid("deploy.watch.window".into(), "must be greater than 0".into());
             }
             if !(0.0..=1.0).contains(&watch.max_5xx_ratio) {
-                return Err(invalid(
+                invalid(
                     "deploy.watch.max_5xx_ratio".into(),
                     "must be between 0 and 1 (0.05 flips back past 5% of 5xx)".into(),
-                ));
+                );
             }
             if watch.min_requests == 0 {
-                return Err(invalid(
+                invalid(
                     "deploy.watch.min_requests".into(),
                     "must be at least 1: a ratio over no request means nothing".into(),
-                ));
+                );
             }
         }
         if let Err(e) = crate::notify::validate_all(&self.notify) {
@@ -75,7 +82,7 @@ impl Config {
                 crate::notify::NotifyError::Invalid { invalid, .. } => invalid.message.clone(),
                 other => other.to_string(),
             };
-            return Err(invalid(key, message));
+            invalid(key, message);
         }
         for (i, s) in self.services.iter().enumerate() {
             let at = |key: &str| {
@@ -88,75 +95,116 @@ impl Config {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !name_ok {
-                return Err(invalid(at("name"), "use letters, digits, '-' and '_' only".into()));
+                invalid(at("name"), "use letters, digits, '-' and '_' only".into());
             }
             if self.services[..i].iter().any(|o| o.name == s.name) {
-                return Err(invalid(
-                    at("name"),
-                    "defined twice; service names must be unique".into(),
-                ));
+                invalid(at("name"), "defined twice; service names must be unique".into());
             }
             match self.driver {
                 DriverKind::Docker => {
                     if s.image.as_deref().is_none_or(str::is_empty) {
-                        return Err(invalid(at("image"), "the docker driver needs an image".into()));
+                        invalid(at("image"), "the docker driver needs an image".into());
                     }
                     if s.port.is_none() {
-                        return Err(invalid(
+                        invalid(
                             at("port"),
-                            "the docker driver needs the container's port".into(),
-                        ));
+                            "the docker driver needs the container's port (set `port`, or Compose `expose`/`ports`, or a Traefik loadbalancer.server.port label)".into(),
+                        );
                     }
                 }
                 DriverKind::Process => {
                     let cmd = s.command.as_deref().unwrap_or_default();
                     if cmd.is_empty() {
-                        return Err(invalid(
+                        invalid(
                             at("command"),
                             "the process driver needs a command, e.g. [\"./app\", \"--port\", \"{port}\"]".into(),
-                        ));
-                    }
-                    if !cmd.iter().any(|a| a.contains("{port}")) && !s.env.values().any(|v| v.contains("{port}")) {
-                        return Err(invalid(
+                        );
+                    } else if !cmd.iter().any(|a| a.contains("{port}")) && !s.env.values().any(|v| v.contains("{port}"))
+                    {
+                        invalid(
                             at("command"),
                             "must pass \"{port}\" (in command or env) so the process listens where switchctl expects"
                                 .into(),
-                        ));
+                        );
                     }
                 }
             }
             if !s.health.path.starts_with('/') {
-                return Err(invalid(at("health.path"), "must start with \"/\"".into()));
+                invalid(at("health.path"), "must start with \"/\"".into());
             }
             if s.health.healthy_threshold == 0 {
-                return Err(invalid(at("health.healthy_threshold"), "must be at least 1".into()));
+                invalid(at("health.healthy_threshold"), "must be at least 1".into());
             }
-            if !s.route.path_prefix.starts_with('/') {
-                return Err(invalid(at("route.path_prefix"), "must start with \"/\"".into()));
-            }
-            for h in &s.route.hosts {
-                switchctl_proxy::HostPattern::parse(h).map_err(|e| invalid(at("route.hosts"), e.to_string()))?;
+            for route in s.routes() {
+                if !route.path_prefix.starts_with('/') {
+                    invalid(at("route.path_prefix"), "must start with \"/\"".into());
+                }
+                for h in &route.hosts {
+                    if let Err(e) = switchctl_proxy::HostPattern::parse(h) {
+                        invalid(at("route.hosts"), e.to_string());
+                    }
+                }
             }
             if let Some(env_file) = &s.env_file {
                 let p = self.resolve(env_file);
-                read_env_file(&p).map_err(|e| invalid(at("env_file"), e))?;
+                if let Err(e) = read_env_file(&p) {
+                    invalid(at("env_file"), e);
+                }
             }
         }
         // Two services with the same route would make one unreachable.
         for (i, a) in self.services.iter().enumerate() {
             for b in &self.services[..i] {
-                if a.route == b.route {
-                    return Err(invalid(
+                let same = a.routes().iter().any(|ra| {
+                    b.routes()
+                        .iter()
+                        .any(|rb| ra.hosts == rb.hosts && ra.path_prefix == rb.path_prefix)
+                });
+                if same {
+                    invalid(
                         format!("service {:?}.route", a.name),
                         format!(
                             "same hosts and path_prefix as service {:?}; one of them would never get a request",
                             b.name
                         ),
-                    ));
+                    );
                 }
             }
         }
-        Ok(())
+        for (i, h) in self.hooks.iter().enumerate() {
+            let at = format!("hook[{i}] ({})", h.when.as_str());
+            match (&h.service, &h.command) {
+                (Some(_), Some(_)) => invalid(at.clone(), "set either `service` or `command`, not both".into()),
+                (None, None) => invalid(
+                    at.clone(),
+                    "needs `service` (a Compose service run once) or `command` (argv run on the host)".into(),
+                ),
+                (None, Some(cmd)) if cmd.is_empty() => invalid(format!("{at}.command"), "is empty".into()),
+                (Some(service), None) => {
+                    if self.driver != DriverKind::Docker {
+                        invalid(
+                            format!("{at}.service"),
+                            "a service hook runs a container: it needs the docker driver; use `command` instead".into(),
+                        );
+                    } else if services_known
+                        && self.project.as_ref().and_then(|p| p.task(service)).is_none()
+                        && self.service(service).is_none()
+                    {
+                        invalid(
+                            format!("{at}.service"),
+                            format!(
+                                "{service:?} is not a service of the Compose file (a hook service needs [compose])"
+                            ),
+                        );
+                    }
+                }
+                _ => {}
+            }
+            if h.timeout.is_zero() {
+                invalid(format!("{at}.timeout"), "must be greater than 0".into());
+            }
+        }
+        ConfigError::from_many(errors)
     }
 }
 

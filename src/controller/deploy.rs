@@ -15,10 +15,11 @@ use std::time::Instant;
 use super::event::{Outcome, Phase, Reporter};
 use super::health::HealthCheck;
 use super::history::{ms, Record};
+use super::hooks::{self, HookContext, HookFailure};
 use super::watch::{Baseline, Verdict};
 use super::{retention, Controller, OperationGuard};
 use crate::api::ColorTag;
-use crate::config::{Config, WatchConfig};
+use crate::config::{Config, HookWhen, WatchConfig};
 use crate::driver::{Driver, StartSpec};
 use crate::release::{Color, Release};
 
@@ -54,6 +55,8 @@ struct Failure {
     service: Option<String>,
     /// What went wrong.
     reason: String,
+    /// Output to show instead of the service's logs (a failed hook's).
+    lines: Option<Vec<String>>,
 }
 
 impl Failure {
@@ -61,6 +64,15 @@ impl Failure {
         Failure {
             service: None,
             reason: reason.to_string(),
+            lines: None,
+        }
+    }
+
+    fn hook(f: HookFailure) -> Self {
+        Failure {
+            service: None,
+            reason: f.message,
+            lines: Some(f.lines),
         }
     }
 }
@@ -124,7 +136,15 @@ impl Deploy {
                 humantime::format_duration(self.config.deploy.health_check_interval)
             ),
         );
-        if let Err(e) = self.preflight().await {
+        let preflight = match self.preflight().await {
+            Ok(()) => self.hooks(HookWhen::BeforeStart).await.map_err(|f| {
+                self.show_lines(&f);
+                f.reason
+            }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = preflight {
+            self.hooks(HookWhen::AfterFailure).await.ok();
             let msg = format!("deploy of {} failed before anything was started: {e}", self.tag);
             return self.finish(Outcome::Failed, Some(e), msg).await;
         }
@@ -136,7 +156,10 @@ impl Deploy {
             Err(f) => Err(f),
         };
         let release = match release {
-            Ok(release) => release,
+            Ok(release) => match self.hooks(HookWhen::BeforeFlip).await {
+                Ok(()) => release,
+                Err(failure) => return self.roll_back(failure).await,
+            },
             Err(failure) => return self.roll_back(failure).await,
         };
         let watch = self.config.deploy.watch.filter(|_| {
@@ -155,6 +178,7 @@ impl Deploy {
             Ok(old) => old,
             Err(reason) => return self.roll_back(Failure::new(reason)).await,
         };
+        self.hooks(HookWhen::AfterFlip).await.ok();
         let verdict = match (watch, baseline, &old) {
             (Some(watch), Some(baseline), Some(_)) => self.drain_and_watch(old.as_ref(), &baseline, &watch).await,
             _ => {
@@ -176,20 +200,64 @@ impl Deploy {
         self.finish(Outcome::Deployed, None, msg).await
     }
 
-    /// Can the release start at all (runtime reachable, images present)?
-    async fn preflight(&self) -> Result<(), String> {
+    /// Can the release start at all (runtime reachable, networks there,
+    /// images present or built, dependencies running)? Nothing is stopped
+    /// before this passes.
+    async fn preflight(&mut self) -> Result<(), String> {
         self.op.phase(Phase::Preflight);
         let config = &self.config;
-        if let Err(e) = self
-            .controller
-            .driver
-            .preflight(&config.services, &self.tag, config)
-            .await
-        {
+        let built = std::sync::atomic::AtomicBool::new(false);
+        let progress = |service: &str, line: &str| {
+            built.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.op.phase(Phase::Build);
+            self.reporter.info(Phase::Build, Some(service), line)
+        };
+        let t = Instant::now();
+        let result = self.controller.driver.preflight(config, &self.tag, &progress).await;
+        if built.into_inner() {
+            self.record.build_ms = Some(ms(t.elapsed()));
+        }
+        if let Err(e) = result {
             self.reporter.error(Phase::Preflight, None, e.to_string());
             return Err(e.to_string());
         }
         Ok(())
+    }
+
+    /// Run the `when` hooks. A failure of a `before_*` hook is the deploy's
+    /// failure; those of later points are warnings.
+    async fn hooks(&self, when: HookWhen) -> Result<(), Failure> {
+        if !self.config.hooks.iter().any(|h| h.when == when) {
+            return Ok(());
+        }
+        self.op.phase(Phase::Hook);
+        let ctx = HookContext {
+            tag: &self.tag,
+            previous_tag: self.record.from.as_ref().map(|f| f.tag.as_str()),
+            color: self.idle,
+        };
+        let failures = hooks::run(&self.controller.driver, &self.config, when, &ctx, &self.reporter).await;
+        if when.is_gate() {
+            return match failures.into_iter().next() {
+                Some(f) => Err(Failure::hook(f)),
+                None => Ok(()),
+            };
+        }
+        for f in failures {
+            self.reporter.warn(Phase::Hook, None, f.message.clone());
+            self.show_lines(&Failure::hook(f));
+        }
+        Ok(())
+    }
+
+    /// A failed hook's last lines.
+    fn show_lines(&self, failure: &Failure) {
+        let Some(lines) = &failure.lines else { return };
+        self.reporter
+            .warn(Phase::Logs, None, format!("last {} line(s) of the hook:", lines.len()));
+        for line in lines {
+            self.reporter.warn(Phase::Logs, None, line.clone());
+        }
     }
 
     /// Make room in the idle color (it may hold an old standby, restarted
@@ -303,6 +371,7 @@ impl Deploy {
             return Err(Failure {
                 reason: format!("{service} ({}, {}) is not healthy: {why}", self.idle, release.tag),
                 service: Some(service),
+                lines: None,
             });
         }
         Ok(release)
@@ -441,12 +510,10 @@ impl Deploy {
         if removable.is_empty() {
             return;
         }
-        match self
-            .controller
-            .driver
-            .cleanup_images(&self.config.services, &removable)
-            .await
-        {
+        // The images of hook services (migrations) are the release's too.
+        let tasks = self.config.project.iter().flat_map(|p| p.tasks.iter());
+        let services: Vec<_> = self.config.services.iter().chain(tasks).cloned().collect();
+        match self.controller.driver.cleanup_images(&services, &removable).await {
             Ok(removed) if removed.is_empty() => {}
             Ok(removed) => self.reporter.info(
                 Phase::Cleanup,
@@ -466,7 +533,8 @@ impl Deploy {
         let (idle, reporter, controller) = (self.idle, &self.reporter, &self.controller);
         reporter.error(Phase::Rollback, failure.service.as_deref(), failure.reason.clone());
         let release = controller.state.lock().await.colors.get(&idle).cloned();
-        if let Some(release) = &release {
+        self.show_lines(&failure);
+        if let Some(release) = release.as_ref().filter(|_| failure.lines.is_none()) {
             let failed = failure
                 .service
                 .as_deref()
@@ -485,6 +553,8 @@ impl Deploy {
                     reporter.warn(Phase::Logs, Some(name), line);
                 }
             }
+        }
+        if let Some(release) = &release {
             reporter.info(Phase::Rollback, None, format!("stopping {idle} ({})", release.tag));
             controller.stop_release(release, &self.config, reporter).await;
         }
@@ -501,6 +571,7 @@ impl Deploy {
         if let Some(standby) = &self.displaced {
             self.restore_standby(standby).await;
         }
+        self.hooks(HookWhen::AfterFailure).await.ok();
         let msg = format!("deploy of {} rolled back: {}; {serving}", self.tag, failure.reason);
         self.finish(Outcome::RolledBack, Some(failure.reason), msg).await
     }

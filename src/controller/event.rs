@@ -62,6 +62,10 @@ pub enum Phase {
     Lock,
     /// A deploy checks it can start (runtime reachable, images present).
     Preflight,
+    /// Images of the release are built (services with Compose `build:`).
+    Build,
+    /// A `[[hook]]` runs.
+    Hook,
     /// The idle color is cleared of an old standby.
     Prepare,
     /// The new color's upstreams start.
@@ -102,6 +106,8 @@ impl Phase {
         match self {
             Phase::Lock => "lock",
             Phase::Preflight => "preflight",
+            Phase::Build => "build",
+            Phase::Hook => "hook",
             Phase::Prepare => "prepare",
             Phase::Start => "start",
             Phase::Health => "health",

@@ -12,7 +12,7 @@ use super::history::{ms, Record};
 use super::routing::route_table;
 use super::{Controller, OperationGuard};
 use crate::api::ColorTag;
-use crate::config::{Config, StandbyPolicy};
+use crate::config::{Config, HookWhen, StandbyPolicy};
 use crate::driver::RunState;
 use crate::release::{Color, Release};
 
@@ -110,6 +110,7 @@ impl Controller {
         let Some((color, release)) = old else { return };
         match config.deploy.standby {
             StandbyPolicy::Keep => {
+                self.set_service_alias(&release, config, false, reporter).await;
                 // Claim a standby only if the driver says it runs.
                 let mut down = Vec::new();
                 for (service, up) in &release.services {
@@ -157,6 +158,21 @@ impl Controller {
                     reporter.warn(Phase::Standby, None, e.to_string());
                 }
                 reporter.info(Phase::Standby, None, format!("{color} ({}) stopped", release.tag));
+            }
+        }
+    }
+
+    /// Give or take away each service's Compose name (its network alias)
+    /// on the upstreams of `release`; a failure is reported, never fatal.
+    async fn set_service_alias(&self, release: &Release, config: &Config, named: bool, reporter: &Reporter) {
+        for (service, up) in &release.services {
+            let Some(svc) = config.service(service) else { continue };
+            if let Err(e) = self.driver.set_service_alias(&up.handle, svc, named).await {
+                reporter.warn(
+                    Phase::Standby,
+                    Some(service),
+                    format!("could not move the network alias {service}: {e}"),
+                );
             }
         }
     }
@@ -211,6 +227,9 @@ impl Controller {
             }
         }
         op.phase(Phase::Flip);
+        // Other containers calling a service by its Compose name follow the
+        // traffic: the standby takes the name before it takes traffic.
+        self.set_service_alias(&release, &config, true, &reporter).await;
         let old = match self.flip_to(color, &release, &config, &mut rec, &reporter).await {
             Ok(old) => old,
             Err(msg) => {
@@ -222,7 +241,23 @@ impl Controller {
         op.phase(Phase::Drain);
         self.drain(old.as_ref(), &config, &mut rec, &reporter).await;
         op.phase(Phase::Standby);
+        let previous = old.as_ref().map(|(_, r)| r.tag.clone());
         self.retire(old, &config, &reporter).await;
+        if config.hooks.iter().any(|h| h.when == HookWhen::AfterFlipBack) {
+            op.phase(Phase::Hook);
+            let ctx = super::hooks::HookContext {
+                tag: &release.tag,
+                previous_tag: previous.as_deref(),
+                color,
+            };
+            let failures = super::hooks::run(&self.driver, &config, HookWhen::AfterFlipBack, &ctx, &reporter).await;
+            for f in failures {
+                reporter.warn(Phase::Hook, None, f.message);
+                for line in f.lines {
+                    reporter.warn(Phase::Logs, None, line);
+                }
+            }
+        }
         let msg = format!("flipped back to {color} ({})", release.tag);
         rec.finish(self, Outcome::Flipped, None, msg, &reporter).await
     }

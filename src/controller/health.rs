@@ -130,7 +130,7 @@ impl HealthCheck<'_> {
                 Ok(status) => {
                     good += 1;
                     match container_health {
-                        Some(ContainerHealth::Starting) => {
+                        Some(ContainerHealth::Starting) if self.health.wait_for_docker_starting => {
                             good = good.min(self.health.healthy_threshold.saturating_sub(1));
                             last = format!("answered {status}; Docker HEALTHCHECK still starting");
                         }

@@ -38,6 +38,7 @@ pub(super) struct Record {
     pub ready_ms: Option<u64>,
     pub flip_us: Option<u64>,
     pub drain_ms: Option<u64>,
+    pub build_ms: Option<u64>,
     pub watch: Option<WatchInfo>,
 }
 
@@ -54,6 +55,7 @@ impl Record {
             ready_ms: None,
             flip_us: None,
             drain_ms: None,
+            build_ms: None,
             watch: None,
         }
     }
@@ -110,6 +112,7 @@ impl Record {
             ready_ms: self.ready_ms,
             flip_us: self.flip_us,
             drain_ms: self.drain_ms,
+            build_ms: self.build_ms,
             watch: self.watch,
             warnings,
         };
@@ -258,6 +261,7 @@ mod tests {
             ready_ms: None,
             flip_us: None,
             drain_ms: None,
+            build_ms: None,
             watch: None,
             warnings: Vec::new(),
         }

@@ -24,6 +24,7 @@ pub mod event;
 pub mod flip;
 pub mod health;
 pub mod history;
+pub mod hooks;
 pub mod operation;
 pub mod recover;
 pub mod retention;

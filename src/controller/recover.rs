@@ -76,6 +76,7 @@ pub async fn startup_state(config: &Config, driver: &Driver) -> anyhow::Result<(
         },
         Err(e) => return Err(e.into()),
     };
+    problems.extend(follow_ports(&mut state, config, driver).await);
     if let Some(problem) = complete_flip(&mut state, config).await {
         problems.push(problem);
     }
@@ -85,6 +86,30 @@ pub async fn startup_state(config: &Config, driver: &Driver) -> anyhow::Result<(
         }
     }
     Ok((state, problems))
+}
+
+/// Adoption reads Docker again: a container that Docker restarted while no
+/// daemon watched may publish its port on another host port. Each
+/// upstream's address is taken from the runtime, so the route table built
+/// from the state follows it. Returns what moved.
+async fn follow_ports(state: &mut State, config: &Config, driver: &Driver) -> Vec<String> {
+    let mut moved = Vec::new();
+    for (color, release) in state.colors.iter_mut() {
+        for (service, rec) in release.services.iter_mut() {
+            let Some(svc) = config.service(service) else { continue };
+            let Some(now) = driver.current_addr(&rec.handle, svc).await else {
+                continue;
+            };
+            if now != rec.addr {
+                moved.push(format!(
+                    "{service} ({color}, {}) came back on {now} (was {}); the route follows it",
+                    release.tag, rec.addr
+                ));
+                rec.addr = now;
+            }
+        }
+    }
+    moved
 }
 
 /// A flip whose swap may have happened but whose result was not saved:
@@ -288,6 +313,7 @@ mod tests {
             ready_ms: None,
             flip_us: None,
             drain_ms: None,
+            build_ms: None,
             watch: None,
             warnings: Vec::new(),
         }

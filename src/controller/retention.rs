@@ -53,6 +53,7 @@ mod tests {
             ready_ms: None,
             flip_us: None,
             drain_ms: None,
+            build_ms: None,
             watch: None,
             warnings: Vec::new(),
         }

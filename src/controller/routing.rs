@@ -65,16 +65,16 @@ pub fn route_table(config: &Config, release: Option<&Release>, upstreams: &Upstr
     let routes = config
         .services
         .iter()
-        .map(|s| Route {
-            hosts: s
-                .route
+        .flat_map(|s| s.routes().into_iter().map(move |r| (s, r)))
+        .map(|(s, r)| Route {
+            hosts: r
                 .hosts
                 .iter()
                 .filter_map(|h| switchctl_proxy::HostPattern::parse(h).ok())
                 .collect(),
-            path_prefix: s.route.path_prefix.clone(),
+            path_prefix: r.path_prefix.clone(),
             service: s.name.clone(),
-            strip_prefix: false,
+            strip_prefix: r.strip_prefix,
         })
         .collect();
     // The config was validated, so the table is valid; an empty table (all

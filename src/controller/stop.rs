@@ -15,7 +15,10 @@ impl Controller {
     /// Stop every upstream of `release` (best effort, reported).
     pub(super) async fn stop_release(&self, release: &Release, config: &Config, reporter: &Reporter) {
         let stops = release.services.iter().map(|(service, rec)| async move {
-            if let Err(e) = self.driver.stop(&rec.handle, config.deploy.stop_timeout).await {
+            let timeout = config
+                .service(service)
+                .map_or(config.deploy.stop_timeout, |s| s.stop_timeout(config));
+            if let Err(e) = self.driver.stop(&rec.handle, timeout).await {
                 reporter.warn(Phase::Stop, Some(service), format!("could not stop cleanly: {e}"));
             }
             self.upstreams.remove(rec.addr);

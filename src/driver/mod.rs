@@ -3,6 +3,7 @@
 //! only sees the [`Driver`] enum; each variant owns everything about how its
 //! upstreams live.
 
+pub mod context;
 pub mod docker;
 pub mod process;
 
@@ -67,6 +68,19 @@ pub enum DriverError {
     /// Anything else the runtime reported.
     #[error("{0}")]
     Other(String),
+}
+
+/// Where a driver reports progress (build output, hook output): the
+/// service it is about and one line.
+pub type Progress<'a> = &'a (dyn Fn(&str, &str) + Send + Sync);
+
+/// A one-off task (a hook) that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFailure {
+    /// What happened ("exited with status 1", "timed out after 5m").
+    pub message: String,
+    /// Its last output lines.
+    pub lines: Vec<String>,
 }
 
 /// An upstream the runtime runs for this switchctl instance, as its own
@@ -144,15 +158,63 @@ impl Driver {
                 logs_dir(config),
                 config.state_dir.display().to_string(),
             )),
-            DriverKind::Docker => Driver::Docker(docker::DockerDriver::new(config.state_dir.display().to_string())),
+            DriverKind::Docker => Driver::Docker(docker::DockerDriver::new(
+                config.state_dir.display().to_string(),
+                config.project.as_ref().map(|p| p.name.as_str()),
+            )),
         }
     }
 
-    /// Check that a deploy of `tag` can start (runtime reachable, images present).
-    pub async fn preflight(&self, services: &[ServiceConfig], tag: &str, config: &Config) -> Result<(), DriverError> {
+    /// Check that a deploy of `tag` can start, before anything is stopped:
+    /// runtime reachable, networks there, images present (built when
+    /// missing, output to `progress`), dependencies running.
+    pub async fn preflight(&self, config: &Config, tag: &str, progress: Progress<'_>) -> Result<(), DriverError> {
         match self {
-            Driver::Process(d) => d.preflight(services, config),
-            Driver::Docker(d) => d.preflight(services, tag).await,
+            Driver::Process(d) => d.preflight(&config.services, config),
+            Driver::Docker(d) => d.preflight(config, tag, progress).await,
+        }
+    }
+
+    /// Run `spec.service` once as a one-off container of `spec.tag` (a hook),
+    /// with `extra_env`, its output to `progress`, for at most `timeout`.
+    pub async fn run_task(
+        &self,
+        spec: &StartSpec<'_>,
+        extra_env: &[(String, String)],
+        timeout: Duration,
+        progress: Progress<'_>,
+    ) -> Result<(), TaskFailure> {
+        match self {
+            Driver::Process(_) => Err(TaskFailure {
+                message: "a service hook runs a container: it needs the docker driver".into(),
+                lines: Vec::new(),
+            }),
+            Driver::Docker(d) => d.run_task(spec, extra_env, timeout, progress).await,
+        }
+    }
+
+    /// Give (`named`) or take away the service's Compose name as the
+    /// upstream's network alias, so other containers calling `http://api`
+    /// reach the color that serves.
+    pub async fn set_service_alias(
+        &self,
+        handle: &Handle,
+        service: &ServiceConfig,
+        named: bool,
+    ) -> Result<(), DriverError> {
+        match self {
+            Driver::Process(_) => Ok(()),
+            Driver::Docker(d) => d.set_service_alias(handle, service, named).await,
+        }
+    }
+
+    /// Where the upstream `handle` listens now, as the runtime reports it
+    /// (a container Docker restarted may have another host port); `None`
+    /// when the runtime cannot say.
+    pub async fn current_addr(&self, handle: &Handle, service: &ServiceConfig) -> Option<std::net::SocketAddr> {
+        match self {
+            Driver::Process(_) => None,
+            Driver::Docker(d) => d.current_addr(handle, service).await,
         }
     }
 

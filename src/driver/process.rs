@@ -172,7 +172,13 @@ impl ProcessDriver {
             .stdout(log)
             .stderr(log_err);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().map_err(|e| fail(format!("{}: {e}", program.display())))?;
+        let child = cmd.spawn().map_err(|e| {
+            fail(format!(
+                "{} (working directory {}): {e}",
+                program.display(),
+                cwd.display()
+            ))
+        })?;
         let pid = child.id() as i32;
         let start_time = proc_stat(pid).map_or(0, |s| s.start_time);
         self.children.lock().expect("children lock").insert(pid, child);

@@ -211,3 +211,12 @@ pub fn inspect(container: &str, format: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// `docker volume inspect -f <format> <volume>` (empty when it is missing).
+pub fn inspect_volume(volume: &str, format: &str) -> String {
+    let out = Command::new("docker")
+        .args(["volume", "inspect", "-f", format, volume])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -81,6 +81,8 @@ pub struct Daemon {
     /// A listening socket handed to every daemon start as systemd would
     /// (fd 3, `LISTEN_FDS=1`): it outlives the daemon, like a socket unit.
     pub inherited: Option<std::net::TcpListener>,
+    /// Working directory of the daemon and the CLI (default: the test's).
+    pub cwd: Option<PathBuf>,
     /// Daemons started by `switchctl upgrade` (not our children), killed on drop.
     successors: Mutex<Vec<i32>>,
     /// The binary the daemon is started from.
@@ -137,15 +139,41 @@ stop_timeout = "3s"
             ),
         )
         .unwrap();
+        Daemon::unspawned(dir, config, None, socket, ([127, 0, 0, 1], port).into())
+    }
+
+    /// Start the daemon on a config already written in `dir`: `config` is
+    /// passed to `--config` as is (it may be relative to `cwd`), `socket`
+    /// and `proxy` are where it will answer.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        cwd: Option<PathBuf>,
+        socket: PathBuf,
+        proxy: SocketAddr,
+    ) -> Daemon {
+        let mut d = Daemon::unspawned(dir, config, cwd, socket, proxy);
+        d.spawn();
+        d
+    }
+
+    fn unspawned(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        cwd: Option<PathBuf>,
+        socket: PathBuf,
+        proxy: SocketAddr,
+    ) -> Daemon {
         Daemon {
             dir,
             config,
             socket,
-            proxy: ([127, 0, 0, 1], port).into(),
+            proxy,
             child: None,
             seen_pids: Mutex::new(Vec::new()),
             daemon_env: Vec::new(),
             inherited: None,
+            cwd,
             successors: Mutex::new(Vec::new()),
             exe: PathBuf::from(switchctl()),
         }
@@ -172,6 +200,9 @@ stop_timeout = "3s"
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
         let mut cmd = Command::new(&self.exe);
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
         cmd.arg("--config")
             .arg(&self.config)
             .arg("proxy")
@@ -222,7 +253,11 @@ stop_timeout = "3s"
     }
 
     pub fn config_text(&self) -> String {
-        std::fs::read_to_string(&self.config).unwrap_or_default()
+        let path = match &self.cwd {
+            Some(cwd) => cwd.join(&self.config),
+            None => self.config.clone(),
+        };
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     pub fn log(&self) -> String {
@@ -291,7 +326,11 @@ stop_timeout = "3s"
     /// Run the CLI with extra environment variables.
     pub async fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         self.remember_pids();
-        let out = tokio::process::Command::new(switchctl())
+        let mut cmd = tokio::process::Command::new(switchctl());
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
+        let out = cmd
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -447,15 +486,20 @@ const LOAD_MAX_TIME: Duration = Duration::from_secs(240);
 impl Load {
     /// `clients` keep-alive connections.
     pub fn start(addr: SocketAddr, clients: usize) -> Load {
-        Load::start_with(addr, clients, false)
+        Load::start_with(addr, clients, false, "/")
+    }
+
+    /// As [`Load::start`], sending `GET path`.
+    pub fn start_path(addr: SocketAddr, clients: usize, path: &'static str) -> Load {
+        Load::start_with(addr, clients, false, path)
     }
 
     /// `clients` loops that open a new connection for every request.
     pub fn start_fresh(addr: SocketAddr, clients: usize) -> Load {
-        Load::start_with(addr, clients, true)
+        Load::start_with(addr, clients, true, "/")
     }
 
-    fn start_with(addr: SocketAddr, clients: usize, fresh: bool) -> Load {
+    fn start_with(addr: SocketAddr, clients: usize, fresh: bool, path: &'static str) -> Load {
         let mut load = Load {
             stop: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(AtomicU64::new(0)),
@@ -495,7 +539,7 @@ impl Load {
                             // The proxy closed an idle keep-alive connection: reconnect.
                             continue 'connect;
                         }
-                        let req = http::Request::get("/")
+                        let req = http::Request::get(path)
                             .header("host", "test.local")
                             .body(Empty::<Bytes>::new())
                             .unwrap();

@@ -25,6 +25,15 @@
 //! describe good and broken releases alike.
 //! `testapp healthcheck [PORT]` probes `/health` on loopback and exits 0/1:
 //! the Docker HEALTHCHECK of a `FROM scratch` image.
+//! `testapp migrate DIR` is a database migration's stand-in: it writes the
+//! marker file `DIR/migrated-<version>` and exits 0, or, when its version is
+//! listed in `FAIL_MIGRATION_VERSIONS`, prints why and exits 1.
+//! `GET /whoami...` answers `path=<the path it received>`, so a test can see
+//! whether a prefix was stripped.
+//! `testapp fetch HOST:PORT PATH` GETs `PATH` from `HOST:PORT` (a name
+//! resolved as the container resolves it), prints the body and exits 0 on a
+//! 2xx: how a test calls one container from another in a `FROM scratch`
+//! image.
 //!
 //! It is a library too: the proxy's tests serve it in-process, and
 //! `switchctl demo` runs it as its upstream processes.
@@ -141,6 +150,16 @@ pub fn main_with_args(args: &[String]) -> i32 {
 }
 
 async fn run(args: &[String]) -> i32 {
+    if args.first().map(String::as_str) == Some("fetch") {
+        let (Some(addr), Some(path)) = (args.get(1), args.get(2)) else {
+            eprintln!("usage: testapp fetch HOST:PORT PATH");
+            return 2;
+        };
+        return fetch(addr, path).await;
+    }
+    if args.first().map(String::as_str) == Some("migrate") {
+        return migrate(args.get(1).map_or("/state", String::as_str));
+    }
     if args.first().map(String::as_str) == Some("healthcheck") {
         let port = args.get(1).cloned().unwrap_or_else(|| env_or("PORT", "8000"));
         return healthcheck(&port).await;
@@ -285,6 +304,7 @@ async fn handle(app: Arc<App>, mut req: Request<Incoming>) -> Result<Response<Bo
             });
             text(StatusCode::OK, "bye\n")
         }
+        ("GET", path) if path.starts_with("/whoami") => text(StatusCode::OK, format!("path={path}\n")),
         ("GET", _) | ("HEAD", _) => text(StatusCode::OK, version_line),
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     };
@@ -319,6 +339,61 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
         .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
         .body(Full::new(Bytes::new()).boxed())
         .expect("static response parts are valid")
+}
+
+/// GET `path` from `addr`; print the body; 0 on a 2xx.
+async fn fetch(addr: &str, path: &str) -> i32 {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(Ok(resp)) => {
+            let ok = resp.starts_with("HTTP/1.1 2");
+            print!("{}", resp.split_once("\r\n\r\n").map_or("", |(_, b)| b));
+            i32::from(!ok)
+        }
+        Ok(Err(e)) => {
+            eprintln!("fetch {addr}{path}: {e}");
+            1
+        }
+        Err(_) => {
+            eprintln!("fetch {addr}{path}: timed out");
+            1
+        }
+    }
+}
+
+/// The migration stand-in (see the module docs).
+fn migrate(dir: &str) -> i32 {
+    let version = env_or("VERSION", "dev");
+    println!("migrating to {version} in {dir}");
+    let failing = env_or("FAIL_MIGRATION_VERSIONS", "")
+        .split(',')
+        .any(|v| !v.is_empty() && v.trim() == version);
+    if failing {
+        for step in 1..=3 {
+            println!("migration {version} step {step}");
+        }
+        eprintln!("migration {version} failed: told to fail (FAIL_MIGRATION_VERSIONS)");
+        return 1;
+    }
+    let marker = format!("{dir}/migrated-{version}");
+    match std::fs::write(&marker, format!("{version}\n")) {
+        Ok(()) => {
+            println!("migration {version} done: wrote {marker}");
+            0
+        }
+        Err(e) => {
+            eprintln!("migration {version}: cannot write {marker}: {e}");
+            1
+        }
+    }
 }
 
 /// Probe `/health` on loopback: 0 when it answers 2xx, 1 otherwise.
