@@ -196,6 +196,29 @@ pub struct HistoryEntry {
     pub warnings: Vec<String>,
 }
 
+#[cfg(test)]
+impl HistoryEntry {
+    /// A finished entry with only what tests vary filled in.
+    pub(crate) fn sample(kind: &str, tag: &str, to: Color, outcome: Outcome) -> Self {
+        HistoryEntry {
+            started: "2026-01-01T00:00:00Z".into(),
+            kind: kind.into(),
+            tag: tag.into(),
+            from: None,
+            to,
+            outcome,
+            reason: None,
+            duration_ms: 1,
+            ready_ms: None,
+            flip_us: None,
+            drain_ms: None,
+            build_ms: None,
+            watch: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// The post-flip watch: in `status` while it runs, in history after.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WatchInfo {

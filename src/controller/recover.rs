@@ -301,22 +301,7 @@ mod tests {
     }
 
     fn deployed(tag: &str, to: Color) -> HistoryEntry {
-        HistoryEntry {
-            started: "2026-01-01T00:00:00Z".into(),
-            kind: "deploy".into(),
-            tag: tag.into(),
-            from: None,
-            to,
-            outcome: Outcome::Deployed,
-            reason: None,
-            duration_ms: 1,
-            ready_ms: None,
-            flip_us: None,
-            drain_ms: None,
-            build_ms: None,
-            watch: None,
-            warnings: Vec::new(),
-        }
+        HistoryEntry::sample("deploy", tag, to, Outcome::Deployed)
     }
 
     #[test]

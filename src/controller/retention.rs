@@ -41,22 +41,7 @@ mod tests {
     use crate::release::Color;
 
     fn entry(kind: &str, tag: &str, outcome: Outcome) -> HistoryEntry {
-        HistoryEntry {
-            started: "2026-01-01T00:00:00Z".into(),
-            kind: kind.into(),
-            tag: tag.into(),
-            from: None,
-            to: Color::Blue,
-            outcome,
-            reason: None,
-            duration_ms: 1,
-            ready_ms: None,
-            flip_us: None,
-            drain_ms: None,
-            build_ms: None,
-            watch: None,
-            warnings: Vec::new(),
-        }
+        HistoryEntry::sample(kind, tag, Color::Blue, outcome)
     }
 
     fn deploys(tags: &[(&str, Outcome)]) -> Vec<HistoryEntry> {
