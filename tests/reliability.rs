@@ -193,32 +193,7 @@ async fn an_unrecorded_upstream_of_an_interrupted_deploy_is_found_stopped_and_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_state_dir_refuses_to_start_naming_the_first() {
     let d = daemon();
-    let other = d.dir.path().join("other.toml");
-    let config = d
-        .config_text()
-        .replace(
-            &d.socket.display().to_string(),
-            &d.dir.path().join("other.sock").display().to_string(),
-        )
-        .replace(
-            &format!("127.0.0.1:{}", d.proxy.port()),
-            &format!("127.0.0.1:{}", common::free_port()),
-        );
-    std::fs::write(&other, config).unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(common::switchctl())
-            .arg("--config")
-            .arg(&other)
-            .arg("proxy")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the second daemon exits at once")
-    .unwrap();
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.another_daemon_on_the_same_state_dir().await;
     assert!(err.contains("state_dir") && err.contains("pid"), "{err}");
     assert_eq!(d.status().await["operation"], serde_json::Value::Null);
 }

@@ -28,37 +28,6 @@ async fn daemon_pid(d: &Daemon) -> i32 {
     d.status().await["daemon_pid"].as_i64().expect("status has daemon_pid") as i32
 }
 
-/// Start another daemon on `d`'s state_dir (its own ports and socket): it
-/// must be refused; its stderr.
-async fn another_daemon_on_the_same_state(d: &Daemon) -> String {
-    let other = d.dir.path().join("other.toml");
-    let config = d
-        .config_text()
-        .replace(
-            &d.socket.display().to_string(),
-            &d.dir.path().join("other.sock").display().to_string(),
-        )
-        .replace(
-            &format!("127.0.0.1:{}", d.proxy.port()),
-            &format!("127.0.0.1:{}", common::free_port()),
-        );
-    std::fs::write(&other, config).unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(common::switchctl())
-            .arg("--config")
-            .arg(&other)
-            .arg("proxy")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the other daemon exits at once")
-    .unwrap();
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// The whole upgrade, checked from the outside, on a daemon serving v1.
 async fn upgrade_under_load(d: &mut Daemon) {
     let old_pid = daemon_pid(d).await;
@@ -116,7 +85,7 @@ async fn upgrade_under_load(d: &mut Daemon) {
     assert_eq!(d.wait_exit(Duration::from_secs(60)), Some(0), "{}", d.log());
     assert!(!common::alive(old_pid));
     // The state_dir lock went over with the sockets and outlived the old daemon.
-    let refused = another_daemon_on_the_same_state(d).await;
+    let refused = d.another_daemon_on_the_same_state_dir().await;
     assert!(refused.contains(&format!("pid {new_pid}")), "{refused}");
 
     // The new daemon runs operations.

@@ -347,6 +347,37 @@ stop_timeout = "3s"
         out
     }
 
+    /// Start another daemon on this one's state_dir (its own ports and
+    /// socket): it must be refused; its stderr.
+    pub async fn another_daemon_on_the_same_state_dir(&self) -> String {
+        let other = self.dir.path().join("other.toml");
+        let config = self
+            .config_text()
+            .replace(
+                &self.socket.display().to_string(),
+                &self.dir.path().join("other.sock").display().to_string(),
+            )
+            .replace(
+                &format!("127.0.0.1:{}", self.proxy.port()),
+                &format!("127.0.0.1:{}", free_port()),
+            );
+        std::fs::write(&other, config).unwrap();
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(switchctl())
+                .arg("--config")
+                .arg(&other)
+                .arg("proxy")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the other daemon exits at once")
+        .unwrap();
+        assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// `status --json`
     pub async fn status(&self) -> Value {
         let out = self.cli(&["status", "--json"]).await;
