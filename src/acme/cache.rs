@@ -5,8 +5,7 @@
 //! and renamed. `<server>` comes from the directory URL, so certificates
 //! from a staging server are never served once production is configured.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -67,23 +66,11 @@ impl Cache {
         self.dir.join(format!("{domain}.pem"))
     }
 
+    /// Replace `name` atomically, private to the daemon (0600), as the
+    /// state file is written.
     fn write(&self, name: &str, data: &[u8]) -> anyhow::Result<()> {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            // An older file of ours may have a wider mode: narrow it.
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().with_context(|| format!("cannot write {}", path.display()))
+        crate::controller::state::write_atomic(&path, data).with_context(|| format!("cannot write {}", path.display()))
     }
 }
 
