@@ -143,12 +143,13 @@ async fn with_both_state_copies_corrupt_the_state_is_rebuilt_from_the_running_pr
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kill_between_the_route_swap_and_the_state_save_completes_the_flip_forward() {
     let mut d = two_releases_then_crash().await;
-    // The state as the flip persisted it just before the swap.
+    // The disk as a flip to green leaves it when the daemon dies right
+    // after the swap: the state still says blue, the intent says green.
     let mut state = d.state();
     state["active"] = "blue".into();
     state["pending"] = "green".into();
-    state["flipping_to"] = "green".into();
     std::fs::write(state_file(&d, "state.json"), serde_json::to_vec(&state).unwrap()).unwrap();
+    std::fs::write(state_file(&d, "flip.intent"), br#"{"color":"green","tag":"v2"}"#).unwrap();
     let load = Load::start(d.proxy, 4);
     d.spawn();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -374,4 +375,26 @@ async fn a_state_write_that_fails_before_the_flip_refuses_the_deploy_with_routes
     std::fs::remove_dir(&blocker).unwrap();
     deploy_ok(&d, "v2").await;
     assert_eq!(d.get("/").await, (200, "v2\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flip_whose_intent_cannot_be_recorded_is_refused_with_routes_unchanged() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    // The intent file cannot be written: a directory stands in its place.
+    let blocker = state_file(&d, "flip.intent");
+    std::fs::remove_file(&blocker).unwrap();
+    std::fs::create_dir(&blocker).unwrap();
+    let load = Load::start(d.proxy, 4);
+    let out = d.cli(&["flip", "back"]).await;
+    let report = load.stop().await;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("flip.intent"), "{}", text(&out));
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.bodies.keys().collect::<Vec<_>>(), ["v2"], "{report:?}");
+    assert_eq!(d.status().await["active"]["tag"], "v2");
+    std::fs::remove_dir(&blocker).unwrap();
+    assert_eq!(d.cli(&["flip", "back"]).await.status.code(), Some(0));
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::event::{Event, Outcome, Phase, Reporter};
 use super::health;
 use super::history::{ms, Record};
+use super::intent::FlipIntent;
 use super::routing::route_table;
 use super::{Controller, OperationGuard};
 use crate::api::ColorTag;
@@ -18,10 +19,12 @@ use crate::release::{Color, Release};
 
 impl Controller {
     /// Point every service at `color` in one swap, then persist. The intent
-    /// is persisted first: if that fails, nothing moves (`Err`, routes
-    /// unchanged); a daemon killed after the swap but before the result is
-    /// saved completes the flip at start (see `recover::complete_flip`).
-    /// Returns the color and release that served before.
+    /// is recorded first (`intent.rs`, one small write, no fsync: the module
+    /// says why that is as crash-safe): if that fails, nothing moves (`Err`,
+    /// routes unchanged); a daemon killed after the swap but before the
+    /// result is saved completes the flip at start (see
+    /// `recover::complete_flip`). Returns the color and release that served
+    /// before.
     pub(super) async fn flip_to(
         &self,
         color: Color,
@@ -31,13 +34,22 @@ impl Controller {
         reporter: &Reporter,
     ) -> Result<Option<(Color, Release)>, String> {
         let mut state = self.state.lock().await;
-        state.flipping_to = Some(color);
-        if let Err(e) = self.save(&state).await {
-            state.flipping_to = None;
-            let msg = format!("the state could not be saved before the flip ({e}); traffic stays where it is");
+        let intent = FlipIntent {
+            color,
+            tag: release.tag.clone(),
+        };
+        // On the controller's own thread, not the proxy's: a write to the
+        // page cache costs less than a hop to the blocking pool under load.
+        if let Err(e) = intent.write(self.store.dir()) {
+            let msg = format!(
+                "the flip could not be recorded before the swap (writing {}: {e}); traffic stays where it is; \
+                 check that the state directory is writable and not full",
+                super::intent::path(self.store.dir()).display()
+            );
             reporter.error(Phase::Flip, None, msg.clone());
             return Err(msg);
         }
+        state.flipping_to = Some(color);
         let table = route_table(config, Some(release), &self.upstreams);
         let t = Instant::now();
         self.proxy.swap(table);
@@ -206,6 +218,9 @@ impl Controller {
         };
         let mut rec = Record::new("flip_back", &release.tag, from, color);
         op.phase(Phase::Health);
+        // Every service of the standby is probed at once: one round trip
+        // before the swap, however many services there are.
+        let mut upstreams = Vec::with_capacity(config.services.len());
         for service in &config.services {
             let Some(upstream) = release.services.get(&service.name) else {
                 let msg = format!(
@@ -216,15 +231,20 @@ impl Controller {
                     .finish(self, Outcome::Refused, Some(msg.clone()), msg, &reporter)
                     .await;
             };
-            if let Err(why) = health::probe(upstream.addr, &service.health).await {
-                let msg = format!(
-                    "standby {color} ({}) is not healthy, traffic stays where it is: {}: {why}",
-                    release.tag, service.name
-                );
-                return rec
-                    .finish(self, Outcome::Refused, Some(msg.clone()), msg, &reporter)
-                    .await;
-            }
+            upstreams.push((service, upstream.addr));
+        }
+        let probes = upstreams
+            .iter()
+            .map(|(service, addr)| health::probe(*addr, &service.health));
+        let results = futures_util::future::join_all(probes).await;
+        if let Some(((service, _), Err(why))) = upstreams.iter().zip(results).find(|(_, r)| r.is_err()) {
+            let msg = format!(
+                "standby {color} ({}) is not healthy, traffic stays where it is: {}: {why}",
+                release.tag, service.name
+            );
+            return rec
+                .finish(self, Outcome::Refused, Some(msg.clone()), msg, &reporter)
+                .await;
         }
         op.phase(Phase::Flip);
         // Other containers calling a service by its Compose name follow the

@@ -19,14 +19,22 @@ use crate::release::Handle;
 
 /// How often the driver is asked whether the upstream still runs, between probes.
 const EXIT_POLL: Duration = Duration::from_millis(100);
-/// The wait before the second probe; it doubles up to `health_check_interval`,
-/// so an app that is ready soon after it starts is flipped to soon after
-/// (ready-to-flip ≤ 100 ms), and a slow one is not probed in a busy loop.
+/// The wait before the second probe. For the first [`FAST_FOR`] of a check
+/// the step stays at most [`FAST_STEP`], so an app ready soon after it
+/// starts is flipped to within ~100 ms of being ready (the ready-to-flip
+/// target); then it doubles up to `health_check_interval`, so a slow app is
+/// not probed in a busy loop.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// The longest step while a check is young.
+const FAST_STEP: Duration = Duration::from_millis(100);
+/// How long a check probes at [`FAST_STEP`] at most.
+const FAST_FOR: Duration = Duration::from_secs(3);
 
-/// The wait after `wait`: twice as long, up to `interval`.
-fn next_wait(wait: Duration, interval: Duration) -> Duration {
-    wait.saturating_mul(2).min(interval)
+/// The wait after `wait`, `elapsed` into the check: twice as long, up to
+/// [`FAST_STEP`] while the check is young, then up to `interval`.
+fn next_wait(wait: Duration, elapsed: Duration, interval: Duration) -> Duration {
+    let cap = if elapsed < FAST_FOR { FAST_STEP } else { interval };
+    wait.saturating_mul(2).min(cap).min(interval)
 }
 
 /// How often a failing health check says so.
@@ -116,6 +124,7 @@ impl HealthCheck<'_> {
         let mut good = 0u32;
         let mut last;
         let mut last_report: Option<(Instant, String)> = None;
+        let started = Instant::now();
         let mut wait = FIRST_RETRY.min(self.interval);
         loop {
             let container_health = match self.driver.state(self.handle).await {
@@ -164,7 +173,7 @@ impl HealthCheck<'_> {
                 last_report = Some((Instant::now(), last.clone()));
             }
             let next = Instant::now() + wait;
-            wait = next_wait(wait, self.interval);
+            wait = next_wait(wait, started.elapsed(), self.interval);
             if next >= self.deadline {
                 // One last wait up to the deadline, still watching for an exit.
                 self.watch_until(self.deadline).await?;
@@ -216,23 +225,31 @@ mod tests {
     }
 
     #[test]
-    fn probes_start_at_50ms_and_double_up_to_the_interval() {
+    fn probes_step_at_most_100ms_for_3s_then_double_up_to_the_interval() {
         let interval = Duration::from_secs(5);
-        let mut wait = FIRST_RETRY.min(interval);
+        let (mut wait, mut elapsed) = (FIRST_RETRY.min(interval), Duration::ZERO);
         let mut waits = vec![wait];
-        for _ in 0..8 {
-            wait = next_wait(wait, interval);
+        while waits.len() < 40 {
+            elapsed += wait;
+            wait = next_wait(wait, elapsed, interval);
             waits.push(wait);
         }
         let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(FIRST_RETRY.min(Duration::from_millis(20)), Duration::from_millis(20));
+        // 50, then 100 until 3 s have passed (50 + 29 × 100 = 2950 ms), then doubling.
+        assert_eq!(ms[..2], [50, 100]);
+        assert!(ms[1..31].iter().all(|&w| w == 100), "{ms:?}");
+        assert_eq!(ms[31..36], [200, 400, 800, 1600, 3200]);
+        assert!(ms[36..].iter().all(|&w| w == 5000), "{ms:?}");
+        // A short interval is never exceeded.
+        let short = Duration::from_millis(20);
+        assert_eq!(FIRST_RETRY.min(short), short);
+        assert_eq!(next_wait(short, Duration::ZERO, short), short);
     }
 
     #[tokio::test]
     async fn an_app_ready_soon_is_seen_within_the_first_backoff_steps() {
         // Bind now, serve after 300 ms: with a 5 s interval, the check must
-        // see it at the probe after the 400 ms step (at 750 ms), not at 5 s.
+        // see it within the 100 ms steps of the first seconds, not at 5 s.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);

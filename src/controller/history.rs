@@ -116,7 +116,7 @@ impl Record {
             watch: self.watch,
             warnings,
         };
-        if let Err(e) = controller.history.append(&entry) {
+        if let Err(e) = controller.history.append_async(entry).await {
             reporter.warn(Phase::History, None, format!("could not record history: {e}"));
         }
         reporter.send(Event::done(outcome, message));
@@ -182,6 +182,15 @@ impl History {
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         f.write_all(&line)?;
         f.sync_data()
+    }
+
+    /// [`History::append`] on the blocking pool: its `fsync` never holds
+    /// a runtime thread.
+    pub async fn append_async(&self, entry: HistoryEntry) -> std::io::Result<()> {
+        let history = self.clone();
+        tokio::task::spawn_blocking(move || history.append(&entry))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// Move a file past [`ROTATE_BYTES`] or [`ROTATE_ENTRIES`] to

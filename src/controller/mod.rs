@@ -25,6 +25,7 @@ pub mod flip;
 pub mod health;
 pub mod history;
 pub mod hooks;
+pub mod intent;
 pub mod operation;
 pub mod recover;
 pub mod retention;

@@ -1,17 +1,18 @@
 //! What the daemon must remember across restarts: which color is active,
 //! which release each color runs (tag, upstream address, process or
 //! container), and which color a deploy was starting when it was
-//! interrupted, or the color a flip was moving traffic to. Written
-//! atomically (temp file, fsync, rename, fsync dir), private (0600), and the
-//! previous good copy is kept as `state.json.bak`: a truncated or garbage
-//! `state.json` is recovered from it at start, loudly.
-
+//! interrupted, or the color a flip was moving traffic to (read from the
+//! flip intent, `intent.rs`). Written atomically (temp file, fsync, rename,
+//! fsync dir), private (0600), and the previous good copy is kept as
+//! `state.json.bak`: a truncated or garbage `state.json` is recovered from
+//! it at start, loudly.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::intent::FlipIntent;
 use crate::release::{Color, Handle, Release, UpstreamRecord};
 
 /// The persisted state.
@@ -25,9 +26,10 @@ pub struct State {
     /// What runs in each color.
     #[serde(default)]
     pub colors: BTreeMap<Color, Release>,
-    /// A flip to this color was about to swap the routes (persisted before
-    /// the swap): a daemon killed before recording the result completes
-    /// the flip at start if the color is healthy.
+    /// A flip to this color was about to swap the routes: a daemon killed
+    /// before recording the result completes the flip at start if the
+    /// color is healthy. Set from the flip intent (`intent.rs`) at load;
+    /// read from the file too, where versions before it persisted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flipping_to: Option<Color>,
 }
@@ -198,8 +200,22 @@ impl StateStore {
     /// Read the state. A corrupt `state.json` is kept aside (as
     /// `state.json.corrupt`) and the previous good copy is used, with a
     /// problem that says so; if both are corrupt, [`StateError::Corrupt`]
-    /// (the daemon then asks the drivers what runs).
+    /// (the daemon then asks the drivers what runs). A flip intent that the
+    /// state has not completed marks it as flipping (see `intent`).
     pub fn load_recovering(&self) -> Result<Loaded, StateError> {
+        let mut loaded = self.load_file()?;
+        if let Some(intent) = FlipIntent::read(self.dir()) {
+            intent.apply_to(&mut loaded.state);
+        }
+        Ok(loaded)
+    }
+
+    /// The directory of the state file (`state_dir`).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    fn load_file(&self) -> Result<Loaded, StateError> {
         let backup = self.backup_path();
         let why = match read_state(&self.path)? {
             Read::Good(state) => return Ok(Loaded { state, problem: None }),
@@ -248,8 +264,11 @@ impl StateStore {
     }
 
     /// Replace the state on disk atomically, keeping the copy it replaces
-    /// (if valid) as `state.json.bak`. Blocking: call it off the runtime's
-    /// threads (the controller uses `spawn_blocking`).
+    /// (if valid) as `state.json.bak`: a second name for the old file (a
+    /// hard link), whose data was synced when it was written, so keeping it
+    /// costs no write; the directory sync of the new file persists both
+    /// names. Blocking: call it off the runtime's threads (the controller
+    /// uses `spawn_blocking`).
     pub fn save(&self, state: &State) -> Result<(), StateError> {
         let io = |source| StateError::Io {
             action: "write",
@@ -259,7 +278,12 @@ impl StateStore {
         let json = serde_json::to_vec_pretty(state).map_err(|e| io(std::io::Error::other(e)))?;
         if let Ok(current) = std::fs::read(&self.path) {
             if serde_json::from_slice::<State>(&current).is_ok() {
-                write_atomic(&self.backup_path(), &current).map_err(io)?;
+                let backup = self.backup_path();
+                match std::fs::remove_file(&backup) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                    _ => {}
+                }
+                std::fs::hard_link(&self.path, &backup).map_err(io)?;
             }
         }
         write_atomic(&self.path, &json).map_err(io)
