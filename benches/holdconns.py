@@ -7,9 +7,14 @@ Reads the summed RSS of PIDs, opens N connections to 127.0.0.1:PORT, sends
 one keep-alive GET on each and reads its answer (so each connection has
 served a request and sits idle, as a browser's would), waits a second, reads
 the RSS again, closes everything. Prints one line of JSON with
-(RSS_with - RSS_idle) / N.
+(RSS_with - RSS_idle) / N. A target that dies on the way is reported in the
+JSON ("error"), never by an exit that would end benches/run.sh.
 """
-import asyncio, json, sys, time
+import asyncio, json, resource, sys, time
+
+# N connections need N descriptors here too.
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 port, n, pids = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 
@@ -33,13 +38,22 @@ async def one(sem, held):
         held.append(w)
 
 async def main():
-    before = rss_kib()
+    try:
+        before = rss_kib()
+    except OSError as e:
+        print(json.dumps({"error": f"target not running before the test: {e!r}"}))
+        return
     held, sem = [], asyncio.Semaphore(200)
     t = time.monotonic()
     results = await asyncio.gather(*(one(sem, held) for _ in range(n)), return_exceptions=True)
     failed = [r for r in results if isinstance(r, Exception)]
     await asyncio.sleep(1)
-    after = rss_kib()
+    try:
+        after = rss_kib()
+    except OSError as e:
+        print(json.dumps({"error": f"the target died while holding {len(held)} connections "
+                                   f"({len(failed)} failed, first {failed[0] if failed else None!r}): {e!r}"}))
+        return
     open_ = len(held)
     for w in held:
         w.close()

@@ -345,8 +345,11 @@ echo "ready-to-flip done" >&2
 
 # Memory per idle keep-alive connection (benches/holdconns.py).
 HOLD=$WORK/hold.jsonl; : > "$HOLD"
-python3 benches/holdconns.py "$SCH" "$HOLD_CONNS" "$(cat "$WORK/sch.pid")" >> "$HOLD"
-python3 benches/holdconns.py "$HAH" "$HOLD_CONNS" "$(cat "$WORK/haproxyh.pid")" >> "$HOLD"
+# A failure here is a row of the table, not the end of the run.
+python3 benches/holdconns.py "$SCH" "$HOLD_CONNS" "$(cat "$WORK/sch.pid")" >> "$HOLD" \
+    || echo '{"error": "holdconns.py failed against switchctl"}' >> "$HOLD"
+python3 benches/holdconns.py "$HAH" "$HOLD_CONNS" "$(cat "$WORK/haproxyh.pid")" >> "$HOLD" \
+    || echo '{"error": "holdconns.py failed against HAProxy"}' >> "$HOLD"
 echo "idle connections done" >&2
 
 python3 - "$RESULTS" "$FLIP" "$idle_sc" "$idle_ng" "$idle_ha" "$ROUNDS" "$DURATION" "$CONNS" \
@@ -405,6 +408,8 @@ names = {"switchctl": "`switchctl flip back` (CLI process)", "haproxy": "HAProxy
 for line in open(switch):
     s = json.loads(line)
     vis = f"{s['visible']}" + (f" ({s['not_visible']} not within {s['not_visible_within_s']:.0f} s)" if s["not_visible"] else "")
+    if s.get("unsettled_before_switch"):
+        vis += f"; {s['unsettled_before_switch']} started before the previous switch had settled"
     med = "-" if s["median_ms"] is None else f"{s['median_ms']:.1f}"
     mx = "-" if s["max_ms"] is None else f"{s['max_ms']:.1f}"
     print(f"| {names[s['mode']]} | {s['flips']} | {vis} | {med} | {mx} | {s['failed']} | {s['requests']:,} |")
@@ -420,6 +425,9 @@ print("| proxy | connections held | failed | RSS idle MiB | RSS with MiB | KiB p
 print("|---|---|---|---|---|---|")
 for label, line in zip(("switchctl (1 worker, TLS on)", "HAProxy (1 thread)"), open(hold)):
     h = json.loads(line)
+    if "error" in h:
+        print(f"| {label} | - | - | - | - | - |\n  error: {h['error']}")
+        continue
     print(f"| {label} | {h['connections']:,} | {h['failed']} | {h['rss_idle_kib']/1024:.1f} | {h['rss_with_kib']/1024:.1f} | {h['kib_per_conn']:.2f} |")
     if h["first_error"]:
         print(f"  first error: {h['first_error']}")

@@ -69,13 +69,30 @@ def probe(before, started, out):
         if started and now - started[0] > TIMEOUT:
             return
 
-duration = int(flips * (TIMEOUT + 0.5) + 10)  # an upper bound: wrk is stopped by SIGINT when done
+def settle(expected):
+    # Before a switch, the previous one must be complete for fresh
+    # connections: SETTLE answers in a row from `expected`. A proxy that
+    # still sends some requests to the old side (HAProxy reusing an idle
+    # server connection to the old address) would otherwise make the next
+    # prober see "the other side" before the command even starts.
+    deadline, streak = time.monotonic() + TIMEOUT, 0
+    while streak < SETTLE and time.monotonic() < deadline:
+        try:
+            streak = streak + 1 if get_color() == expected else 0
+        except OSError:
+            streak = 0
+    return streak >= SETTLE
+
+SETTLE = 5
+duration = int(flips * (3 * TIMEOUT + 0.5) + 10)  # an upper bound: wrk is stopped by SIGINT when done
 wrk = subprocess.Popen(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 time.sleep(1.5)
-visible, invisible, wrong = [], 0, 0
+visible, invisible, unsettled = [], 0, 0
+before = get_color()
 for i in range(flips):
-    before = get_color()
+    if not settle(before):
+        unsettled += 1
     started, out = [], []
     t = threading.Thread(target=probe, args=(before, started, out))
     t.start()                     # the prober polls before the command starts
@@ -88,6 +105,7 @@ for i in range(flips):
         visible.append((out[0] - t0) * 1000)
     else:
         invisible += 1
+    before = "green" if before != "green" else "blue"
     time.sleep(0.2)
 wrk.send_signal(__import__("signal").SIGINT)  # wrk stops and prints its totals
 wout = wrk.communicate()[0]
@@ -99,7 +117,7 @@ if not total:
     sys.exit(f"wrk failed:\n{wout}")
 print(json.dumps({
     "mode": mode, "flips": flips, "visible": len(visible), "not_visible_within_s": TIMEOUT if invisible else None,
-    "not_visible": invisible,
+    "not_visible": invisible, "unsettled_before_switch": unsettled,
     "median_ms": round(statistics.median(visible), 1) if visible else None,
     "max_ms": round(max(visible), 1) if visible else None,
     "requests": int(total.group(1)), "failed": errs,
