@@ -309,6 +309,15 @@ for _ in $(seq 1 "$FLIPS"); do
     echo $(( (e - s) / 1000 )) >> "$FLIP"
 done
 
+# Where a flip back's milliseconds go, idle and under wrk -c$CONNS
+# (benches/flipsplit.py reads the swap's time from the daemon's log).
+SPLIT=$WORK/split.jsonl; : > "$SPLIT"
+python3 benches/flipsplit.py "$BIN" "$WORK/sc1/switchctl.toml" "$WORK/sc1/daemon.log" "$FLIPS" >> "$SPLIT"
+wrk -t1 -c"$CONNS" -d600s "http://127.0.0.1:$SC1/" >/dev/null 2>&1 & WRKP=$!
+sleep 1
+python3 benches/flipsplit.py "$BIN" "$WORK/sc1/switchctl.toml" "$WORK/sc1/daemon.log" "$FLIPS" >> "$SPLIT"
+kill "$WRKP"; wait "$WRKP" 2>/dev/null || true
+
 # Switching visible under load: wrk -c$CONNS for the whole measure, $FLIPS
 # switches, a prober on fresh connections (benches/switchprobe.py).
 SWITCH=$WORK/switch.jsonl; : > "$SWITCH"
@@ -353,9 +362,9 @@ python3 benches/holdconns.py "$HAH" "$HOLD_CONNS" "$(cat "$WORK/haproxyh.pid")" 
 echo "idle connections done" >&2
 
 python3 - "$RESULTS" "$FLIP" "$idle_sc" "$idle_ng" "$idle_ha" "$ROUNDS" "$DURATION" "$CONNS" \
-    "$idle_sct" "$SWITCH" "$READY" "$HOLD" <<'PY'
+    "$idle_sct" "$SWITCH" "$READY" "$HOLD" "$SPLIT" <<'PY'
 import sys, statistics, collections, subprocess, json
-res, flips, idle_sc, idle_ng, idle_ha, rounds, dur, conns, idle_sct, switch, ready, hold = sys.argv[1:]
+res, flips, idle_sc, idle_ng, idle_ha, rounds, dur, conns, idle_sct, switch, ready, hold, split = sys.argv[1:]
 rows = collections.defaultdict(list)
 for line in open(res):
     label, t, rps, p50, p99, errs = line.split("\t")
@@ -415,6 +424,13 @@ for line in open(switch):
     print(f"| {names[s['mode']]} | {s['flips']} | {vis} | {med} | {mx} | {s['failed']} | {s['requests']:,} |")
 
 r = json.loads(ready)
+print("\nwhere a flip back's milliseconds go (medians; benches/flipsplit.py):")
+print("| load | CLI start only (`--version`) | `status --json` round trip | flip back: start to route swap | route swap to exit |")
+print("|---|---|---|---|---|")
+for label, line in zip(("idle", f"wrk -t1 -c{conns}"), open(split)):
+    s = json.loads(line)
+    print(f"| {label} | {s['start_only_ms']:.2f} | {s['status_ms']:.2f} | {s['to_swap_ms']:.2f} | {s['swap_to_exit_ms']:.2f} |")
+
 print(f"\nready-to-flip (upstream ready ~300 ms after start, health_check_interval = 5s), {r['deploys']} deploys: "
       f"median {r['ready_to_flip_ms']['median']:.0f} ms, max {r['ready_to_flip_ms']['max']:.0f} ms (target <= 100 ms); "
       f"history ready_ms median {r['history_ready_ms']['median']:.0f}, route swap (flip_us) median {r['history_flip_us']['median']:.0f} µs; "
