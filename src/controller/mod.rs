@@ -16,6 +16,7 @@
 //! | [`routing`] | route tables and the shared upstream set |
 //! | [`watch`] | the post-flip watch: the new color's 5xx ratio, and the flip back |
 //! | [`counters`] | operation counters for metrics |
+//! | [`problems`] | what `status` lists as wrong now |
 //! | [`state`], [`history`], [`health`], [`event`] | persisted state, history, health checks, progress events |
 
 pub mod counters;
@@ -26,6 +27,7 @@ pub mod health;
 pub mod history;
 pub mod hooks;
 pub mod operation;
+pub mod problems;
 pub mod recover;
 pub mod retention;
 pub mod rollback;
@@ -62,7 +64,7 @@ pub struct Controller {
     state: tokio::sync::Mutex<State>,
     operation: Mutex<Option<OperationInfo>>,
     upstreams: Arc<UpstreamSet>,
-    problems: Mutex<Vec<String>>,
+    problems: Mutex<problems::Problems>,
     /// Restarts by supervision, per color and service (shown by `status`).
     restarts: Mutex<std::collections::HashMap<(crate::release::Color, String), u64>>,
     /// Cancelled once start-up recovery has finished.
@@ -122,7 +124,7 @@ impl Controller {
             state: tokio::sync::Mutex::new(state),
             operation: Mutex::new(None),
             upstreams,
-            problems: Mutex::new(Vec::new()),
+            problems: Mutex::new(problems::Problems::default()),
             restarts: Mutex::new(std::collections::HashMap::new()),
             recovered: tokio_util::sync::CancellationToken::new(),
             acme: std::sync::OnceLock::new(),
@@ -242,10 +244,28 @@ impl Controller {
         }
     }
 
-    /// Say loudly (log and `status`) that something is wrong.
+    /// Say loudly (log and `status`) that something is wrong with the
+    /// daemon (listed once however often it is said).
     pub fn problem(&self, message: String) {
         tracing::error!("{message}");
-        self.problems.lock().expect("problems lock").push(message);
+        self.problems.lock().expect("problems lock").daemon(message);
+    }
+
+    /// Say loudly (log and `status`) what is wrong now with `service` of
+    /// `color`, run by `handle`: replaces what was said of it before, and
+    /// `status` drops it once that upstream runs again or is replaced.
+    pub(crate) fn upstream_problem(
+        &self,
+        color: crate::release::Color,
+        service: &str,
+        handle: &crate::release::Handle,
+        message: String,
+    ) {
+        tracing::warn!("{message}");
+        self.problems
+            .lock()
+            .expect("problems lock")
+            .upstream(color, service, handle, message);
     }
 }
 
