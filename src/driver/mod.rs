@@ -310,7 +310,7 @@ impl Driver {
     pub fn grace_before_replacing(&self) -> Duration {
         match self {
             Driver::Process(_) => Duration::ZERO,
-            Driver::Docker(_) => Duration::from_secs(2),
+            Driver::Docker(_) => Duration::from_secs(3),
         }
     }
 
