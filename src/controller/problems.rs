@@ -105,7 +105,12 @@ mod tests {
             p.daemon("state.json was recovered from its copy".into());
         }
         for attempt in 1..=5 {
-            p.upstream(Color::Blue, "web", &handle(7), format!("web (blue): restart {attempt} failed"));
+            p.upstream(
+                Color::Blue,
+                "web",
+                &handle(7),
+                format!("web (blue): restart {attempt} failed"),
+            );
         }
         let down = |_: Color, _: &str| false;
         assert_eq!(
@@ -118,7 +123,11 @@ mod tests {
     fn an_upstream_problem_goes_once_it_runs_or_is_replaced() {
         let mut p = Problems::default();
         p.upstream(Color::Blue, "web", &handle(7), "web (blue): exited".into());
-        assert_eq!(p.current(&state_with(7), |_, _| true), Vec::<String>::new(), "runs again");
+        assert_eq!(
+            p.current(&state_with(7), |_, _| true),
+            Vec::<String>::new(),
+            "runs again"
+        );
         p.upstream(Color::Blue, "web", &handle(7), "web (blue): exited".into());
         assert_eq!(
             p.current(&state_with(8), |_, _| false),
@@ -126,9 +135,17 @@ mod tests {
             "another upstream replaced it"
         );
         p.upstream(Color::Blue, "web", &handle(7), "web (blue): exited".into());
-        assert_eq!(p.current(&State::default(), |_, _| false), Vec::<String>::new(), "retired");
+        assert_eq!(
+            p.current(&State::default(), |_, _| false),
+            Vec::<String>::new(),
+            "retired"
+        );
         p.upstream(Color::Blue, "web", &handle(7), "web (blue): exited".into());
         p.resolved(Color::Blue, "web");
-        assert_eq!(p.current(&state_with(7), |_, _| false), Vec::<String>::new(), "resolved");
+        assert_eq!(
+            p.current(&state_with(7), |_, _| false),
+            Vec::<String>::new(),
+            "resolved"
+        );
     }
 }

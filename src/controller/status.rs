@@ -72,11 +72,15 @@ impl Controller {
             })
         });
         let mut looked: Vec<(String, Color, ColorStatus)> = futures_util::future::join_all(looks).await;
-        let problems = self.problems.lock().expect("problems lock").current(&state, |color, service| {
-            looked
-                .iter()
-                .any(|(n, c, s)| *c == color && n == service && s.state == RUNNING)
-        });
+        let problems = self
+            .problems
+            .lock()
+            .expect("problems lock")
+            .current(&state, |color, service| {
+                looked
+                    .iter()
+                    .any(|(n, c, s)| *c == color && n == service && s.state == RUNNING)
+            });
         let services = names
             .into_iter()
             .map(|name| {

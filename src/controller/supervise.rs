@@ -104,7 +104,10 @@ impl Controller {
                         color,
                         service,
                         &up.handle,
-                        format!("{service} ({color}, {}) is down ({why}); supervision restarts it", release.tag),
+                        format!(
+                            "{service} ({color}, {}) is down ({why}); supervision restarts it",
+                            release.tag
+                        ),
                     );
                 }
                 down.push(service.clone());
@@ -125,7 +128,9 @@ impl Controller {
                 failed_over = self.fail_over(&config, &release, standby.as_ref(), &down).await;
             }
             for service in down {
-                let Some(entry) = attempts.get_mut(&service) else { continue };
+                let Some(entry) = attempts.get_mut(&service) else {
+                    continue;
+                };
                 if entry.next > Instant::now() {
                     continue;
                 }
@@ -163,7 +168,9 @@ impl Controller {
     async fn follow_moved(self: &Arc<Self>, config: &Config, color: Color, release: &Release, routed: bool) -> bool {
         let mut moved: Vec<(String, SocketAddr, SocketAddr)> = Vec::new();
         for (service, up) in &release.services {
-            let Some(service_config) = config.service(service) else { continue };
+            let Some(service_config) = config.service(service) else {
+                continue;
+            };
             // Only a running container publishes a port.
             let Some(now) = self.driver.current_addr(&up.handle, service_config).await else {
                 continue;

@@ -165,8 +165,8 @@ impl ProcessDriver {
             spec.tag,
             humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         );
-        let log = open_log(&log_path, &header)
-            .map_err(|e| fail(format!("cannot write {}: {e}", log_path.display())))?;
+        let log =
+            open_log(&log_path, &header).map_err(|e| fail(format!("cannot write {}: {e}", log_path.display())))?;
         let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
 
         let mut cmd = Command::new(&program);
@@ -436,7 +436,10 @@ mod tests {
     #[tokio::test]
     async fn a_restart_appends_to_the_log_keeping_the_crash_output() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = config(dir.path(), &["sh", "-c", "echo run on {port}; echo crash-{port} >&2; exit 1"]);
+        let cfg = config(
+            dir.path(),
+            &["sh", "-c", "echo run on {port}; echo crash-{port} >&2; exit 1"],
+        );
         let driver = ProcessDriver::new(dir.path().join("logs"));
         let first = driver.start(&spec(&cfg, Color::Blue, "v1")).unwrap();
         let crashed = format!("crash-{}", first.addr.port());
