@@ -75,6 +75,10 @@ pub struct Controller {
     pub(crate) counters: counters::Counters,
     /// The post-flip watch in progress, for `status`.
     watch: Mutex<Option<WatchInfo>>,
+    /// Ends the post-flip watch in progress (a human's `flip back`).
+    watch_end: Mutex<Option<tokio_util::sync::CancellationToken>>,
+    /// Woken each time the operation lock is let go.
+    released: tokio::sync::Notify,
     /// Automatic certificates, for `status` (set once by the daemon).
     acme: std::sync::OnceLock<Arc<crate::acme::Acme>>,
 }
@@ -96,6 +100,7 @@ impl OperationGuard {
 impl Drop for OperationGuard {
     fn drop(&mut self) {
         *self.controller.operation.lock().expect("operation lock") = None;
+        self.controller.released.notify_waiters();
     }
 }
 
@@ -115,6 +120,8 @@ impl Controller {
             notifier: Mutex::new(notifier),
             counters: counters::Counters::default(),
             watch: Mutex::new(None),
+            watch_end: Mutex::new(None),
+            released: tokio::sync::Notify::new(),
             config_path,
             store: StateStore::new(&config.state_dir),
             history: History::new(&config.state_dir),
