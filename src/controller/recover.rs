@@ -267,7 +267,6 @@ impl Controller {
                         release.tag
                     ),
                 };
-                reporter.warn(Phase::Recover, None, problem.clone());
                 self.upstream_problem(*color, service, &rec.handle, problem);
             }
         }
