@@ -235,6 +235,9 @@ pub struct WatchInfo {
     /// The service past the threshold, when the watch flipped back.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tripped: Option<String>,
+    /// Why the watch ended before its window did (a human's `flip back`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ended: Option<String>,
 }
 
 /// One service's figures in [`WatchInfo`].

@@ -344,3 +344,107 @@ networks:
     );
     assert_eq!(d.get("/").await, (200, "compose-v2-from-dotenv\n".into()));
 }
+
+/// Requests through the proxy for a moment: how many failed, and what answered.
+async fn a_moment_of_load(d: &Daemon) -> common::LoadReport {
+    let load = Load::start(d.proxy, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_supervision_recreates_a_removed_container_and_follows_a_restarted_one() {
+    if !docker::available() {
+        return;
+    }
+    let images = Images::new("supervise");
+    images.build("v1", "");
+    let d = Daemon::start("docker", "timeout = \"30s\"", &docker_service("dsuper", &images, ""));
+    let out = deploy(&d, "v1").await;
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), d.log());
+    let container = docker::containers(&d.state_dir())[0]
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let blue = |status: &serde_json::Value| status["services"][0]["blue"].clone();
+
+    // (a) The active container is removed under load: supervision makes a
+    // new one, routes to it, and says so in status.
+    let load = Load::start(d.proxy, 4);
+    let removed = docker::inspect(&container, "{{.Id}}");
+    let rm = std::process::Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+    wait_for(
+        "the removed container to be recreated",
+        Duration::from_secs(60),
+        || async { blue(&d.status().await)["restarts"] == 1 && d.get("/").await == (200, "v1\n".into()) },
+    )
+    .await;
+    load.stop().await;
+    let after = a_moment_of_load(&d).await;
+    assert_eq!(after.failed, 0, "{after:?}");
+    assert!(after.sent > 0);
+    let status = d.status().await;
+    assert_eq!(blue(&status)["state"], "running", "{status}");
+    assert_eq!(
+        status["problems"],
+        serde_json::json!([]),
+        "nothing is down any more: {status}"
+    );
+    let recreated = docker::inspect(&container, "{{.Id}}");
+    assert!(
+        !recreated.is_empty() && recreated != removed,
+        "a new container: {recreated}"
+    );
+
+    // (b) Docker restarts it: it comes back on another host port, and the
+    // route follows without anyone deploying.
+    let before = blue(&status)["upstream"].as_str().unwrap().to_string();
+    let load = Load::start(d.proxy, 4);
+    let restart = std::process::Command::new("docker")
+        .args(["restart", "-t", "1", &container])
+        .output()
+        .unwrap();
+    assert!(restart.status.success(), "{}", String::from_utf8_lossy(&restart.stderr));
+    wait_for(
+        "the route to follow the restarted container",
+        Duration::from_secs(60),
+        || async {
+            let status = d.status().await;
+            blue(&status)["restarts"] == 2
+                && blue(&status)["upstream"] != before.as_str()
+                && d.get("/").await == (200, "v1\n".into())
+        },
+    )
+    .await;
+    load.stop().await;
+    let after = a_moment_of_load(&d).await;
+    assert_eq!(after.failed, 0, "{after:?}");
+    assert!(after.sent > 0);
+    let status = d.status().await;
+    let now = blue(&status)["upstream"].as_str().unwrap().to_string();
+    assert_eq!(
+        now,
+        format!(
+            "127.0.0.1:{}",
+            docker::inspect(
+                &container,
+                "{{(index (index .NetworkSettings.Ports \"8000/tcp\") 0).HostPort}}"
+            )
+        ),
+        "the route names the port Docker published: {status}"
+    );
+    assert_eq!(
+        docker::inspect(&container, "{{.Id}}"),
+        recreated,
+        "followed, not recreated: {}",
+        d.log()
+    );
+    assert_eq!(status["problems"], serde_json::json!([]), "{status}");
+    assert_eq!(d.state()["colors"]["blue"]["services"]["dsuper"]["addr"], now.as_str());
+    assert!(d.log().contains("restarted by Docker"), "logged: {}", d.log());
+}

@@ -398,3 +398,37 @@ async fn a_flip_whose_intent_cannot_be_recorded_is_refused_with_routes_unchanged
     assert_eq!(d.cli(&["flip", "back"]).await.status.code(), Some(0));
     assert_eq!(d.get("/").await, (200, "v1\n".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_problems_say_what_is_wrong_now_not_everything_that_ever_was() {
+    let mut d = daemon();
+    deploy_ok(&d, "v1").await;
+    // The daemon and its upstream die together: the next start finds the
+    // upstream gone (a problem), and supervision brings it back (no longer one).
+    let v1 = d.pids()[0];
+    d.kill9();
+    common::signal(-v1, 9);
+    d.spawn();
+    common::wait_for(
+        "v1 restarted after the daemon start",
+        Duration::from_secs(30),
+        || async {
+            d.status().await["services"][0]["blue"]["restarts"] == 1 && d.get("/").await == (200, "v1\n".into())
+        },
+    )
+    .await;
+    let status = d.status().await;
+    assert_eq!(status["problems"], serde_json::json!([]), "{status}");
+    assert!(d.log().contains("web (blue, v1): exited"), "it was said: {}", d.log());
+    // Crash after crash: still nothing listed once each is back.
+    for n in 2..=3 {
+        let pid = d.pids()[0];
+        common::signal(-pid, 9);
+        common::wait_for("the crashed upstream restarted", Duration::from_secs(30), || async {
+            d.status().await["services"][0]["blue"]["restarts"] == n && d.get("/").await == (200, "v1\n".into())
+        })
+        .await;
+    }
+    let status = d.status().await;
+    assert_eq!(status["problems"], serde_json::json!([]), "{status}");
+}

@@ -16,7 +16,7 @@ use super::event::{Outcome, Phase, Reporter};
 use super::health::HealthCheck;
 use super::history::{ms, Record};
 use super::hooks::{self, HookContext, HookFailure};
-use super::watch::{Baseline, Verdict};
+use super::watch::{Baseline, Verdict, ENDED_BY_FLIP_BACK};
 use super::{retention, Controller, OperationGuard};
 use crate::api::ColorTag;
 use crate::config::{Config, HookWhen, WatchConfig};
@@ -179,24 +179,32 @@ impl Deploy {
             Err(reason) => return self.roll_back(Failure::new(reason)).await,
         };
         self.hooks(HookWhen::AfterFlip).await.ok();
-        let verdict = match (watch, baseline, &old) {
+        let watched = match (watch, baseline, &old) {
             (Some(watch), Some(baseline), Some(_)) => self.drain_and_watch(old.as_ref(), &baseline, &watch).await,
             _ => {
                 self.drain(old.as_ref()).await;
-                None
+                Watched::Passed
             }
         };
-        if let Some(why) = verdict {
-            return self.flip_back(release, old, why).await;
-        }
-        self.retire(old).await;
+        let handed_over = match watched {
+            Watched::Tripped(why) => return self.flip_back(release, old, why).await,
+            Watched::Passed => {
+                self.retire(old).await;
+                false
+            }
+            // The previous color stays as it is: the flip back takes it.
+            Watched::Ended => true,
+        };
         self.cleanup().await;
-        let msg = format!(
+        let mut msg = format!(
             "deployed {} to {} in {:.1}s",
             self.tag,
             self.idle,
             self.record.started.elapsed().as_secs_f64()
         );
+        if handed_over {
+            msg.push_str(&format!("; the watch ended early: {ENDED_BY_FLIP_BACK}"));
+        }
         self.finish(Outcome::Deployed, None, msg).await
     }
 
@@ -395,14 +403,15 @@ impl Deploy {
     }
 
     /// Drain the old color while the watch reads the new one's answers.
-    /// Returns why the watch tripped, if it did (the drain then stops at
-    /// once: the old color is about to take traffic again).
+    /// Says how the watch ended; when it tripped or a `flip back` ended
+    /// it, the drain stops at once: the old color is about to take traffic
+    /// again.
     async fn drain_and_watch(
         &mut self,
         old: Option<&(Color, Release)>,
         baseline: &Baseline,
         watch: &WatchConfig,
-    ) -> Option<String> {
+    ) -> Watched {
         self.op.phase(Phase::Watch);
         self.reporter.info(
             Phase::Watch,
@@ -434,11 +443,15 @@ impl Deploy {
         match verdict {
             Verdict::Passed(info) => {
                 self.record.watch = Some(info);
-                None
+                Watched::Passed
             }
             Verdict::Tripped(info, why) => {
                 self.record.watch = Some(info);
-                Some(why)
+                Watched::Tripped(why)
+            }
+            Verdict::Ended(info) => {
+                self.record.watch = Some(info);
+                Watched::Ended
             }
         }
     }
@@ -640,6 +653,16 @@ impl Deploy {
             .finish(&self.controller, outcome, reason, message, &self.reporter)
             .await
     }
+}
+
+/// How the drain and the watch after a flip ended.
+enum Watched {
+    /// The window passed, or nothing was watched: retire the old color.
+    Passed,
+    /// The new color failed real traffic: flip back, saying why.
+    Tripped(String),
+    /// A human's `flip back` ended the watch: leave the old color to it.
+    Ended,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! | [`routing`] | route tables and the shared upstream set |
 //! | [`watch`] | the post-flip watch: the new color's 5xx ratio, and the flip back |
 //! | [`counters`] | operation counters for metrics |
+//! | [`problems`] | what `status` lists as wrong now |
 //! | [`state`], [`history`], [`health`], [`event`] | persisted state, history, health checks, progress events |
 
 pub mod counters;
@@ -27,6 +28,7 @@ pub mod history;
 pub mod hooks;
 pub mod intent;
 pub mod operation;
+pub mod problems;
 pub mod recover;
 pub mod retention;
 pub mod rollback;
@@ -63,7 +65,7 @@ pub struct Controller {
     state: tokio::sync::Mutex<State>,
     operation: Mutex<Option<OperationInfo>>,
     upstreams: Arc<UpstreamSet>,
-    problems: Mutex<Vec<String>>,
+    problems: Mutex<problems::Problems>,
     /// Restarts by supervision, per color and service (shown by `status`).
     restarts: Mutex<std::collections::HashMap<(crate::release::Color, String), u64>>,
     /// Cancelled once start-up recovery has finished.
@@ -74,6 +76,10 @@ pub struct Controller {
     pub(crate) counters: counters::Counters,
     /// The post-flip watch in progress, for `status`.
     watch: Mutex<Option<WatchInfo>>,
+    /// Ends the post-flip watch in progress (a human's `flip back`).
+    watch_end: Mutex<Option<tokio_util::sync::CancellationToken>>,
+    /// Woken each time the operation lock is let go.
+    released: tokio::sync::Notify,
     /// Automatic certificates, for `status` (set once by the daemon).
     acme: std::sync::OnceLock<Arc<crate::acme::Acme>>,
 }
@@ -95,6 +101,7 @@ impl OperationGuard {
 impl Drop for OperationGuard {
     fn drop(&mut self) {
         *self.controller.operation.lock().expect("operation lock") = None;
+        self.controller.released.notify_waiters();
     }
 }
 
@@ -114,6 +121,8 @@ impl Controller {
             notifier: Mutex::new(notifier),
             counters: counters::Counters::default(),
             watch: Mutex::new(None),
+            watch_end: Mutex::new(None),
+            released: tokio::sync::Notify::new(),
             config_path,
             store: StateStore::new(&config.state_dir),
             history: History::new(&config.state_dir),
@@ -123,7 +132,7 @@ impl Controller {
             state: tokio::sync::Mutex::new(state),
             operation: Mutex::new(None),
             upstreams,
-            problems: Mutex::new(Vec::new()),
+            problems: Mutex::new(problems::Problems::default()),
             restarts: Mutex::new(std::collections::HashMap::new()),
             recovered: tokio_util::sync::CancellationToken::new(),
             acme: std::sync::OnceLock::new(),
@@ -243,10 +252,28 @@ impl Controller {
         }
     }
 
-    /// Say loudly (log and `status`) that something is wrong.
+    /// Say loudly (log and `status`) that something is wrong with the
+    /// daemon (listed once however often it is said).
     pub fn problem(&self, message: String) {
         tracing::error!("{message}");
-        self.problems.lock().expect("problems lock").push(message);
+        self.problems.lock().expect("problems lock").daemon(message);
+    }
+
+    /// Say loudly (log and `status`) what is wrong now with `service` of
+    /// `color`, run by `handle`: replaces what was said of it before, and
+    /// `status` drops it once that upstream runs again or is replaced.
+    pub(crate) fn upstream_problem(
+        &self,
+        color: crate::release::Color,
+        service: &str,
+        handle: &crate::release::Handle,
+        message: String,
+    ) {
+        tracing::warn!("{message}");
+        self.problems
+            .lock()
+            .expect("problems lock")
+            .upstream(color, service, handle, message);
     }
 }
 

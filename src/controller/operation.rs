@@ -108,9 +108,19 @@ impl Controller {
             validate_tag(tag).map_err(Refused::BadRequest)?;
         }
         self.recovered().await;
-        let op = self
-            .try_begin(operation.kind(), operation.tag())
-            .map_err(Refused::Busy)?;
+        let op = loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.try_begin(operation.kind(), operation.tag()) {
+                Ok(op) => break op,
+                // A human's flip back does not wait for a post-flip watch:
+                // the watch ends, its deploy lets go of the lock, and the
+                // flip back takes it.
+                Err(_) if operation == Operation::FlipBack && self.end_watch() => released.await,
+                Err(holder) => return Err(Refused::Busy(holder)),
+            }
+        };
         let fresh_config = |overrides: Overrides| match self.reload_config() {
             Ok(config) => Ok(overrides.apply(config)),
             Err(e) => Err(Refused::BadRequest(e.to_string())),

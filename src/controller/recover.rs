@@ -255,28 +255,21 @@ impl Controller {
             }
             Err(e) => reporter.warn(Phase::Recover, None, format!("cannot look for orphans: {e}")),
         }
-        let mut problems = Vec::new();
         for (color, release) in &state.colors {
             for (service, rec) in &release.services {
-                match self.driver.state(&rec.handle).await {
-                    RunState::Running { .. } => {}
-                    RunState::Exited { reason } => {
-                        problems.push(format!("{service} ({color}, {}): {reason}", release.tag))
+                let problem = match self.driver.state(&rec.handle).await {
+                    RunState::Running { .. } => continue,
+                    RunState::Exited { reason } | RunState::Unknown { reason } => {
+                        format!("{service} ({color}, {}): {reason}", release.tag)
                     }
-                    RunState::Missing => problems.push(format!(
+                    RunState::Missing => format!(
                         "{service} ({color}, {}): upstream is gone; deploy again to replace it",
                         release.tag
-                    )),
-                    RunState::Unknown { reason } => {
-                        problems.push(format!("{service} ({color}, {}): {reason}", release.tag))
-                    }
-                }
+                    ),
+                };
+                self.upstream_problem(*color, service, &rec.handle, problem);
             }
         }
-        for p in &problems {
-            reporter.warn(Phase::Recover, None, p.clone());
-        }
-        self.problems.lock().expect("problems lock").extend(problems);
     }
 }
 

@@ -7,6 +7,9 @@ use crate::api::{ColorStatus, ColorTag, DriverStatus, ServiceStatus, Status};
 use crate::driver::RunState;
 use crate::release::Color;
 
+/// The `state` of an upstream that runs.
+const RUNNING: &str = "running";
+
 impl Controller {
     /// What `status` shows.
     pub async fn status(&self) -> Status {
@@ -45,7 +48,7 @@ impl Controller {
                 };
                 Some(async move {
                     let run = match self.driver.state(&rec.handle).await {
-                        RunState::Running { .. } => "running".to_string(),
+                        RunState::Running { .. } => RUNNING.to_string(),
                         RunState::Exited { reason } => reason,
                         RunState::Missing => "missing".into(),
                         RunState::Unknown { reason } => reason,
@@ -69,6 +72,15 @@ impl Controller {
             })
         });
         let mut looked: Vec<(String, Color, ColorStatus)> = futures_util::future::join_all(looks).await;
+        let problems = self
+            .problems
+            .lock()
+            .expect("problems lock")
+            .current(&state, |color, service| {
+                looked
+                    .iter()
+                    .any(|(n, c, s)| *c == color && n == service && s.state == RUNNING)
+            });
         let services = names
             .into_iter()
             .map(|name| {
@@ -95,7 +107,7 @@ impl Controller {
             operation,
             services,
             driver,
-            problems: self.problems.lock().expect("problems lock").clone(),
+            problems,
             watch: self.watch_status(),
             certificates: crate::tls::status(&self.proxy, self.acme.get().map(|a| &**a)),
             daemon_pid: std::process::id(),

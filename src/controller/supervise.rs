@@ -1,11 +1,16 @@
 //! Supervision of the active color: an upstream that exits (a crashed
 //! process, a container that died or was removed) is started again, with
-//! backoff, at the same tag, health-checked, recorded and routed to; each
-//! restart is logged and counted in `status`. With
-//! `deploy.failover_to_standby`, traffic for a service that is down goes to
-//! a healthy warm standby until the active one is back.
+//! backoff, at the same tag, health-checked, recorded and routed to; a
+//! container Docker brought back by itself (its restart policy, `docker
+//! restart`, `docker start`) is followed instead, on whatever host port it
+//! now publishes. Each restart is logged and counted in `status`, and what
+//! is down shows among its problems until it is back. It looks when the
+//! driver reports a change (Docker's events) and every [`LOOK_EVERY`]
+//! regardless. With `deploy.failover_to_standby`, traffic for a service
+//! that is down goes to a healthy warm standby until the active one is back.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +25,7 @@ use crate::config::Config;
 use crate::driver::{RunState, StartSpec};
 use crate::release::{Color, Release};
 
-/// How often the active color is looked at.
+/// How often the active color is looked at when the driver reports nothing.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// The first wait before a failed restart is tried again; it doubles.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -43,12 +48,18 @@ impl Controller {
     /// Watch the active color until `shutdown`.
     pub async fn supervise(self: Arc<Self>, shutdown: CancellationToken) {
         self.recovered().await;
+        tokio::spawn({
+            let controller = self.clone();
+            let shutdown = shutdown.clone();
+            async move { controller.driver.follow_changes(&shutdown).await }
+        });
         let mut attempts: HashMap<String, Attempts> = HashMap::new();
         let mut failed_over = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = self.driver.changed() => {}
             }
             // An operation in progress owns the upstreams.
             if self.operation.lock().expect("operation lock").is_some() {
@@ -66,14 +77,44 @@ impl Controller {
             };
             let Some((color, release)) = active else { continue };
             let config = self.config();
+            if let Some((standby_color, standby)) = &standby {
+                self.follow_moved(&config, *standby_color, standby, false).await;
+            }
+            if self.follow_moved(&config, color, &release, true).await {
+                // The table was rebuilt from the active release alone.
+                failed_over = false;
+                continue;
+            }
             let mut down = Vec::new();
             for (service, up) in &release.services {
-                if matches!(
-                    self.driver.state(&up.handle).await,
-                    RunState::Exited { .. } | RunState::Missing
-                ) {
-                    down.push(service.clone());
+                let (why, grace) = match self.driver.state(&up.handle).await {
+                    RunState::Exited { reason } => (reason, self.driver.grace_before_replacing()),
+                    RunState::Missing => ("gone".to_string(), Duration::ZERO),
+                    RunState::Running { .. } | RunState::Unknown { .. } => continue,
+                };
+                if !attempts.contains_key(service) {
+                    attempts.insert(
+                        service.clone(),
+                        Attempts {
+                            next: Instant::now() + grace,
+                            backoff: FIRST_BACKOFF,
+                        },
+                    );
+                    self.upstream_problem(
+                        color,
+                        service,
+                        &up.handle,
+                        format!(
+                            "{service} ({color}, {}) is down ({why}); supervision restarts it",
+                            release.tag
+                        ),
+                    );
                 }
+                down.push(service.clone());
+            }
+            for service in attempts.keys().filter(|s| !down.contains(s)) {
+                // Back by itself (Docker's restart policy) on the same port.
+                self.problems.lock().expect("problems lock").resolved(color, service);
             }
             attempts.retain(|s, _| down.contains(s));
             if down.is_empty() {
@@ -87,23 +128,118 @@ impl Controller {
                 failed_over = self.fail_over(&config, &release, standby.as_ref(), &down).await;
             }
             for service in down {
-                let now = Instant::now();
-                let entry = attempts.entry(service.clone()).or_insert(Attempts {
-                    next: now,
-                    backoff: FIRST_BACKOFF,
-                });
-                if entry.next > now {
+                let Some(entry) = attempts.get_mut(&service) else {
+                    continue;
+                };
+                if entry.next > Instant::now() {
                     continue;
                 }
-                if self.restart(&config, color, &release, &service).await {
-                    attempts.remove(&service);
-                    failed_over = false;
-                } else {
-                    entry.next = Instant::now() + entry.backoff;
-                    entry.backoff = next_backoff(entry.backoff);
+                match self.restart(&config, color, &release, &service).await {
+                    Ok(()) => {
+                        attempts.remove(&service);
+                        failed_over = false;
+                    }
+                    Err(why) => {
+                        entry.next = Instant::now() + entry.backoff;
+                        if let (Some(why), Some(up)) = (why, release.services.get(&service)) {
+                            self.upstream_problem(
+                                color,
+                                &service,
+                                &up.handle,
+                                format!(
+                                    "{service} ({color}, {}) is down and its restart failed: {why}; next attempt in {}",
+                                    release.tag,
+                                    humantime::format_duration(entry.backoff)
+                                ),
+                            );
+                        }
+                        entry.backoff = next_backoff(entry.backoff);
+                    }
                 }
             }
         }
+    }
+
+    /// Follow the upstreams of `release` (in `color`) that run again on
+    /// another address than the one recorded (a container Docker restarted
+    /// publishes its port anew): record the new address and, when
+    /// `routed`, send traffic there. Each move is logged and counted as a
+    /// restart. True if anything moved.
+    async fn follow_moved(self: &Arc<Self>, config: &Config, color: Color, release: &Release, routed: bool) -> bool {
+        let mut moved: Vec<(String, SocketAddr, SocketAddr)> = Vec::new();
+        for (service, up) in &release.services {
+            let Some(service_config) = config.service(service) else {
+                continue;
+            };
+            // Only a running container publishes a port.
+            let Some(now) = self.driver.current_addr(&up.handle, service_config).await else {
+                continue;
+            };
+            if now != up.addr {
+                moved.push((service.clone(), up.addr, now));
+            }
+        }
+        if moved.is_empty() {
+            return false;
+        }
+        // Taken like a restart's, so no operation changes the state meanwhile.
+        let Ok(_op) = self.try_begin("restart", Some(&release.tag)) else {
+            return false;
+        };
+        let mut state = self.state.lock().await;
+        let mut followed = Vec::new();
+        for (service, was, now) in moved {
+            let Some(rec) = state.colors.get_mut(&color).and_then(|r| r.services.get_mut(&service)) else {
+                continue;
+            };
+            let expected = release.services.get(&service).map(|r| &r.handle);
+            if Some(&rec.handle) != expected || rec.addr != was {
+                continue; // Replaced meanwhile.
+            }
+            rec.addr = now;
+            followed.push((service, was, now));
+        }
+        if followed.is_empty() {
+            return false;
+        }
+        let reporter = Reporter::silent();
+        if let Err(e) = self.save(&state).await {
+            reporter.error(Phase::Recover, None, e.to_string());
+        }
+        let is_active = state.active == Some(color);
+        if routed && is_active {
+            self.proxy
+                .swap(route_table(config, state.colors.get(&color), &self.upstreams));
+        }
+        drop(state);
+        for (service, was, now) in followed {
+            self.upstreams.remove(was);
+            let count = self.count_restart(color, &service);
+            self.problems.lock().expect("problems lock").resolved(color, &service);
+            reporter.success(
+                Phase::Recover,
+                Some(&service),
+                format!(
+                    "{service} ({color}, {}) was restarted by Docker and now listens on {now} (was {was}); {} (restart {count})",
+                    release.tag,
+                    if routed && is_active {
+                        "traffic follows it"
+                    } else {
+                        "recorded"
+                    }
+                ),
+            );
+        }
+        true
+    }
+
+    /// Count a restart of `service` of `color` (shown by `status`); returns
+    /// how many there were.
+    fn count_restart(&self, color: Color, service: &str) -> u64 {
+        let mut restarts = self.restarts.lock().expect("restarts lock");
+        let n = restarts.entry((color, service.to_string())).or_default();
+        *n += 1;
+        *n
     }
 
     /// Send the services in `down` to the healthy standby; true if done.
@@ -137,14 +273,21 @@ impl Controller {
         true
     }
 
-    /// Start `service` of the active `color` again at its tag; true once it
-    /// is healthy, recorded and routed to.
-    async fn restart(self: &Arc<Self>, config: &Config, color: Color, release: &Release, service: &str) -> bool {
+    /// Start `service` of the active `color` again at its tag: `Ok` once it
+    /// is healthy, recorded and routed to; else why not (`None` when it was
+    /// not tried: an operation holds the lock, or traffic moved).
+    async fn restart(
+        self: &Arc<Self>,
+        config: &Config,
+        color: Color,
+        release: &Release,
+        service: &str,
+    ) -> Result<(), Option<String>> {
         let Some(service_config) = config.service(service) else {
-            return false;
+            return Err(Some(format!("{service} is no longer in the config")));
         };
         let Ok(_op) = self.try_begin("restart", Some(&release.tag)) else {
-            return false;
+            return Err(None);
         };
         let reporter = Reporter::silent();
         reporter.warn(
@@ -167,7 +310,7 @@ impl Controller {
             Ok(u) => u,
             Err(e) => {
                 reporter.error(Phase::Recover, Some(service), format!("restart failed: {e}"));
-                return false;
+                return Err(Some(e.to_string()));
             }
         };
         let check = HealthCheck {
@@ -183,14 +326,14 @@ impl Controller {
         if let Err(why) = check.wait().await {
             reporter.error(Phase::Recover, Some(service), format!("restart failed: {why}"));
             let _ = self.driver.stop(&upstream.handle, config.deploy.stop_timeout).await;
-            return false;
+            return Err(Some(why.to_string()));
         }
         let mut state = self.state.lock().await;
         if state.active != Some(color) {
             // Traffic moved meanwhile; this upstream is not needed.
             drop(state);
             let _ = self.driver.stop(&upstream.handle, config.deploy.stop_timeout).await;
-            return false;
+            return Err(None);
         }
         state.add_upstream(color, service, upstream);
         if let Err(e) = self.save(&state).await {
@@ -199,12 +342,8 @@ impl Controller {
         let table = route_table(config, state.colors.get(&color), &self.upstreams);
         self.proxy.swap(table);
         drop(state);
-        let count = {
-            let mut restarts = self.restarts.lock().expect("restarts lock");
-            let n = restarts.entry((color, service.to_string())).or_default();
-            *n += 1;
-            *n
-        };
+        self.problems.lock().expect("problems lock").resolved(color, service);
+        let count = self.count_restart(color, service);
         reporter.success(
             Phase::Recover,
             Some(service),
@@ -213,7 +352,7 @@ impl Controller {
                 release.tag
             ),
         );
-        true
+        Ok(())
     }
 }
 

@@ -5,11 +5,16 @@
 //! answers trips it, and the deploy flips back to the previous color at
 //! once (`deploy.rs`). The previous color is not retired until the watch
 //! ends, whatever `standby` says, so there is always somewhere to go back to.
+//! A human's `flip back` during the window does not wait for it: it ends
+//! the watch ([`Controller::end_watch`]), the deploy records that and lets
+//! go of the operation lock with the previous color still running, and the
+//! flip back proceeds.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use switchctl_proxy::{Snapshot, Upstream};
+use tokio_util::sync::CancellationToken;
 
 use super::event::{Phase, Reporter};
 use super::Controller;
@@ -33,7 +38,12 @@ pub(super) enum Verdict {
     Passed(WatchInfo),
     /// A service went past it: flip back. The text says which and why.
     Tripped(WatchInfo, String),
+    /// A human asked for `flip back` before the window ended.
+    Ended(WatchInfo),
 }
+
+/// Why a watch ended early, as history records it.
+pub(super) const ENDED_BY_FLIP_BACK: &str = "`switchctl flip back` was asked during the window";
 
 impl Controller {
     /// The counters of `release`'s upstreams now, taken just before the
@@ -58,9 +68,20 @@ impl Controller {
         let deadline = tokio::time::Instant::now() + watch.window;
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = CancellationToken::new();
+        *self.watch_end.lock().expect("watch end lock") = Some(end.clone());
         let verdict = loop {
-            interval.tick().await;
+            let ended = tokio::select! {
+                _ = interval.tick() => false,
+                _ = end.cancelled() => true,
+            };
             let info = figures(baseline, until);
+            if ended {
+                break Verdict::Ended(WatchInfo {
+                    ended: Some(ENDED_BY_FLIP_BACK.into()),
+                    ..info
+                });
+            }
             let tripped = info.services.iter().find(|s| past_threshold(s, watch));
             if let Some(s) = tripped {
                 let why = format!(
@@ -87,6 +108,20 @@ impl Controller {
             }
         };
         *self.watch.lock().expect("watch lock") = None;
+        *self.watch_end.lock().expect("watch end lock") = None;
+        if let Verdict::Ended(info) = &verdict {
+            reporter.warn(
+                Phase::Watch,
+                None,
+                format!(
+                    "watch ended early: {ENDED_BY_FLIP_BACK} ({} 5xx of {} requests to {} so far); {} is kept for it",
+                    info.errors_5xx,
+                    info.requests,
+                    baseline.color,
+                    baseline.color.other()
+                ),
+            );
+        }
         if let Verdict::Passed(info) = &verdict {
             reporter.success(
                 Phase::Watch,
@@ -101,6 +136,20 @@ impl Controller {
             );
         }
         verdict
+    }
+}
+
+impl Controller {
+    /// End the post-flip watch in progress, for a human's `flip back`;
+    /// false if none runs.
+    pub(super) fn end_watch(&self) -> bool {
+        match self.watch_end.lock().expect("watch end lock").take() {
+            Some(end) => {
+                end.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -125,6 +174,7 @@ fn figures(baseline: &Baseline, until: SystemTime) -> WatchInfo {
         errors_5xx: services.iter().map(|s| s.errors_5xx).sum(),
         services,
         tripped: None,
+        ended: None,
     }
 }
 

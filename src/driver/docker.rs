@@ -11,6 +11,8 @@
 //! Engine API through bollard; a Docker daemon that is down never stops the
 //! proxy.
 
+mod events;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -62,6 +64,8 @@ pub struct DockerDriver {
     /// First part of every container name: the Compose project, or
     /// `switchctl-<hash of the instance>`.
     prefix: String,
+    /// Woken by the engine's events about this instance's containers.
+    changes: tokio::sync::Notify,
 }
 
 /// The last `n` of `lines`.
@@ -118,6 +122,7 @@ impl DockerDriver {
             client: Mutex::new(None),
             instance,
             prefix,
+            changes: tokio::sync::Notify::new(),
         }
     }
 

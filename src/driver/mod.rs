@@ -282,6 +282,38 @@ impl Driver {
         }
     }
 
+    /// Follow what the runtime reports about this instance's upstreams
+    /// until `shutdown`, so that [`Driver::changed`] wakes on each change
+    /// (Docker: the engine's events, reconnected with backoff). The process
+    /// driver has no such feed: this returns at once and supervision polls.
+    pub async fn follow_changes(&self, shutdown: &tokio_util::sync::CancellationToken) {
+        match self {
+            Driver::Process(_) => {}
+            Driver::Docker(d) => d.follow_events(shutdown).await,
+        }
+    }
+
+    /// Resolves when the runtime reports that an upstream of this instance
+    /// started, died or was removed (never, for the process driver).
+    pub async fn changed(&self) {
+        match self {
+            Driver::Process(_) => std::future::pending().await,
+            Driver::Docker(d) => d.changed().await,
+        }
+    }
+
+    /// How long an upstream that exited is left alone before supervision
+    /// replaces it: Docker's restart policy (`unless-stopped`) may bring a
+    /// container back by itself, and following it is cheaper than
+    /// recreating it (`docker restart` stops it for a moment, too). Nothing
+    /// restarts a process but switchctl.
+    pub fn grace_before_replacing(&self) -> Duration {
+        match self {
+            Driver::Process(_) => Duration::ZERO,
+            Driver::Docker(_) => Duration::from_secs(3),
+        }
+    }
+
     /// Can the runtime be reached? (`status` and `check` report it.)
     pub async fn ping(&self) -> Result<(), DriverError> {
         match self {

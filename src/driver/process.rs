@@ -1,7 +1,9 @@
 //! The process driver: each upstream is a local process group, started from
 //! the service's `command` with `{port}`, `{tag}` and `{color}` filled in, on
 //! a free loopback port switchctl picks. Output goes to
-//! `<state_dir>/logs/<service>-<color>.log`. Processes run in their own group
+//! `<state_dir>/logs/<service>-<color>.log`, appended to: each start writes
+//! a header line first, so a crash's output survives the restart that
+//! follows it, and [`ProcessDriver::logs`] shows the latest run. Processes run in their own group
 //! so they outlive a daemon restart and are stopped as a whole (SIGTERM,
 //! then SIGKILL). Each carries its own record in its environment
 //! (`SWITCHCTL_INSTANCE`, `SWITCHCTL_SERVICE`, `SWITCHCTL_COLOR`,
@@ -156,7 +158,15 @@ impl ProcessDriver {
         };
         std::fs::create_dir_all(&self.logs).map_err(|e| fail(format!("cannot create {}: {e}", self.logs.display())))?;
         let log_path = self.log_path(&spec.service.name, spec.color);
-        let log = open_log(&log_path).map_err(|e| fail(format!("cannot create {}: {e}", log_path.display())))?;
+        let header = format!(
+            "{RUN_HEADER}{} ({}, {}) started at {}",
+            spec.service.name,
+            spec.color,
+            spec.tag,
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        );
+        let log =
+            open_log(&log_path, &header).map_err(|e| fail(format!("cannot write {}: {e}", log_path.display())))?;
         let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
 
         let mut cmd = Command::new(&program);
@@ -240,28 +250,38 @@ impl ProcessDriver {
         Ok(())
     }
 
+    /// The last `lines` lines of the latest run of `service` in `color`.
     pub(super) fn logs(&self, service: &str, color: Color, lines: usize) -> Vec<String> {
-        let Ok(text) = std::fs::read_to_string(self.log_path(service, color)) else {
+        let Ok(bytes) = std::fs::read(self.log_path(service, color)) else {
             return Vec::new();
         };
+        let text = String::from_utf8_lossy(&bytes);
         let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..]
+        let run = all.iter().rposition(|l| l.starts_with(RUN_HEADER)).map_or(0, |i| i + 1);
+        let latest = &all[run..];
+        latest[latest.len().saturating_sub(lines)..]
             .iter()
             .map(|l| l.to_string())
             .collect()
     }
 }
 
-/// An upstream's log, truncated, readable by its owner and group only (0640).
-fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+/// How the header line each start writes to an upstream's log begins.
+const RUN_HEADER: &str = "==> switchctl: ";
+
+/// An upstream's log, appended to after a `header` line, readable by its
+/// owner and group only (0640). Never truncated: the output of the run
+/// before (a crash that supervision restarts) is what an operator reads.
+fn open_log(path: &Path, header: &str) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new()
-        .write(true)
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
         .create(true)
-        .truncate(true)
         .mode(0o640)
         .open(path)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+    writeln!(f, "{header}")?;
     Ok(f)
 }
 
@@ -408,9 +428,42 @@ mod tests {
         let path = dir.path().join("web-blue.log");
         std::fs::write(&path, "old").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        open_log(&path).unwrap();
+        open_log(&path, "header").unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o640);
+    }
+
+    #[tokio::test]
+    async fn a_restart_appends_to_the_log_keeping_the_crash_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(
+            dir.path(),
+            &["sh", "-c", "echo run on {port}; echo crash-{port} >&2; exit 1"],
+        );
+        let driver = ProcessDriver::new(dir.path().join("logs"));
+        let first = driver.start(&spec(&cfg, Color::Blue, "v1")).unwrap();
+        let crashed = format!("crash-{}", first.addr.port());
+        assert!(!first_output(&driver, Color::Blue).await.is_empty());
+        for _ in 0..500 {
+            if driver.logs("web", Color::Blue, 50).contains(&crashed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Supervision starts it again in the same color.
+        let second = driver.start(&spec(&cfg, Color::Blue, "v1")).unwrap();
+        let latest = first_output(&driver, Color::Blue).await;
+        assert!(
+            !latest.contains(&crashed),
+            "logs() shows the latest run only: {latest:?}"
+        );
+        let file = std::fs::read_to_string(dir.path().join("logs/web-blue.log")).unwrap();
+        assert!(file.contains(&crashed), "the crash's output is kept: {file}");
+        assert_eq!(file.matches(RUN_HEADER).count(), 2, "{file}");
+        assert!(
+            file.find(&crashed) < file.find(&format!("run on {}", second.addr.port())),
+            "{file}"
+        );
     }
 
     #[tokio::test]
