@@ -565,12 +565,25 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 
 /// Which of [`HOP_BY_HOP`] a message carries, as a bit mask. One pass over
 /// the (few) headers, so the usual message costs no hash lookup.
+/// The names are matched as strings, in [`HOP_BY_HOP`]'s order: the
+/// compiler sorts them by length, so most names are ruled out by it alone,
+/// where comparing with each `HeaderName` in turn costs nine comparisons.
 fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
-            present |= 1 << i;
-        }
+        let i = match name.as_str() {
+            "connection" => 0,
+            "keep-alive" => 1,
+            "proxy-connection" => 2,
+            "proxy-authenticate" => 3,
+            "proxy-authorization" => 4,
+            "te" => 5,
+            "transfer-encoding" => 6,
+            "http2-settings" => 7,
+            "upgrade" => 8,
+            _ => continue,
+        };
+        present |= 1 << i;
     }
     present
 }
@@ -670,6 +683,16 @@ mod tests {
             "so the request must not go to blue"
         );
         assert_eq!(blue.in_flight(), 0);
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_sets_its_own_bit() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert((*name).clone(), HeaderValue::from_static("1"));
+            h.insert("x-other", HeaderValue::from_static("1"));
+            assert_eq!(hop_by_hop_present(&h), 1 << i, "{name}");
+        }
     }
 
     #[test]
