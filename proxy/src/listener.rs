@@ -47,13 +47,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::drain::{CutCounter, DrainCut};
 use crate::forward::{ClientConn, Close, Forwarder, Tunnels};
+use crate::stall::{Tracked, WriteProgress};
 use crate::tls::TlsServing;
 use crate::{ProxyConfig, ProxyError};
 
@@ -99,6 +101,8 @@ pub(crate) struct Worker {
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) per_ip: Arc<PerIp>,
     pub(crate) shutdown: CancellationToken,
+    /// Where this worker adds what its drain had to cut.
+    pub(crate) cut: Arc<CutCounter>,
 }
 
 /// Everything an accept loop hands to the connections it accepts.
@@ -133,6 +137,7 @@ impl Worker {
             last_shed: Mutex::new(None),
             first_request: self.config.header_read_timeout,
             idle: self.config.idle_timeout,
+            write: self.config.write_timeout,
         });
         let tracker = TaskTracker::new();
         let shared = Shared {
@@ -173,10 +178,12 @@ impl Worker {
         let _ = tokio::time::timeout_at(quiet, shared.tracker.wait()).await;
         sweeper.close_all(Close::Graceful);
         if tokio::time::timeout_at(deadline, shared.tracker.wait()).await.is_err() {
-            tracing::warn!(
-                open = shared.tracker.len(),
-                "drain timeout passed with connections or tunnels still open; closing them"
-            );
+            // Every connection was asked to close after its response: one
+            // still open is answering. The tracker counts connections and
+            // tunnels (the accept loops have returned).
+            let requests = sweeper.open();
+            let tunnels = shared.tracker.len().saturating_sub(requests);
+            self.cut.add(DrainCut { requests, tunnels });
             // Tunnels end their byte streams; what is left is dropped with
             // the runtime.
             shared.tunnels.close.cancel();
@@ -223,6 +230,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let (stream, writes) = Tracked::new(stream);
         let client = Arc::new(ClientConn::new(
             shared.forwarder.clone(),
             shared.tunnels.clone(),
@@ -230,7 +238,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared
             peer,
             tls.is_some(),
         ));
-        shared.sweeper.watch(&client);
+        shared.sweeper.watch(&client, writes);
         let builder = shared.builder.clone();
         match &tls {
             None => shared.tracker.spawn(serve(stream, client, builder)),
@@ -242,7 +250,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared
 /// Serve one TLS connection: the handshake within its timeout, then HTTP
 /// exactly as on a plain connection.
 async fn serve_tls(
-    stream: TcpStream,
+    stream: Tracked,
     tls: Arc<TlsServing>,
     client: Arc<ClientConn>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -371,6 +379,8 @@ struct Sweeper {
     first_request: Duration,
     /// A connection that starts no request for this long is closed.
     idle: Duration,
+    /// A connection whose write to the client is stuck this long is reset.
+    write: Duration,
 }
 
 struct Watched {
@@ -379,10 +389,13 @@ struct Watched {
     /// Requests seen at the last change, and when that was.
     requests: u64,
     since: Instant,
+    writes: Arc<WriteProgress>,
+    /// The write stall last seen, and when it was first seen.
+    stall: Option<(u64, Instant)>,
 }
 
 impl Sweeper {
-    fn watch(&self, conn: &Arc<ClientConn>) {
+    fn watch(&self, conn: &Arc<ClientConn>, writes: Arc<WriteProgress>) {
         let now = Instant::now();
         let mut conns = self.conns.lock().expect("sweeper lock");
         if conns.1 != Close::No {
@@ -393,12 +406,15 @@ impl Sweeper {
             accepted: now,
             requests: 0,
             since: now,
+            writes,
+            stall: None,
         });
     }
 
     async fn run(&self) {
         // Fine enough for timeouts given in seconds, coarse enough to cost nothing.
-        let tick = (self.first_request.min(self.idle) / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+        let shortest = self.first_request.min(self.idle).min(self.write);
+        let tick = (shortest / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -417,6 +433,19 @@ impl Sweeper {
                 // request (the auto builder is still sniffing for HTTP/2).
                 conn.close(Close::Now);
                 return false;
+            }
+            match (w.writes.stall(), w.stall) {
+                (None, _) => w.stall = None,
+                (Some(stall), Some((seen, since))) if stall == seen => {
+                    if now - since >= self.write {
+                        // The client has not taken a byte for the write
+                        // timeout: whatever it asked for, it is not reading.
+                        w.writes.reset_on_close();
+                        conn.close(Close::Now);
+                        return false;
+                    }
+                }
+                (Some(stall), _) => w.stall = Some((stall, now)),
             }
             if requests != w.requests {
                 w.requests = requests;
@@ -463,6 +492,12 @@ impl Sweeper {
                 });
             }
         }
+    }
+
+    /// Client connections still open.
+    fn open(&self) -> usize {
+        let conns = self.conns.lock().expect("sweeper lock");
+        conns.0.iter().filter(|w| w.conn.strong_count() > 0).count()
     }
 
     /// Shutdown begins: every connection (and any accepted from now on) is
