@@ -174,7 +174,9 @@ impl Worker {
         shared.tracker.close();
         let deadline = Instant::now() + self.config.drain_timeout;
         sweeper.drain_start();
-        let quiet = Instant::now() + DRAIN_QUIET.min(self.config.drain_timeout);
+        // Half of a short drain at most, so that the graceful closes after
+        // it get time too.
+        let quiet = Instant::now() + DRAIN_QUIET.min(self.config.drain_timeout / 2);
         let _ = tokio::time::timeout_at(quiet, shared.tracker.wait()).await;
         sweeper.close_all(Close::Graceful);
         if tokio::time::timeout_at(deadline, shared.tracker.wait()).await.is_err() {
