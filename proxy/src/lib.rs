@@ -205,6 +205,8 @@ pub struct Proxy {
     stopped: CancellationToken,
     /// What the shutdown drain cut, summed over the workers.
     cut: Arc<drain::CutCounter>,
+    /// Counts client connections (per client, and in all).
+    per_ip: Arc<listener::PerIp>,
     /// Handles on the workers' sockets, for [`Proxy::listeners`]; dropped
     /// at shutdown, so that the sockets close with the accept loops as
     /// before unless a successor holds them.
@@ -367,6 +369,7 @@ impl Proxy {
             shutdown,
             stopped,
             cut,
+            per_ip,
             listeners: Mutex::new(Some(handles)),
         })
     }
@@ -423,6 +426,11 @@ impl Proxy {
     /// Resolves when every worker has stopped.
     pub async fn stopped(&self) {
         self.stopped.cancelled().await
+    }
+
+    /// Client connections open now (upgraded ones included), across workers.
+    pub fn open_connections(&self) -> usize {
+        self.per_ip.total()
     }
 
     /// What the shutdown drain had to cut when its timeout passed (also

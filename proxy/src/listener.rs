@@ -38,6 +38,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::Duration;
@@ -273,17 +274,24 @@ async fn serve_tls(
     }
 }
 
-/// Open connections per client, across workers. IPv6 clients count per /64
-/// (one host's usual share); a limit of 0 turns counting off.
+/// Open connections per client, across workers, and in all. IPv6 clients
+/// count per /64 (one host's usual share); a limit of 0 turns counting per
+/// client off.
 #[derive(Debug)]
 pub(crate) struct PerIp {
     limit: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
+    /// Every client's together.
+    total: AtomicUsize,
 }
 
 /// One counted connection; uncounted on drop.
 #[derive(Debug)]
-pub(crate) struct IpSlot(Option<(Arc<PerIp>, IpAddr)>);
+pub(crate) struct IpSlot {
+    per_ip: Arc<PerIp>,
+    /// The client it counts against, when counting per client.
+    key: Option<IpAddr>,
+}
 
 /// What one client connection occupies while it, or the tunnel it
 /// becomes, lives: a `max_connections` permit and its client's slot.
@@ -294,7 +302,21 @@ impl PerIp {
         Arc::new(PerIp {
             limit,
             open: Mutex::new(HashMap::new()),
+            total: AtomicUsize::new(0),
         })
+    }
+
+    /// Client connections open now (upgraded ones included).
+    pub(crate) fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn slot(self: &Arc<Self>, key: Option<IpAddr>) -> IpSlot {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        IpSlot {
+            per_ip: self.clone(),
+            key,
+        }
     }
 
     fn key(ip: IpAddr) -> IpAddr {
@@ -310,7 +332,7 @@ impl PerIp {
     /// Count a connection from `ip`, unless that client is at the limit.
     fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
         if self.limit == 0 {
-            return Some(IpSlot(None));
+            return Some(self.slot(None));
         }
         let key = Self::key(ip);
         let mut open = self.open.lock().expect("per-ip lock");
@@ -319,14 +341,16 @@ impl PerIp {
             return None;
         }
         *n += 1;
-        Some(IpSlot(Some((self.clone(), key))))
+        drop(open);
+        Some(self.slot(Some(key)))
     }
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        if let Some((per_ip, key)) = self.0.take() {
-            let mut open = per_ip.open.lock().expect("per-ip lock");
+        self.per_ip.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(key) = self.key {
+            let mut open = self.per_ip.open.lock().expect("per-ip lock");
             if let Some(n) = open.get_mut(&key) {
                 *n -= 1;
                 if *n == 0 {

@@ -412,3 +412,25 @@ async fn a_drain_within_its_timeout_cuts_nothing() {
     assert!(stopped.is_ok(), "the proxy did not stop");
     assert_eq!(proxy.drain_cut(), DrainCut::default());
 }
+
+#[tokio::test]
+async fn open_connections_are_counted_until_they_close() {
+    let proxy = start(ProxyConfig::default(), Upstream::new(app("v1").await));
+    let addr = proxy.local_addrs()[0];
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let (head, _) = read_head(&mut conn).await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        held.push(conn);
+    }
+    assert_eq!(proxy.open_connections(), 3);
+    drop(held);
+    assert!(
+        eventually(|| proxy.open_connections() == 0).await,
+        "{}",
+        proxy.open_connections()
+    );
+    proxy.shutdown();
+}
