@@ -5,10 +5,11 @@
 //! thousand slow-read connections each holding response buffers leave
 //! their memory to the process after they close, and only the arenas' top
 //! is ever returned by itself. `malloc_trim(0)` hands every free page back
-//! (`MADV_DONTNEED`). It costs a walk of the free lists, so it runs rarely:
-//! when the number of open connections has fallen by [`WAVE`] from its
-//! peak, on a blocking thread, never on the proxy's workers. Nothing is
-//! added to a request's path. docs/reliability.md ("Attackers") has the
+//! (`MADV_DONTNEED`). It costs a walk of the free lists and takes each
+//! arena's lock in turn, so it runs rarely: when the number of open
+//! connections has fallen by a quarter from its peak (and by at least
+//! [`MIN_WAVE`]), at most once per [`LOOK_EVERY`], on a blocking thread,
+//! never on the proxy's workers. Nothing is added to a request's path. docs/reliability.md ("Attackers") has the
 //! RSS measured before and after.
 //!
 //! A static musl build (the `.deb`) has nothing to do: musl's allocator
@@ -23,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 /// How often the open-connection count is looked at.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
 
-/// Connections closed since the peak that make a wave worth a trim.
-const WAVE: usize = 256;
+/// Fewest connections closed since the peak that make a wave: an h2load
+/// flood of 100 connections left 80 MiB behind; the ebb and flow of a few
+/// dozen browsers is no reason to trim.
+const MIN_WAVE: usize = 64;
 
 /// Follows the number of open connections and says when a wave of them
 /// has closed since the peak.
@@ -34,11 +37,13 @@ struct Waves {
 }
 
 impl Waves {
-    /// `open` connections now; true when [`WAVE`] or more closed since the
-    /// peak (which then starts again from here).
+    /// `open` connections now; true when a quarter of the peak, and at
+    /// least [`MIN_WAVE`], closed since it (the peak then starts again from
+    /// here).
     fn closed_a_wave(&mut self, open: usize) -> bool {
         self.peak = self.peak.max(open);
-        if self.peak - open >= WAVE {
+        let closed = self.peak - open;
+        if closed >= MIN_WAVE && closed >= self.peak / 4 {
             self.peak = open;
             return true;
         }
@@ -103,14 +108,14 @@ mod tests {
         let mut w = Waves::default();
         assert!(!w.closed_a_wave(100));
         assert!(!w.closed_a_wave(1000));
-        assert!(!w.closed_a_wave(1000 - WAVE + 1), "one short of a wave");
-        assert!(w.closed_a_wave(1000 - WAVE), "a wave closed since the peak");
-        let after = 1000 - WAVE;
-        assert!(
-            !w.closed_a_wave(after - WAVE + 1),
-            "counted from the trim, not the old peak"
-        );
-        assert!(!w.closed_a_wave(2000));
-        assert!(w.closed_a_wave(2000 - WAVE));
+        assert!(!w.closed_a_wave(751), "one short of a quarter");
+        assert!(w.closed_a_wave(750), "a quarter closed since the peak");
+        assert!(!w.closed_a_wave(750 - 186), "counted from the trim, not the old peak");
+        assert!(w.closed_a_wave(750 - 187));
+        // A small peak: at least MIN_WAVE.
+        let mut w = Waves::default();
+        assert!(!w.closed_a_wave(100));
+        assert!(!w.closed_a_wave(100 - MIN_WAVE + 1));
+        assert!(w.closed_a_wave(100 - MIN_WAVE));
     }
 }
