@@ -186,6 +186,14 @@ impl Collector for Metrics {
         )?;
         ConstCounter::new(counters.flips()).encode(m)?;
 
+        let m = encoder.encode_descriptor(
+            "switchctl_drain_cut",
+            "Requests and tunnels still open on the old color when a flip's drain timed out (tunnels are closed)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(counters.drain_cuts()).encode(m)?;
+
         if let Some(took) = counters.last_deploy() {
             let m = encoder.encode_descriptor(
                 "switchctl_last_deploy_duration_seconds",

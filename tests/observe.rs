@@ -143,6 +143,7 @@ async fn metrics_count_requests_by_color_and_class_across_a_deploy() {
     assert_eq!(n("switchctl_deploys_total{outcome=\"deployed\"}"), 2.0);
     assert_eq!(n("switchctl_deploys_total{outcome=\"rolled_back\"}"), 0.0);
     assert_eq!(n("switchctl_flips_total"), 2.0);
+    assert_eq!(n("switchctl_drain_cut_total"), 0.0);
     assert!(n("switchctl_last_deploy_duration_seconds") > 0.0);
     assert!(
         !s.keys().any(|k| k.starts_with("switchctl_certificate")),

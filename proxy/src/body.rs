@@ -10,7 +10,11 @@
 //! there is one, an [`Upload`] records whether it ended, failed (a malformed
 //! chunk from the client: 400, not 502) or is still coming, so that the
 //! response timeout starts only once the upload is done. A request without a
-//! body allocates nothing for this.
+//! body allocates nothing for this. A body is held to [`UploadLimits`]: a
+//! wait for the client's next bytes has a bound (idle), and so has its
+//! average pace over the time spent waiting on the client (minimum rate,
+//! after a grace): a client that trickles a few bytes every few seconds, the
+//! slow-body attack, gets 408 however regularly it trickles.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -188,9 +193,23 @@ impl Upload {
     }
 }
 
+/// How slowly a client may send a request body. Only time spent waiting on
+/// the client counts: while the upstream is slow to read, nothing is asked
+/// of the client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UploadLimits {
+    /// Longest wait for the client's next bytes.
+    pub(crate) idle: Duration,
+    /// Bytes per second of waiting the body must average once `grace` of
+    /// waiting has passed; 0: no minimum.
+    pub(crate) min_rate: u64,
+    /// Waiting that does not count against `min_rate`.
+    pub(crate) grace: Duration,
+}
+
 /// The client's request body on its way upstream (see [`Upload`]). While
-/// it waits on the client, a body that sends nothing for the read timeout
-/// fails (slow-body attacks); time the upstream takes to read does not count.
+/// it waits on the client, a body that breaks its [`UploadLimits`] fails
+/// (slow-body attacks); time the upstream takes to read does not count.
 #[derive(Debug)]
 pub(crate) struct RequestBody {
     inner: Option<Incoming>,
@@ -200,21 +219,72 @@ pub(crate) struct RequestBody {
 
 #[derive(Debug)]
 struct ReadTimer {
-    timeout: Duration,
+    limits: UploadLimits,
     sleep: Pin<Box<tokio::time::Sleep>>,
-    /// Whether the deadline counts for the frame now awaited.
-    armed: bool,
+    /// When the wait for the frame now awaited began (`None`: not waiting,
+    /// the deadline does not count).
+    waiting_since: Option<Instant>,
+    /// Time spent waiting on the client for the frames received so far.
+    waited: Duration,
+    /// Body bytes received so far.
+    received: u64,
+    /// The armed deadline is the minimum rate's, not the idle one.
+    pace_deadline: bool,
 }
 
-/// The client sent nothing of its request body for too long.
+impl ReadTimer {
+    /// Start waiting for the client's next frame: the deadline is the
+    /// earlier of the idle bound and the moment the average pace would fall
+    /// below the minimum (`grace` plus one second per `min_rate` bytes
+    /// received, of waiting in all).
+    fn arm(&mut self, now: Instant) {
+        let idle = now + self.limits.idle;
+        let mut deadline = idle;
+        if self.limits.min_rate > 0 {
+            let nanos = u128::from(self.received) * 1_000_000_000 / u128::from(self.limits.min_rate);
+            let earned = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+            let left = self.limits.grace.saturating_add(earned).saturating_sub(self.waited);
+            deadline = now.checked_add(left).map_or(idle, |d| d.min(idle));
+        }
+        self.pace_deadline = deadline < idle;
+        self.sleep.as_mut().reset(deadline);
+        self.waiting_since = Some(now);
+    }
+
+    /// A frame of `len` data bytes arrived.
+    fn received(&mut self, len: usize) {
+        let since = self.waiting_since.take();
+        if self.limits.min_rate > 0 {
+            if let Some(since) = since {
+                self.waited += Instant::now().saturating_duration_since(since);
+            }
+            self.received = self.received.saturating_add(len as u64);
+        }
+    }
+
+    fn error(&self) -> BodyTimeout {
+        match self.pace_deadline {
+            true => BodyTimeout::TooSlow(self.limits.min_rate),
+            false => BodyTimeout::Idle(self.limits.idle),
+        }
+    }
+}
+
+/// The client's request body broke its [`UploadLimits`].
 #[derive(Debug, thiserror::Error)]
-#[error("the client sent nothing of its request body for {0:?}")]
-pub(crate) struct BodyReadTimeout(Duration);
+pub(crate) enum BodyTimeout {
+    /// Nothing arrived for the idle bound.
+    #[error("the client sent nothing of its request body for {0:?}")]
+    Idle(Duration),
+    /// The average pace fell below the minimum.
+    #[error("the client sent its request body slower than {0} bytes/s")]
+    TooSlow(u64),
+}
 
 impl RequestBody {
     /// Wrap the client's body; the [`Upload`] is there when it has content.
-    /// `read_timeout` bounds each wait for the client's next bytes.
-    pub(crate) fn new(body: Incoming, read_timeout: Duration) -> (Self, Option<Arc<Upload>>) {
+    /// `limits` bound how slowly the client may send it.
+    pub(crate) fn new(body: Incoming, limits: UploadLimits) -> (Self, Option<Arc<Upload>>) {
         if body.is_end_stream() {
             return (RequestBody::empty(), None);
         }
@@ -223,9 +293,12 @@ impl RequestBody {
             inner: Some(body),
             upload: Some(upload.clone()),
             read: Some(ReadTimer {
-                timeout: read_timeout,
-                sleep: Box::pin(tokio::time::sleep(read_timeout)),
-                armed: false,
+                limits,
+                sleep: Box::pin(tokio::time::sleep(limits.idle)),
+                waiting_since: None,
+                waited: Duration::ZERO,
+                received: 0,
+                pace_deadline: false,
             }),
         };
         (body, Some(upload))
@@ -250,10 +323,8 @@ impl Body for RequestBody {
         let Some(body) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Some(read) = this.read.as_mut().filter(|r| !r.armed) {
-            let deadline = tokio::time::Instant::now() + read.timeout;
-            read.sleep.as_mut().reset(deadline);
-            read.armed = true;
+        if let Some(read) = this.read.as_mut().filter(|r| r.waiting_since.is_none()) {
+            read.arm(Instant::now());
         }
         let frame = Pin::new(&mut *body).poll_frame(cx);
         let upload = this.upload.as_deref();
@@ -266,7 +337,11 @@ impl Body for RequestBody {
         match frame {
             Poll::Ready(frame) => {
                 if let Some(read) = this.read.as_mut() {
-                    read.armed = false;
+                    let len = match &frame {
+                        Some(Ok(f)) => f.data_ref().map_or(0, Bytes::len),
+                        _ => 0,
+                    };
+                    read.received(len);
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
@@ -281,7 +356,7 @@ impl Body for RequestBody {
                     upload.finish(Upload::CLIENT_TIMED_OUT);
                 }
                 this.inner = None;
-                Poll::Ready(Some(Err(Box::new(BodyReadTimeout(read.timeout)))))
+                Poll::Ready(Some(Err(Box::new(read.error()))))
             }
         }
     }

@@ -32,7 +32,7 @@ use hyper::client::conn::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{ProxyBody, RequestBody, Upload};
+use crate::body::{ProxyBody, RequestBody, Upload, UploadLimits};
 use crate::listener::Slots;
 use crate::pool::{self, ConnectError};
 use crate::routes::RouteTable;
@@ -75,7 +75,8 @@ pub(crate) struct Forwarder {
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) upstream_idle_timeout: Duration,
-    pub(crate) body_read_timeout: Duration,
+    /// How slowly a client may send a request body.
+    pub(crate) upload_limits: UploadLimits,
     /// Set when plain connections answer with a redirect to https.
     pub(crate) https_redirect: Option<crate::tls::HttpsRedirect>,
     /// Peers whose `X-Forwarded-*` headers are kept.
@@ -174,8 +175,23 @@ impl ClientConn {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Proxy one request. Never fails: every problem becomes a response.
-    pub(crate) async fn serve(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Answer one request. Never fails: every problem becomes a response.
+    /// While the connection drains, every HTTP/1 answer (a redirect or an
+    /// ACME answer as much as a proxied one) says `Connection: close`.
+    pub(crate) async fn serve(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let http1 = req.version() <= Version::HTTP_11;
+        let mut resp = self.answer(req).await;
+        // A `101` hands the connection over to the tunnel: `Connection: close`
+        // would replace its `Connection: upgrade` and break the handshake.
+        if http1 && self.close_requested() == Close::Drain && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    /// Proxy one request, or answer it from here (ACME, https redirect).
+    async fn answer(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let fwd = &*self.forwarder;
         if let Some(answer) = fwd.acme_http.as_ref().and_then(|c| c.http_challenge_response(&req)) {
@@ -195,7 +211,7 @@ impl ClientConn {
         let client_upgrade = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
         let stats = in_flight.upstream().stats();
-        let mut resp = match fwd.send(addr, req).await {
+        match fwd.send(addr, req).await {
             Ok((resp, conn, upload)) => {
                 stats.record(resp.status().as_u16(), arrived.elapsed());
                 respond(resp, conn, upload, addr, in_flight, client_upgrade, self)
@@ -208,14 +224,7 @@ impl ClientConn {
                 stats.record(resp.status().as_u16(), arrived.elapsed());
                 resp
             }
-        };
-        // A `101` hands the connection over to the tunnel: `Connection: close`
-        // would replace its `Connection: upgrade` and break the handshake.
-        if http1 && self.close_requested() == Close::Drain && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        resp
     }
 }
 
@@ -343,7 +352,7 @@ impl Forwarder {
         req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, pool::Conn, Option<Arc<Upload>>), Failure> {
         let (parts, body) = req.into_parts();
-        let (body, upload) = RequestBody::new(body, self.body_read_timeout);
+        let (body, upload) = RequestBody::new(body, self.upload_limits);
         let mut req = Request::from_parts(parts, body);
         let mut fresh_only = false;
         loop {
@@ -659,7 +668,11 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             upstream_idle_timeout: Duration::from_secs(1),
-            body_read_timeout: Duration::from_secs(1),
+            upload_limits: UploadLimits {
+                idle: Duration::from_secs(1),
+                min_rate: 0,
+                grace: Duration::ZERO,
+            },
             https_redirect: None,
             trusted_proxies: Vec::new(),
             acme_http: None,

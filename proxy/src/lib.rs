@@ -27,10 +27,12 @@
 
 mod body;
 mod cidr;
+mod drain;
 mod forward;
 mod listener;
 mod pool;
 mod routes;
+mod stall;
 mod stats;
 mod target;
 mod tls;
@@ -48,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use body::ProxyBody;
 pub use cidr::{Cidr, CidrError};
+pub use drain::DrainCut;
 pub use routes::{HostPattern, Route, RouteError, RouteMatch, RouteTable, Service};
 pub use stats::{Snapshot, Stats, BUCKETS_US};
 pub use tls::{
@@ -91,6 +94,16 @@ pub struct ProxyConfig {
     /// Most connections open at once from one client address (IPv6: one
     /// /64); more are closed as they arrive. 0: no limit.
     pub max_connections_per_ip: usize,
+    /// A connection whose writes to the client make no progress for this
+    /// long (the client reads nothing of what it asked for) is reset.
+    pub write_timeout: Duration,
+    /// Slowest average pace of a request body, in bytes per second of
+    /// waiting on the client, once [`ProxyConfig::body_min_rate_grace`] of
+    /// waiting has passed (else 408 and the connection closes). 0: no minimum.
+    pub body_min_rate: u64,
+    /// Waiting on a request body that does not count against
+    /// [`ProxyConfig::body_min_rate`]: the slack of a slow start or a pause.
+    pub body_min_rate_grace: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -116,6 +129,15 @@ impl Default for ProxyConfig {
             // Browsers open 6 per host, a busy NAT or an office a few hundred
             // at most; one address holding more is hoarding.
             max_connections_per_ip: 256,
+            // nginx's send_timeout is 60 s, HAProxy's usual `timeout client`
+            // 30 to 50 s. Any client that reads at all makes progress far
+            // more often: a stall this long is a dead or hostile peer.
+            write_timeout: Duration::from_secs(30),
+            // Apache's mod_reqtimeout asks 500 B/s; a phone on EDGE sends
+            // 10 KB/s and more. Slow-body attacks send a few bytes every
+            // few seconds and are cut once the grace is used up.
+            body_min_rate: 1024,
+            body_min_rate_grace: Duration::from_secs(10),
         }
     }
 }
@@ -181,6 +203,10 @@ pub struct Proxy {
     certs: Option<CertStore>,
     shutdown: CancellationToken,
     stopped: CancellationToken,
+    /// What the shutdown drain cut, summed over the workers.
+    cut: Arc<drain::CutCounter>,
+    /// Counts client connections (per client, and in all).
+    per_ip: Arc<listener::PerIp>,
     /// Handles on the workers' sockets, for [`Proxy::listeners`]; dropped
     /// at shutdown, so that the sockets close with the accept loops as
     /// before unless a successor holds them.
@@ -285,7 +311,11 @@ impl Proxy {
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
             upstream_idle_timeout: config.upstream_idle_timeout,
-            body_read_timeout: config.body_read_timeout,
+            upload_limits: body::UploadLimits {
+                idle: config.body_read_timeout,
+                min_rate: config.body_min_rate,
+                grace: config.body_min_rate_grace,
+            },
             https_redirect,
             trusted_proxies: config.trusted_proxies.clone(),
             acme_http: tls.as_ref().map(|t| t.certs.clone()),
@@ -296,6 +326,7 @@ impl Proxy {
         let stopped = CancellationToken::new();
         let workers = per_worker.len().max(tls_per_worker.len());
         let running = Arc::new(AtomicUsize::new(workers));
+        let cut = Arc::new(drain::CutCounter::default());
         let mut per_worker = per_worker.into_iter();
         let mut tls_per_worker = tls_per_worker.into_iter();
         for i in 0..workers {
@@ -312,8 +343,10 @@ impl Proxy {
                 connections: connections.clone(),
                 per_ip: per_ip.clone(),
                 shutdown: shutdown.clone(),
+                cut: cut.clone(),
             };
-            let (running, stopped) = (running.clone(), stopped.clone());
+            let (running, stopped, cut) = (running.clone(), stopped.clone(), cut.clone());
+            let drain_timeout = config.drain_timeout;
             std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
@@ -322,6 +355,7 @@ impl Proxy {
                     // Dropping the runtime closes whatever outlived the drain.
                     drop(runtime);
                     if running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        cut.report(drain_timeout);
                         stopped.cancel();
                     }
                 })
@@ -334,6 +368,8 @@ impl Proxy {
             certs: tls.map(|t| t.certs),
             shutdown,
             stopped,
+            cut,
+            per_ip,
             listeners: Mutex::new(Some(handles)),
         })
     }
@@ -390,6 +426,18 @@ impl Proxy {
     /// Resolves when every worker has stopped.
     pub async fn stopped(&self) {
         self.stopped.cancelled().await
+    }
+
+    /// Client connections open now (upgraded ones included), across workers.
+    pub fn open_connections(&self) -> usize {
+        self.per_ip.total()
+    }
+
+    /// What the shutdown drain had to cut when its timeout passed (also
+    /// logged, as one line, when the last worker stops); final once
+    /// [`Proxy::stopped`] has resolved.
+    pub fn drain_cut(&self) -> DrainCut {
+        self.cut.get()
     }
 }
 

@@ -38,6 +38,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::Duration;
@@ -47,13 +48,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::drain::{CutCounter, DrainCut};
 use crate::forward::{ClientConn, Close, Forwarder, Tunnels};
+use crate::stall::{Tracked, WriteProgress};
 use crate::tls::TlsServing;
 use crate::{ProxyConfig, ProxyError};
 
@@ -99,6 +102,8 @@ pub(crate) struct Worker {
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) per_ip: Arc<PerIp>,
     pub(crate) shutdown: CancellationToken,
+    /// Where this worker adds what its drain had to cut.
+    pub(crate) cut: Arc<CutCounter>,
 }
 
 /// Everything an accept loop hands to the connections it accepts.
@@ -133,6 +138,7 @@ impl Worker {
             last_shed: Mutex::new(None),
             first_request: self.config.header_read_timeout,
             idle: self.config.idle_timeout,
+            write: self.config.write_timeout,
         });
         let tracker = TaskTracker::new();
         let shared = Shared {
@@ -169,14 +175,18 @@ impl Worker {
         shared.tracker.close();
         let deadline = Instant::now() + self.config.drain_timeout;
         sweeper.drain_start();
-        let quiet = Instant::now() + DRAIN_QUIET.min(self.config.drain_timeout);
+        // Half of a short drain at most, so that the graceful closes after
+        // it get time too.
+        let quiet = Instant::now() + DRAIN_QUIET.min(self.config.drain_timeout / 2);
         let _ = tokio::time::timeout_at(quiet, shared.tracker.wait()).await;
         sweeper.close_all(Close::Graceful);
         if tokio::time::timeout_at(deadline, shared.tracker.wait()).await.is_err() {
-            tracing::warn!(
-                open = shared.tracker.len(),
-                "drain timeout passed with connections or tunnels still open; closing them"
-            );
+            // Every connection was asked to close after its response: one
+            // still open is answering. The tracker counts connections and
+            // tunnels (the accept loops have returned).
+            let requests = sweeper.open();
+            let tunnels = shared.tracker.len().saturating_sub(requests);
+            self.cut.add(DrainCut { requests, tunnels });
             // Tunnels end their byte streams; what is left is dropped with
             // the runtime.
             shared.tunnels.close.cancel();
@@ -223,6 +233,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let (stream, writes) = Tracked::new(stream);
         let client = Arc::new(ClientConn::new(
             shared.forwarder.clone(),
             shared.tunnels.clone(),
@@ -230,7 +241,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared
             peer,
             tls.is_some(),
         ));
-        shared.sweeper.watch(&client);
+        shared.sweeper.watch(&client, writes);
         let builder = shared.builder.clone();
         match &tls {
             None => shared.tracker.spawn(serve(stream, client, builder)),
@@ -242,7 +253,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared
 /// Serve one TLS connection: the handshake within its timeout, then HTTP
 /// exactly as on a plain connection.
 async fn serve_tls(
-    stream: TcpStream,
+    stream: Tracked,
     tls: Arc<TlsServing>,
     client: Arc<ClientConn>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -263,17 +274,24 @@ async fn serve_tls(
     }
 }
 
-/// Open connections per client, across workers. IPv6 clients count per /64
-/// (one host's usual share); a limit of 0 turns counting off.
+/// Open connections per client, across workers, and in all. IPv6 clients
+/// count per /64 (one host's usual share); a limit of 0 turns counting per
+/// client off.
 #[derive(Debug)]
 pub(crate) struct PerIp {
     limit: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
+    /// Every client's together.
+    total: AtomicUsize,
 }
 
 /// One counted connection; uncounted on drop.
 #[derive(Debug)]
-pub(crate) struct IpSlot(Option<(Arc<PerIp>, IpAddr)>);
+pub(crate) struct IpSlot {
+    per_ip: Arc<PerIp>,
+    /// The client it counts against, when counting per client.
+    key: Option<IpAddr>,
+}
 
 /// What one client connection occupies while it, or the tunnel it
 /// becomes, lives: a `max_connections` permit and its client's slot.
@@ -284,7 +302,21 @@ impl PerIp {
         Arc::new(PerIp {
             limit,
             open: Mutex::new(HashMap::new()),
+            total: AtomicUsize::new(0),
         })
+    }
+
+    /// Client connections open now (upgraded ones included).
+    pub(crate) fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn slot(self: &Arc<Self>, key: Option<IpAddr>) -> IpSlot {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        IpSlot {
+            per_ip: self.clone(),
+            key,
+        }
     }
 
     fn key(ip: IpAddr) -> IpAddr {
@@ -300,7 +332,7 @@ impl PerIp {
     /// Count a connection from `ip`, unless that client is at the limit.
     fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
         if self.limit == 0 {
-            return Some(IpSlot(None));
+            return Some(self.slot(None));
         }
         let key = Self::key(ip);
         let mut open = self.open.lock().expect("per-ip lock");
@@ -309,14 +341,16 @@ impl PerIp {
             return None;
         }
         *n += 1;
-        Some(IpSlot(Some((self.clone(), key))))
+        drop(open);
+        Some(self.slot(Some(key)))
     }
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        if let Some((per_ip, key)) = self.0.take() {
-            let mut open = per_ip.open.lock().expect("per-ip lock");
+        self.per_ip.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(key) = self.key {
+            let mut open = self.per_ip.open.lock().expect("per-ip lock");
             if let Some(n) = open.get_mut(&key) {
                 *n -= 1;
                 if *n == 0 {
@@ -371,6 +405,8 @@ struct Sweeper {
     first_request: Duration,
     /// A connection that starts no request for this long is closed.
     idle: Duration,
+    /// A connection whose write to the client is stuck this long is reset.
+    write: Duration,
 }
 
 struct Watched {
@@ -379,10 +415,13 @@ struct Watched {
     /// Requests seen at the last change, and when that was.
     requests: u64,
     since: Instant,
+    writes: Arc<WriteProgress>,
+    /// The write stall last seen, and when it was first seen.
+    stall: Option<(u64, Instant)>,
 }
 
 impl Sweeper {
-    fn watch(&self, conn: &Arc<ClientConn>) {
+    fn watch(&self, conn: &Arc<ClientConn>, writes: Arc<WriteProgress>) {
         let now = Instant::now();
         let mut conns = self.conns.lock().expect("sweeper lock");
         if conns.1 != Close::No {
@@ -393,12 +432,15 @@ impl Sweeper {
             accepted: now,
             requests: 0,
             since: now,
+            writes,
+            stall: None,
         });
     }
 
     async fn run(&self) {
         // Fine enough for timeouts given in seconds, coarse enough to cost nothing.
-        let tick = (self.first_request.min(self.idle) / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+        let shortest = self.first_request.min(self.idle).min(self.write);
+        let tick = (shortest / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -417,6 +459,19 @@ impl Sweeper {
                 // request (the auto builder is still sniffing for HTTP/2).
                 conn.close(Close::Now);
                 return false;
+            }
+            match (w.writes.stall(), w.stall) {
+                (None, _) => w.stall = None,
+                (Some(stall), Some((seen, since))) if stall == seen => {
+                    if now - since >= self.write {
+                        // The client has not taken a byte for the write
+                        // timeout: whatever it asked for, it is not reading.
+                        w.writes.reset_on_close();
+                        conn.close(Close::Now);
+                        return false;
+                    }
+                }
+                (Some(stall), _) => w.stall = Some((stall, now)),
             }
             if requests != w.requests {
                 w.requests = requests;
@@ -463,6 +518,12 @@ impl Sweeper {
                 });
             }
         }
+    }
+
+    /// Client connections still open.
+    fn open(&self) -> usize {
+        let conns = self.conns.lock().expect("sweeper lock");
+        conns.0.iter().filter(|w| w.conn.strong_count() > 0).count()
     }
 
     /// Shutdown begins: every connection (and any accepted from now on) is

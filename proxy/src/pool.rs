@@ -24,6 +24,10 @@ use crate::body::RequestBody;
 /// Most idle connections kept per upstream and worker.
 const MAX_IDLE_PER_UPSTREAM: usize = 512;
 
+/// Largest read buffer of an upstream connection (hyper's default, ~400
+/// KiB, is what each of a thousand slow-read clients pinned: 440 MiB).
+const MAX_READ_BUF: usize = 64 * 1024;
+
 /// A connection that can carry one request to an upstream.
 pub(crate) type Conn = SendRequest<RequestBody>;
 
@@ -112,6 +116,7 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn,
     };
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(MAX_READ_BUF)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|_| ConnectError::Failed)?;

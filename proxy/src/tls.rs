@@ -40,11 +40,11 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::ProxyBody;
+use crate::stall::Tracked;
 
 /// The ALPN protocol of ACME's TLS-ALPN-01 challenge (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -648,7 +648,7 @@ impl TlsServing {
 
     /// The handshake, within the timeout. `None` when it failed, timed
     /// out, or was an ACME challenge (then the connection has done its job).
-    pub(crate) async fn handshake(&self, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
+    pub(crate) async fn handshake(&self, stream: Tracked) -> Option<TlsStream<Tracked>> {
         let mut stream = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream))
             .await
             .ok()?

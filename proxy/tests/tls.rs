@@ -386,6 +386,52 @@ async fn plain_requests_are_redirected_to_https_with_their_query() {
 }
 
 #[tokio::test]
+async fn a_redirect_answered_while_draining_says_connection_close() {
+    let (ca, dir) = (Ca::new(), Dir::new("redirectdrain"));
+    let mut tls = TlsConfig::new(store(&[dir.write("a", &ca.issue(&["shop.test"]))]));
+    tls.redirect_http = true;
+    let proxy = start(tls).await;
+    let stream = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
+    let (mut conn, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(driver);
+    let get = || {
+        Request::get("/cart")
+            .header("host", "shop.test")
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    // Kept alive before the shutdown: no `Connection: close` yet.
+    let resp = conn.send_request(get()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+    assert!(resp.headers().get("connection").is_none());
+    resp.into_body().collect().await.unwrap();
+
+    proxy.shutdown();
+    // While draining, the redirect tells the client to close, like any
+    // other answer; without it the client races the close with its next
+    // request.
+    let mut told = false;
+    for _ in 0..100 {
+        if conn.ready().await.is_err() {
+            break;
+        }
+        let Ok(resp) = conn.send_request(get()).await else {
+            break;
+        };
+        assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+        if resp.headers().get("connection").is_some_and(|v| v == "close") {
+            told = true;
+            break;
+        }
+        resp.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(told, "no redirect said `Connection: close` during the drain");
+}
+
+#[tokio::test]
 async fn acme_http01_challenge_paths_are_not_redirected() {
     let (ca, dir) = (Ca::new(), Dir::new("acmehttp"));
     let mut tls = TlsConfig::new(store(&[dir.write("a", &ca.issue(&["shop.test"]))]));

@@ -129,6 +129,14 @@ pub struct ProxySection {
     pub body_read_timeout: Duration,
     /// Most connections from one client address (IPv6: per /64); 0: no limit.
     pub max_connections_per_ip: usize,
+    /// A client connection whose writes make no progress this long is reset.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Slowest average request-body pace, bytes/s of waiting (else 408); 0: none.
+    pub body_min_rate: u64,
+    /// Waiting on a request body that `body_min_rate` does not count.
+    #[serde(with = "humantime_serde")]
+    pub body_min_rate_grace: Duration,
     /// Where Prometheus scrapes `/metrics` (off when unset).
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -153,6 +161,9 @@ impl Default for ProxySection {
             upstream_idle_timeout: d.upstream_idle_timeout,
             body_read_timeout: d.body_read_timeout,
             max_connections_per_ip: d.max_connections_per_ip,
+            write_timeout: d.write_timeout,
+            body_min_rate: d.body_min_rate,
+            body_min_rate_grace: d.body_min_rate_grace,
             metrics_listen: None,
         }
     }
@@ -175,6 +186,9 @@ impl ProxySection {
             upstream_idle_timeout: self.upstream_idle_timeout,
             body_read_timeout: self.body_read_timeout,
             max_connections_per_ip: self.max_connections_per_ip,
+            write_timeout: self.write_timeout,
+            body_min_rate: self.body_min_rate,
+            body_min_rate_grace: self.body_min_rate_grace,
         }
     }
 }

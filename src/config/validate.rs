@@ -15,6 +15,8 @@ pub const MAX_WORKERS: usize = 1024;
 pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
 /// Most client connections (overall, or per client address).
 pub const MAX_CONNECTIONS: usize = 1 << 24;
+/// Fastest minimum pace a request body may be asked for (bytes/s): 1 GiB/s.
+pub const MAX_BODY_MIN_RATE: u64 = 1 << 30;
 /// Most consecutive good probes a health check may require.
 pub const MAX_HEALTHY_THRESHOLD: u32 = 1000;
 
@@ -253,6 +255,20 @@ impl Config {
         duration("proxy.response_timeout", p.response_timeout, MAX_TIMEOUT)?;
         duration("proxy.upstream_idle_timeout", p.upstream_idle_timeout, MAX_TIMEOUT)?;
         duration("proxy.body_read_timeout", p.body_read_timeout, MAX_TIMEOUT)?;
+        duration("proxy.write_timeout", p.write_timeout, MAX_TIMEOUT)?;
+        if p.write_timeout.is_zero() {
+            return Err(too_big("proxy.write_timeout", "must be greater than 0".into()));
+        }
+        duration("proxy.body_min_rate_grace", p.body_min_rate_grace, MAX_TIMEOUT)?;
+        if p.body_min_rate > MAX_BODY_MIN_RATE {
+            return Err(too_big(
+                "proxy.body_min_rate",
+                format!(
+                    "{} bytes/s is too large; at most {MAX_BODY_MIN_RATE} (0 turns the minimum off)",
+                    p.body_min_rate
+                ),
+            ));
+        }
         number("proxy.workers", p.workers, MAX_WORKERS)?;
         number("proxy.max_header_bytes", p.max_header_bytes, MAX_HEADER_BYTES)?;
         number("proxy.max_connections", p.max_connections, MAX_CONNECTIONS)?;
@@ -332,11 +348,53 @@ mod tests {
                 "drain_timeout = \"9999h\"",
                 "proxy.drain_timeout",
             ),
+            (
+                "drain_timeout = \"5s\"",
+                "drain_timeout = \"5s\"\nwrite_timeout = \"25h\"",
+                "proxy.write_timeout",
+            ),
+            (
+                "drain_timeout = \"5s\"",
+                "drain_timeout = \"5s\"\nbody_min_rate = 2000000000",
+                "proxy.body_min_rate",
+            ),
+            (
+                "drain_timeout = \"5s\"",
+                "drain_timeout = \"5s\"\nbody_min_rate_grace = \"25h\"",
+                "proxy.body_min_rate_grace",
+            ),
         ] {
             assert!(GOOD.contains(from), "{from}");
             let err = parse(&GOOD.replacen(from, to, 1)).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains("at most"), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn a_zero_write_timeout_is_refused() {
+        let toml = GOOD.replacen(
+            "drain_timeout = \"5s\"",
+            "drain_timeout = \"5s\"\nwrite_timeout = \"0s\"",
+            1,
+        );
+        let err = parse(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("proxy.write_timeout") && err.contains("greater than 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hostile_client_settings_reach_the_proxy() {
+        let toml = GOOD.replacen(
+            "drain_timeout = \"5s\"",
+            "drain_timeout = \"5s\"\nwrite_timeout = \"7s\"\nbody_min_rate = 300\nbody_min_rate_grace = \"4s\"",
+            1,
+        );
+        let proxy = parse(&toml).unwrap().proxy.proxy_config();
+        assert_eq!(proxy.write_timeout, std::time::Duration::from_secs(7));
+        assert_eq!(proxy.body_min_rate, 300);
+        assert_eq!(proxy.body_min_rate_grace, std::time::Duration::from_secs(4));
     }
 
     #[test]

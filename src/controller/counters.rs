@@ -1,5 +1,5 @@
 //! What the controller counts for metrics: operations by kind and outcome,
-//! route swaps, and the last deploy's duration. Plain atomics, read by
+//! route swaps, what their drains cut, and the last deploy's duration. Plain atomics, read by
 //! `metrics.rs` at scrape time; nothing here knows Prometheus.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,8 @@ pub struct Counters {
     deploys: [AtomicU64; OUTCOMES.len()],
     /// Route swaps that moved traffic to another color.
     flips: AtomicU64,
+    /// Requests and tunnels still open on a color when its drain timed out.
+    drain_cut: AtomicU64,
     /// The last finished deploy: its duration in ms, `None` before one.
     last_deploy: Mutex<Option<Duration>>,
 }
@@ -46,6 +48,16 @@ impl Counters {
     /// Traffic moved to another color.
     pub(super) fn flipped(&self) {
         self.flips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A drain timed out with `n` requests and tunnels still open.
+    pub(super) fn drain_cut(&self, n: usize) {
+        self.drain_cut.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Requests and tunnels that drains have timed out on so far.
+    pub fn drain_cuts(&self) -> u64 {
+        self.drain_cut.load(Ordering::Relaxed)
     }
 
     /// Deploys by outcome, as [`OUTCOMES`].

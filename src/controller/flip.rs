@@ -99,6 +99,7 @@ impl Controller {
         rec.drain_ms = Some(ms(t.elapsed()));
         for (service, report) in reports {
             if report.cut > 0 {
+                self.counters.drain_cut(report.cut);
                 reporter.warn(
                     Phase::Drain,
                     Some(service),
