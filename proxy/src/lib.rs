@@ -31,6 +31,7 @@ mod drain;
 mod forward;
 mod listener;
 mod pool;
+mod protocol;
 mod routes;
 mod stall;
 mod stats;

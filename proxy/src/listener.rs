@@ -2,9 +2,10 @@
 //! runtime, its own listening socket (`SO_REUSEPORT`, so the kernel spreads
 //! connections) and its own upstream pool.
 //!
-//! A worker accepts connections and serves HTTP/1.1 and HTTP/2 on each
-//! through hyper-util's auto builder with upgrades; on a TLS listener, after
-//! a handshake that must finish within its timeout. Connection limits are a
+//! A worker accepts connections and serves HTTP/1.1 (with upgrades) or
+//! HTTP/2 on each, as [`Protocol`] tells from its first bytes or ALPN
+//! ([`Servers`]); on a TLS listener, after a handshake that must finish
+//! within its timeout. Connection limits are a
 //! semaphore (`max_connections`) and a count per client address
 //! ([`PerIp`]); timeouts that are per connection (no first request in time,
 //! idle) are enforced by one [`Sweeper`] per worker that looks at every
@@ -25,8 +26,8 @@
 //! its `GracefulConnection` trait is sealed, so a watched connection can no
 //! longer be closed on its own: but the first-request timeout must drop one
 //! connection, and the idle timeout must close one gracefully (an HTTP/2
-//! connection has no idle timeout in hyper; the auto builder's sniffing runs
-//! before hyper's header timer starts). A connection therefore has one close
+//! connection has no idle timeout in hyper; nothing runs hyper's header timer
+//! before a connection's first byte). A connection therefore has one close
 //! switch, [`ClientConn::close`], which the sweeper flips for one connection
 //! and shutdown for all of them: the same signal `GracefulShutdown` sends,
 //! without a second mechanism beside it. Nor could `GracefulShutdown` count
@@ -43,11 +44,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncRead, AsyncWrite};
+use socket2::{Domain, Socket, Type};
+use tokio::io::ReadBuf;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -56,6 +54,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::drain::{CutCounter, DrainCut};
 use crate::forward::{ClientConn, Close, Forwarder, Tunnels};
+use crate::protocol::{Protocol, Servers};
 use crate::stall::{Tracked, WriteProgress};
 use crate::tls::TlsServing;
 use crate::{ProxyConfig, ProxyError};
@@ -63,7 +62,7 @@ use crate::{ProxyConfig, ProxyError};
 /// Bind `addr` with `SO_REUSEPORT`, so every worker can bind it too.
 pub(crate) fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
     let bind = || -> std::io::Result<std::net::TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         if addr.is_ipv6() {
@@ -109,7 +108,7 @@ pub(crate) struct Worker {
 /// Everything an accept loop hands to the connections it accepts.
 #[derive(Clone)]
 struct Shared {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    servers: Arc<Servers>,
     forwarder: Arc<Forwarder>,
     connections: Arc<Semaphore>,
     sweeper: Arc<Sweeper>,
@@ -123,16 +122,6 @@ struct Shared {
 impl Worker {
     /// Run until shutdown, then drain this worker's connections.
     pub(crate) async fn run(self) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_read_timeout)
-            .max_buf_size(self.config.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(self.config.max_header_bytes as u32);
         let sweeper = Arc::new(Sweeper {
             conns: Mutex::new((Vec::new(), Close::No)),
             last_shed: Mutex::new(None),
@@ -142,7 +131,7 @@ impl Worker {
         });
         let tracker = TaskTracker::new();
         let shared = Shared {
-            builder: Arc::new(builder),
+            servers: Servers::new(&self.config),
             forwarder: self.forwarder.clone(),
             connections: self.connections.clone(),
             sweeper: sweeper.clone(),
@@ -242,22 +231,17 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared
             tls.is_some(),
         ));
         shared.sweeper.watch(&client, writes);
-        let builder = shared.builder.clone();
+        let servers = shared.servers.clone();
         match &tls {
-            None => shared.tracker.spawn(serve(stream, client, builder)),
-            Some(tls) => shared.tracker.spawn(serve_tls(stream, tls.clone(), client, builder)),
+            None => shared.tracker.spawn(serve_plain(stream, client, servers)),
+            Some(tls) => shared.tracker.spawn(serve_tls(stream, tls.clone(), client, servers)),
         };
     }
 }
 
 /// Serve one TLS connection: the handshake within its timeout, then HTTP
 /// exactly as on a plain connection.
-async fn serve_tls(
-    stream: Tracked,
-    tls: Arc<TlsServing>,
-    client: Arc<ClientConn>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-) {
+async fn serve_tls(stream: Tracked, tls: Arc<TlsServing>, client: Arc<ClientConn>, servers: Arc<Servers>) {
     let mut handshake = pin!(tls.handshake(stream));
     // A connection told to close while still in its handshake (no first
     // request in time, quiet at shutdown) has nothing to finish: drop it.
@@ -270,7 +254,8 @@ async fn serve_tls(
     })
     .await;
     if let Some(stream) = stream {
-        serve(stream, client, builder).await
+        let protocol = Protocol::of_alpn(stream.get_ref().1.alpn_protocol());
+        servers.serve(stream, protocol, client).await
     }
 }
 
@@ -361,35 +346,27 @@ impl Drop for IpSlot {
     }
 }
 
-/// Serve one client connection until it closes or is told to close.
-async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    stream: I,
-    client: Arc<ClientConn>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-) {
-    let service = {
-        let client = client.clone();
-        service_fn(move |req| {
-            let client = client.clone();
-            async move { Ok::<_, std::convert::Infallible>(client.serve(req).await) }
-        })
-    };
-    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
-    let mut closing = false;
-    std::future::poll_fn(|cx| {
-        // The sweeper wakes this task when it wants the connection closed.
+/// Serve one plain connection: its protocol from its first bytes, peeked
+/// once they arrive, then HTTP. A connection told to close before sending
+/// anything (no first request in time, quiet at shutdown) is dropped.
+async fn serve_plain(mut stream: Tracked, client: Arc<ClientConn>, servers: Arc<Servers>) {
+    let protocol = std::future::poll_fn(|cx| {
         client.register(cx.waker());
-        match client.close_requested() {
-            Close::Now => return Poll::Ready(()),
-            Close::Graceful if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ => {}
+        if client.close_requested() >= Close::Graceful {
+            return Poll::Ready(None);
         }
-        conn.as_mut().poll(cx).map(|_| ())
+        let mut first = [0u8; 3];
+        let mut buf = ReadBuf::new(&mut first);
+        stream.poll_peek(cx, &mut buf).map(|peeked| match peeked {
+            Ok(_) if !buf.filled().is_empty() => Some(Protocol::sniff(buf.filled())),
+            // Closed before a byte, or failed.
+            _ => None,
+        })
     })
-    .await
+    .await;
+    if let Some(protocol) = protocol {
+        servers.serve(stream, protocol, client).await
+    }
 }
 
 /// Closes the connections of one worker that sent no request in time, or
@@ -456,7 +433,7 @@ impl Sweeper {
             if requests == 0 && now - w.accepted >= self.first_request {
                 // Nothing, or only part of a request head, arrived in time:
                 // hyper's own header timer is not running before the first
-                // request (the auto builder is still sniffing for HTTP/2).
+                // request (it starts with the first request's first byte).
                 conn.close(Close::Now);
                 return false;
             }

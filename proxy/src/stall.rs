@@ -92,6 +92,13 @@ impl Tracked {
     }
 }
 
+impl Tracked {
+    /// Look at the bytes that have arrived without consuming them.
+    pub(crate) fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<usize>> {
+        self.stream.poll_peek(cx, buf)
+    }
+}
+
 impl Drop for Tracked {
     fn drop(&mut self) {
         if self.progress.reset.load(Ordering::Relaxed) {

@@ -163,6 +163,30 @@ async fn http2_prior_knowledge_is_served() {
     proxy.shutdown();
 }
 
+#[tokio::test]
+async fn a_first_line_split_after_its_first_bytes_is_served_either_way() {
+    let (proxy, _) = start_v1(config()).await;
+    let addr = proxy.local_addrs()[0];
+    // "P" could still be the HTTP/2 preface: hyper decides once more bytes
+    // arrive. Anything else is HTTP/1 from its first byte.
+    for (first, rest) in [
+        (
+            &b"P"[..],
+            &b"OST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"[..],
+        ),
+        (b"G", b"ET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+    ] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(first).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.write_all(rest).await.unwrap();
+        let seen = closed_by_proxy(&mut conn).await.expect("the connection was left open");
+        let seen = String::from_utf8_lossy(&seen);
+        assert!(seen.starts_with("HTTP/1.1 200 OK"), "{first:?}: {seen}");
+    }
+    proxy.shutdown();
+}
+
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
