@@ -30,6 +30,15 @@ pub(crate) fn set_path<B>(req: &mut Request<B>, mut path: String) {
     }
 }
 
+/// Normalize the request's path in place ([`normalize_path`]), keeping its
+/// query: what routes are matched against and what the upstream gets.
+pub(crate) fn normalize_target<B>(req: &mut Request<B>) -> Result<(), AmbiguousPath> {
+    if let Cow::Owned(path) = normalize_path(req.uri().path())? {
+        set_path(req, path);
+    }
+    Ok(())
+}
+
 /// The host a request is for, as RFC 9112 §3.2 wants it: an HTTP/1.1
 /// request has exactly one `Host` (HTTP/1.0: at most one), and it is a valid
 /// `uri-host[:port]`. When the target carries an authority (HTTP/2's
@@ -64,7 +73,7 @@ pub(crate) fn host<B>(req: &Request<B>) -> Result<Option<&str>, BadHost> {
 /// `uri-host [ ":" port ]` (RFC 3986 §3.2.2): an IP literal in brackets, or
 /// a reg-name of unreserved, percent-encoded and sub-delim characters (an
 /// IPv4 address is one of those), then an optional all-digit port.
-fn valid_host(host: &[u8]) -> bool {
+pub(crate) fn valid_host(host: &[u8]) -> bool {
     let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|&b| b == b']') else {
             return false;
