@@ -132,8 +132,11 @@ pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> 
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] != b'%' {
-            decoded.push(bytes[i] as char);
-            i += 1;
+            // Up to the next escape, as it is: `%` is ASCII, so the run
+            // ends on a character boundary.
+            let end = bytes[i..].iter().position(|&b| b == b'%').map_or(bytes.len(), |n| i + n);
+            decoded.push_str(&path[i..end]);
+            i = end;
             continue;
         }
         let hex = |b: u8| (b as char).to_digit(16);
@@ -271,6 +274,18 @@ mod tests {
             host_of(Version::HTTP_2, "http://[::1]:8080/", &[]),
             Ok(Some("[::1]:8080".into()))
         );
+    }
+
+    #[test]
+    fn characters_beyond_ascii_pass_through_unchanged() {
+        // Found by the `routes` fuzz target: each byte of a UTF-8 character
+        // was pushed as a char of its own (`é` became `Ã©`) whenever the
+        // path had an escape or a dot segment, so the upstream got another
+        // path than the client sent.
+        let n = |p| normalize_path(p).map(|c| c.into_owned());
+        assert_eq!(n("/caf\u{e9}/%61"), Ok("/caf\u{e9}/a".into()));
+        assert_eq!(n("/\u{e9}/../caf\u{e9}"), Ok("/caf\u{e9}".into()));
+        assert_eq!(n("/\u{4e1e}/./x%01"), Ok("/\u{4e1e}/x%01".into()));
     }
 
     #[test]
