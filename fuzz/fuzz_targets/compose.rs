@@ -82,9 +82,7 @@ fuzz_target!(|data: &[u8]| {
     let dir = Path::new("/nonexistent-fuzz");
     let toml = toml
         .and_then(|t| std::str::from_utf8(t).ok())
-        .filter(|t| {
-            Config::parse(&dir.join("switchctl.toml"), t).is_ok_and(|c| c.compose.is_some())
-        })
+        .filter(|t| Config::parse(&dir.join("switchctl.toml"), t).is_ok_and(|c| c.compose.is_some()))
         .unwrap_or(DEFAULT_TOML);
     let mut config = Config::parse(&dir.join("switchctl.toml"), toml).expect("checked above");
     let table: ComposeTable = config.compose.as_ref().expect("checked above").table();

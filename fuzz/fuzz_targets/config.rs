@@ -50,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
     }
     // A set variable is what the deploy uses.
     if let Some(raw) = deploy_timeout.as_deref().filter(|v| !v.trim().is_empty()) {
-        assert_eq!(Ok(config.deploy.timeout), positive_seconds("DEPLOY_TIMEOUT", raw, MAX_TIMEOUT));
+        assert_eq!(
+            Ok(config.deploy.timeout),
+            positive_seconds("DEPLOY_TIMEOUT", raw, MAX_TIMEOUT)
+        );
     }
     if config.validate(text, true).is_err() {
         return;

@@ -56,7 +56,11 @@ fuzz_target!(|input: Input| {
 
 fn check_normalize(path: &str) -> Option<String> {
     let n = normalize_path(path)?.into_owned();
-    assert_eq!(normalize_path(&n).as_deref(), Some(n.as_str()), "not idempotent: {path:?} -> {n:?}");
+    assert_eq!(
+        normalize_path(&n).as_deref(),
+        Some(n.as_str()),
+        "not idempotent: {path:?} -> {n:?}"
+    );
     assert!(
         !n.split('/').any(|s| s == "." || s == ".."),
         "dot segment left: {path:?} -> {n:?}"
@@ -89,10 +93,19 @@ fn check_request(input: &Input) {
     let before = req.uri().path().to_string();
     if normalize_target(&mut req) {
         let expected = normalize_path(&before).expect("normalize_target accepted it");
-        assert_eq!(req.uri().path(), expected, "routed by a path other than the normalized one");
+        assert_eq!(
+            req.uri().path(),
+            expected,
+            "routed by a path other than the normalized one"
+        );
         assert_eq!(
             req.uri().query(),
-            input.target.parse::<http::Uri>().ok().as_ref().and_then(http::Uri::query),
+            input
+                .target
+                .parse::<http::Uri>()
+                .ok()
+                .as_ref()
+                .and_then(http::Uri::query),
             "the query is kept"
         );
     } else {
@@ -139,7 +152,11 @@ fn check_routes(input: &Input, path: &str) {
         if m.strip > 0 {
             assert!(path.is_char_boundary(m.strip), "strip {} of {path:?}", m.strip);
             let rest = &path.as_bytes()[m.strip..];
-            assert!(rest.is_empty() || rest[0] == b'/' || rest[0] == b'?', "{path:?} cut at {}", m.strip);
+            assert!(
+                rest.is_empty() || rest[0] == b'/' || rest[0] == b'?',
+                "{path:?} cut at {}",
+                m.strip
+            );
             assert!(stripped(path, m.strip).starts_with('/'));
         }
     }
@@ -176,7 +193,9 @@ fn model(routes: &[Route], host: Option<&str>, path: &str) -> Option<(String, us
                     let h = host?.to_ascii_lowercase();
                     match p {
                         HostPattern::Exact(n) => (h == *n).then_some((2, 0)),
-                        HostPattern::Suffix(s) => (h.len() > s.len() && h.ends_with(s.as_str())).then_some((1, s.len())),
+                        HostPattern::Suffix(s) => {
+                            (h.len() > s.len() && h.ends_with(s.as_str())).then_some((1, s.len()))
+                        }
                     }
                 })
                 .collect()
@@ -184,7 +203,11 @@ fn model(routes: &[Route], host: Option<&str>, path: &str) -> Option<(String, us
         for (class, suffix) in classes {
             let key = (class, suffix, prefix.len());
             if best.as_ref().is_none_or(|(k, _)| key > *k) {
-                let strip = if r.strip_prefix && !prefix.is_empty() { prefix.len() } else { 0 };
+                let strip = if r.strip_prefix && !prefix.is_empty() {
+                    prefix.len()
+                } else {
+                    0
+                };
                 best = Some((key, (r.service.clone(), strip)));
             }
         }

@@ -134,7 +134,10 @@ pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> 
         if bytes[i] != b'%' {
             // Up to the next escape, as it is: `%` is ASCII, so the run
             // ends on a character boundary.
-            let end = bytes[i..].iter().position(|&b| b == b'%').map_or(bytes.len(), |n| i + n);
+            let end = bytes[i..]
+                .iter()
+                .position(|&b| b == b'%')
+                .map_or(bytes.len(), |n| i + n);
             decoded.push_str(&path[i..end]);
             i = end;
             continue;
@@ -267,7 +270,11 @@ mod tests {
             (Version::HTTP_11, "http://a.example:x/"),
             (Version::HTTP_2, "http://[::1]x/"),
         ] {
-            let hosts: &[&str] = if version == Version::HTTP_2 { &[] } else { &["a.example"] };
+            let hosts: &[&str] = if version == Version::HTTP_2 {
+                &[]
+            } else {
+                &["a.example"]
+            };
             assert_eq!(host_of(version, uri, hosts), Err(BadHost), "{version:?} {uri:?}");
         }
         assert_eq!(
