@@ -36,7 +36,8 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // A directory that does not exist: relative env files and certificates
-    // are missing, nothing of the host is read through them.
+    // resolve there and are missing. (An absolute path in the input is read
+    // as `check` would read it; nothing is written.)
     let Ok(mut config) = Config::parse(Path::new("/nonexistent-fuzz/switchctl.toml"), text) else {
         return;
     };
