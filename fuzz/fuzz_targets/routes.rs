@@ -175,7 +175,9 @@ fn check_routes(input: &Input, path: &str) {
 /// The documented rule, written plainly: every (route, host) pair that
 /// matches, the best by (host class, prefix length), the earliest on a tie.
 fn model(routes: &[Route], host: Option<&str>, path: &str) -> Option<(String, usize)> {
-    let mut best: Option<((u8, usize, usize), (String, usize))> = None;
+    // (host class, wildcard suffix length, prefix length) -> (service, strip)
+    type Best = ((u8, usize, usize), (String, usize));
+    let mut best: Option<Best> = None;
     for r in routes {
         let prefix = r.path_prefix.trim_end_matches('/');
         let on_boundary = path
