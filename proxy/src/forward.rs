@@ -17,7 +17,6 @@
 //! [`Stats`](crate::stats::Stats) (status class, time to the response head).
 //! Nothing here logs per request, locks, or allocates what it can avoid.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -307,9 +306,7 @@ impl Forwarder {
     /// between (rare) routes the request again on the new table; otherwise a
     /// drain that started after the swap sees this request (all `SeqCst`).
     fn route<B>(&self, req: &mut Request<B>) -> Result<InFlight, Failure> {
-        if let Cow::Owned(path) = target::normalize_path(req.uri().path()).map_err(|_| Failure::AmbiguousPath)? {
-            target::set_path(req, path);
-        }
+        target::normalize_target(req).map_err(|_| Failure::AmbiguousPath)?;
         let host = target::host(req).map_err(|_| Failure::BadHost)?;
         loop {
             let generation = self.generation.load(Ordering::SeqCst);

@@ -60,6 +60,40 @@ pub use tls::{
 };
 pub use upstream::{DrainReport, Upstream};
 
+/// The request-target checks, open to the fuzz targets in `fuzz/` (built
+/// only by `cargo fuzz`, which passes `--cfg fuzzing`): the proxy calls
+/// these on every request before it looks at the route table.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use http::Request;
+
+    /// The path as routes see it; `None`: ambiguous, answered 400.
+    pub fn normalize_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+        crate::target::normalize_path(path).ok()
+    }
+
+    /// Normalize the request's path in place, as the proxy does; `false`:
+    /// ambiguous, answered 400.
+    pub fn normalize_target<B>(req: &mut Request<B>) -> bool {
+        crate::target::normalize_target(req).is_ok()
+    }
+
+    /// The host the request is routed by; `Err`: answered 400.
+    pub fn host<B>(req: &Request<B>) -> Result<Option<&str>, ()> {
+        crate::target::host(req).map_err(|_| ())
+    }
+
+    /// Whether `host` is a valid `uri-host[:port]`.
+    pub fn valid_host(host: &[u8]) -> bool {
+        crate::target::valid_host(host)
+    }
+
+    /// `path` without the first `strip` bytes a stripping route matched.
+    pub fn stripped(path: &str, strip: usize) -> String {
+        crate::routes::stripped(path, strip)
+    }
+}
+
 /// Limits and timeouts of the data plane.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {

@@ -30,6 +30,15 @@ pub(crate) fn set_path<B>(req: &mut Request<B>, mut path: String) {
     }
 }
 
+/// Normalize the request's path in place ([`normalize_path`]), keeping its
+/// query: what routes are matched against and what the upstream gets.
+pub(crate) fn normalize_target<B>(req: &mut Request<B>) -> Result<(), AmbiguousPath> {
+    if let Cow::Owned(path) = normalize_path(req.uri().path())? {
+        set_path(req, path);
+    }
+    Ok(())
+}
+
 /// The host a request is for, as RFC 9112 §3.2 wants it: an HTTP/1.1
 /// request has exactly one `Host` (HTTP/1.0: at most one), and it is a valid
 /// `uri-host[:port]`. When the target carries an authority (HTTP/2's
@@ -46,7 +55,9 @@ pub(crate) fn host<B>(req: &Request<B>) -> Result<Option<&str>, BadHost> {
     };
     let version = req.version();
     match (req.uri().authority(), host) {
-        (Some(authority), _) if authority.as_str().contains('@') => Err(BadHost),
+        // The authority is what routes see and what `Host` becomes upstream:
+        // it passes the same check as a `Host` line (which refuses userinfo).
+        (Some(authority), _) if !valid_host(authority.as_str().as_bytes()) => Err(BadHost),
         (Some(authority), Some(host))
             if version >= Version::HTTP_2 && !authority.as_str().eq_ignore_ascii_case(host) =>
         {
@@ -64,7 +75,7 @@ pub(crate) fn host<B>(req: &Request<B>) -> Result<Option<&str>, BadHost> {
 /// `uri-host [ ":" port ]` (RFC 3986 §3.2.2): an IP literal in brackets, or
 /// a reg-name of unreserved, percent-encoded and sub-delim characters (an
 /// IPv4 address is one of those), then an optional all-digit port.
-fn valid_host(host: &[u8]) -> bool {
+pub(crate) fn valid_host(host: &[u8]) -> bool {
     let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|&b| b == b']') else {
             return false;
@@ -121,8 +132,14 @@ pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> 
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] != b'%' {
-            decoded.push(bytes[i] as char);
-            i += 1;
+            // Up to the next escape, as it is: `%` is ASCII, so the run
+            // ends on a character boundary.
+            let end = bytes[i..]
+                .iter()
+                .position(|&b| b == b'%')
+                .map_or(bytes.len(), |n| i + n);
+            decoded.push_str(&path[i..end]);
+            i = end;
             continue;
         }
         let hex = |b: u8| (b as char).to_digit(16);
@@ -240,6 +257,42 @@ mod tests {
         );
         assert_eq!(host_of(v2, "http://a.example/", &["b.example"]), Err(BadHost));
         assert_eq!(host_of(v2, "/", &[]), Err(BadHost));
+    }
+
+    #[test]
+    fn an_authority_that_is_not_a_valid_host_is_refused() {
+        // Found by the `routes` fuzz target: the target's authority was
+        // routed by (and sent upstream as `Host`) without the checks a
+        // `Host` line gets.
+        for (version, uri) in [
+            (Version::HTTP_2, ":."),
+            (Version::HTTP_2, "http://a.example:x/"),
+            (Version::HTTP_11, "http://a.example:x/"),
+            (Version::HTTP_2, "http://[::1]x/"),
+        ] {
+            let hosts: &[&str] = if version == Version::HTTP_2 {
+                &[]
+            } else {
+                &["a.example"]
+            };
+            assert_eq!(host_of(version, uri, hosts), Err(BadHost), "{version:?} {uri:?}");
+        }
+        assert_eq!(
+            host_of(Version::HTTP_2, "http://[::1]:8080/", &[]),
+            Ok(Some("[::1]:8080".into()))
+        );
+    }
+
+    #[test]
+    fn characters_beyond_ascii_pass_through_unchanged() {
+        // Found by the `routes` fuzz target: each byte of a UTF-8 character
+        // was pushed as a char of its own (`é` became `Ã©`) whenever the
+        // path had an escape or a dot segment, so the upstream got another
+        // path than the client sent.
+        let n = |p| normalize_path(p).map(|c| c.into_owned());
+        assert_eq!(n("/caf\u{e9}/%61"), Ok("/caf\u{e9}/a".into()));
+        assert_eq!(n("/\u{e9}/../caf\u{e9}"), Ok("/caf\u{e9}".into()));
+        assert_eq!(n("/\u{4e1e}/./x%01"), Ok("/\u{4e1e}/x%01".into()));
     }
 
     #[test]

@@ -252,21 +252,63 @@ const KEYS: &[(&str, Treatment)] = &[
     ("profiles", Treatment::Accepted),
 ];
 
+/// What the import reads besides the Compose file: the environment and env
+/// files. [`HostSources`] is the real one; tests and the fuzz target give
+/// their own, so that [`import_text`] reads nothing from the host.
+pub trait Sources {
+    /// The environment variable `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+    /// The `KEY=value` lines of the env file at `path`; a missing file that
+    /// is not `required` has none.
+    fn env_file(&self, path: &Path, required: bool) -> Result<Vec<(String, String)>, String>;
+}
+
+/// The process environment and the files on disk.
+pub struct HostSources;
+
+impl Sources for HostSources {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn env_file(&self, path: &Path, required: bool) -> Result<Vec<(String, String)>, String> {
+        if !required && !path.exists() {
+            return Ok(Vec::new());
+        }
+        read_env_file(path)
+    }
+}
+
 /// The Compose file read for `config`: the switched services (with
 /// switchctl.toml's `[[service]]` overrides applied) and the project.
 pub fn import(config: &Config, section: &ComposeSection) -> Result<(Vec<ServiceConfig>, ComposeProject), ConfigError> {
     let table = section.table();
     let path = config.resolve(&table.file);
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    import_text(config, &table, &path, &text, &HostSources)
+}
+
+/// As [`import`], for the Compose file's `text` (read from `path`, which
+/// names it in errors and anchors its relative paths), with variables and
+/// env files from `sources`. The only other look at the host is the
+/// project name's last fallback, the name of `path`'s directory.
+pub fn import_text(
+    config: &Config,
+    table: &ComposeTable,
+    path: &Path,
+    text: &str,
+    sources: &dyn Sources,
+) -> Result<(Vec<ServiceConfig>, ComposeProject), ConfigError> {
+    let path = path.to_path_buf();
     let err = |key: String, message: String| ConfigError::Invalid {
         path: path.clone(),
         key,
         message,
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let doc: Value = serde_norway::from_str(&text).map_err(|e| {
+    let doc: Value = serde_norway::from_str(text).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         ConfigError::Parse {
             path: path.clone(),
@@ -286,10 +328,7 @@ pub fn import(config: &Config, section: &ComposeSection) -> Result<(Vec<ServiceC
     };
     let mut errors = Vec::new();
     for (file, required) in env_files {
-        if !required && !file.exists() {
-            continue;
-        }
-        match read_env_file(&file) {
+        match sources.env_file(&file, required) {
             Ok(vars) => file_vars.extend(vars),
             Err(m) => errors.push(ConfigError::Invalid {
                 path: config.path.clone(),
@@ -298,7 +337,7 @@ pub fn import(config: &Config, section: &ComposeSection) -> Result<(Vec<ServiceC
             }),
         }
     }
-    let env = |name: &str| std::env::var(name).ok().or_else(|| file_vars.get(name).cloned());
+    let env = |name: &str| sources.var(name).or_else(|| file_vars.get(name).cloned());
 
     let Some(services) = doc.get("services").and_then(Value::as_mapping) else {
         errors.push(err(
@@ -379,6 +418,7 @@ pub fn import(config: &Config, section: &ComposeSection) -> Result<(Vec<ServiceC
         vars: &vars,
         doc: &doc,
         routes_from_labels: table.routes_from_labels,
+        sources,
     };
     let mut networks: Vec<NetworkSpec> = Vec::new();
     let mut acme_hosts: Vec<String> = Vec::new();
@@ -479,6 +519,8 @@ struct Reader<'a> {
     vars: &'a dyn Vars,
     doc: &'a Value,
     routes_from_labels: bool,
+    /// Where services' `env_file`s are read.
+    sources: &'a dyn Sources,
 }
 
 impl Reader<'_> {
@@ -796,10 +838,7 @@ impl Reader<'_> {
                 _ => return Err("must be a path or a list of paths".into()),
             };
             let p = join_relative(self.dir, Path::new(&file));
-            if !required && !p.exists() {
-                continue;
-            }
-            vars.extend(read_env_file(&p)?);
+            vars.extend(self.sources.env_file(&p, required)?);
         }
         Ok(vars)
     }
@@ -1403,6 +1442,60 @@ service = "api-migrations"
         assert!(external.external);
         let own = project.network("app-prod_app-prod-network").unwrap();
         assert_eq!(own.driver.as_deref(), Some("bridge"));
+    }
+
+    /// Variables and env files from memory.
+    struct MemorySources {
+        vars: Vec<(&'static str, &'static str)>,
+        files: Vec<(&'static str, &'static str)>,
+    }
+
+    impl Sources for MemorySources {
+        fn var(&self, name: &str) -> Option<String> {
+            self.vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        }
+
+        fn env_file(&self, path: &Path, required: bool) -> Result<Vec<(String, String)>, String> {
+            match self.files.iter().find(|(p, _)| Path::new(p) == path) {
+                Some((_, text)) => Ok(text
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()),
+                None if required => Err(format!("no env file {}", path.display())),
+                None => Ok(Vec::new()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_compose_text_is_imported_from_its_sources_alone() {
+        let dir = Path::new("/nowhere-on-this-host");
+        let config = Config::parse(&dir.join("switchctl.toml"), TOML).unwrap();
+        let table = config.compose.as_ref().unwrap().table();
+        let path = dir.join("docker-compose.prod.yml");
+        let sources = MemorySources {
+            vars: vec![("DB_USER", "from-environment")],
+            files: vec![("/nowhere-on-this-host/.env.production", ENV)],
+        };
+        let (services, project) = import_text(&config, &table, &path, STACK, &sources).unwrap();
+        assert_eq!(project.name, "app-prod");
+        assert_eq!(project.file, path);
+        let api = &services[0];
+        assert_eq!(
+            api.env["DATABASE_URL"], "postgresql://from-environment:secret@postgres/app",
+            "the environment wins over the env files"
+        );
+        let build = api.compose.as_ref().unwrap().build.as_ref().unwrap();
+        assert_eq!(build.context, dir.join("api"), "relative to the Compose file");
+        let missing = MemorySources {
+            vars: Vec::new(),
+            files: Vec::new(),
+        };
+        let e = import_text(&config, &table, &path, STACK, &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no env file /nowhere-on-this-host/.env.production"), "{e}");
     }
 
     #[test]

@@ -109,7 +109,7 @@ fn expand(expr: &str, vars: &dyn Vars, whole: &str) -> Result<String, String> {
     let Some(kind) = op.chars().next() else {
         return value.ok_or_else(|| unset(name, whole));
     };
-    let arg = &op[1..];
+    let arg = &op[kind.len_utf8()..];
     match kind {
         '-' if present => Ok(value.unwrap_or_default()),
         '-' => interpolate(arg, vars),
@@ -293,6 +293,16 @@ mod tests {
         assert!(i("${REGISTRY").unwrap_err().contains("unclosed"));
         assert!(i("${:-x}").is_err());
         assert!(i("${REGISTRY/x}").is_err());
+    }
+
+    #[test]
+    fn a_non_ascii_character_after_the_name_is_an_error_not_a_panic() {
+        // Found by the `compose` fuzz target: the operator was taken to be
+        // one byte long.
+        for s in ["${EMPTY:\u{540}}", "${DB_USER\u{e9}x}", "${NOPE:\u{1F600}-d}"] {
+            let err = interpolate(s, &vars).unwrap_err();
+            assert!(err.contains("is not a valid substitution"), "{s:?}: {err}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ impl Config {
     /// Every problem of the file, all reported at once. `services_known`:
     /// false when the Compose import failed (its errors say why), so that
     /// checks of the services are left out.
-    pub(super) fn validate(&self, text: &str, services_known: bool) -> Result<(), ConfigError> {
+    pub fn validate(&self, text: &str, services_known: bool) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         if let Err(e) = self.check_bounds() {
             errors.push(e);
