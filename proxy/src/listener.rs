@@ -128,6 +128,7 @@ impl Worker {
             first_request: self.config.header_read_timeout,
             idle: self.config.idle_timeout,
             write: self.config.write_timeout,
+            upstream_idle: self.config.upstream_idle_timeout,
         });
         let tracker = TaskTracker::new();
         let shared = Shared {
@@ -384,6 +385,8 @@ struct Sweeper {
     idle: Duration,
     /// A connection whose write to the client is stuck this long is reset.
     write: Duration,
+    /// This worker's pooled upstream connections idle this long are closed.
+    upstream_idle: Duration,
 }
 
 struct Watched {
@@ -416,13 +419,19 @@ impl Sweeper {
 
     async fn run(&self) {
         // Fine enough for timeouts given in seconds, coarse enough to cost nothing.
-        let shortest = self.first_request.min(self.idle).min(self.write);
+        let shortest = self
+            .first_request
+            .min(self.idle)
+            .min(self.write)
+            .min(self.upstream_idle);
         let tick = (shortest / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
             self.sweep(Instant::now());
+            // Same thread as the pool: the worker's own runtime.
+            crate::pool::expire_idle(self.upstream_idle);
         }
     }
 

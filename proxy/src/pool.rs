@@ -8,8 +8,11 @@
 //!
 //! Idle connections expire after the upstream idle timeout, which should be
 //! shorter than the upstream's own keep-alive timeout: otherwise the upstream
-//! may close a connection just as a request is sent on it. Taking a
-//! connection never waits on one that is not ready: it is skipped.
+//! may close a connection just as a request is sent on it. They are not
+//! reused past it, and the worker's sweeper closes them ([`expire_idle`]),
+//! so a burst's connections (and their descriptors and buffers) do not
+//! outlive it. Taking a connection never waits on one that is not ready: it
+//! is skipped.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -81,6 +84,29 @@ pub(crate) async fn take_idle(addr: SocketAddr, max_idle: Duration) -> Option<(C
         }
         return Some((conn, idle));
     }
+}
+
+/// Close this worker's idle connections that have been idle `max_idle` or
+/// more, or were closed by their upstream, and forget upstreams left with
+/// none. Called by the worker's sweeper a few times a second.
+pub(crate) fn expire_idle(max_idle: Duration) {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        idle.retain_mut(|(_, conns)| {
+            // Oldest first: the expired ones are a prefix.
+            let expired = conns
+                .iter()
+                .take_while(|(_, since)| since.elapsed() >= max_idle)
+                .count();
+            conns.drain(..expired);
+            conns.retain(|(c, _)| !c.is_closed());
+            if conns.is_empty() {
+                return false;
+            }
+            conns.shrink_to(conns.len() * 2);
+            true
+        });
+    });
 }
 
 /// Put a connection back for reuse by later requests on this worker.

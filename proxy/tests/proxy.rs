@@ -852,6 +852,61 @@ async fn pooled_connections_expire_before_the_upstream_keep_alive_timeout() {
 }
 
 #[tokio::test]
+async fn idle_upstream_connections_are_closed_once_expired_without_another_request() {
+    // An upstream that counts the connections open to it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let counted = open.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                // Each answer takes 200 ms, so a burst needs many connections.
+                let slow = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), slow)
+                    .await;
+                counted.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let config = ProxyConfig {
+        workers: 1,
+        upstream_idle_timeout: Duration::from_millis(200),
+        ..config()
+    };
+    let (proxy, base) = start(config, RouteTable::single("web", Some(Upstream::new(upstream))));
+    // A burst: concurrent slow requests, each on its own upstream connection.
+    let c = client();
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let (c, url) = (c.clone(), format!("{base}/"));
+            tokio::spawn(async move { send(&c, "GET", &url, "").await })
+        })
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.unwrap(), StatusCode::OK);
+    }
+    assert!(open.load(Ordering::SeqCst) > 1, "the burst pooled several connections");
+    // No request follows: the sweeper alone closes them once expired.
+    let start = tokio::time::Instant::now();
+    while open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{} idle upstream connections outlived their expiry",
+            open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown();
+}
+
+#[tokio::test]
 async fn a_malformed_chunk_from_the_client_is_400_not_502() {
     let (proxy, _) = start_v1(config()).await;
     let request = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n";
