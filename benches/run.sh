@@ -327,6 +327,8 @@ kill "$WRKP"; wait "$WRKP" 2>/dev/null || true
 SWITCH=$WORK/switch.jsonl; : > "$SWITCH"
 python3 benches/switchprobe.py "$SC1" "$FLIPS" switchctl "$BIN" "$WORK/sc1/switchctl.toml" >> "$SWITCH"
 echo "switch: switchctl done" >&2
+python3 benches/switchprobe.py "$SC1" "$FLIPS" switchctl-api "$WORK/sc1/admin.sock" >> "$SWITCH"
+echo "switch: switchctl admin API done" >&2
 python3 benches/switchprobe.py "$HAS" "$FLIPS" haproxy "$WORK/haproxys.sock" "$BLUE" "$GREEN" >> "$SWITCH"
 echo "switch: haproxy done" >&2
 python3 benches/switchprobe.py "$NGS" "$FLIPS" nginx "$WORK/nginxs.conf" "$WORK/nginxs-blue.conf" "$WORK/nginxs-green.conf" >> "$SWITCH"
@@ -416,7 +418,7 @@ print(f"\nSwitching visible under load (wrk -t1 -c{conns} for the whole measure;
       "time from the command's start to the first response from the other color):")
 print("| how it switches | switches | visible | median ms | max ms | failed requests | requests |")
 print("|---|---|---|---|---|---|---|")
-names = {"switchctl": "`switchctl flip back` (CLI process)", "haproxy": "HAProxy runtime API `set server addr`",
+names = {"switchctl": "`switchctl flip back` (CLI process)", "switchctl-api": "switchctl admin API `POST /v1/flip-back`", "haproxy": "HAProxy runtime API `set server addr`",
          "nginx": "nginx `-s reload`"}
 for line in open(switch):
     s = json.loads(line)
