@@ -432,3 +432,26 @@ async fn status_problems_say_what_is_wrong_now_not_everything_that_ever_was() {
     let status = d.status().await;
     assert_eq!(status["problems"], serde_json::json!([]), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_still_answering_at_the_drain_timeout_finishes_from_the_kept_standby() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    // Longer than the harness's 10 s drain_timeout.
+    let proxy = d.proxy;
+    let slow = tokio::spawn(async move { common::get(proxy, "/slow?ms=12000").await });
+    common::wait_for("the slow request to reach v1", Duration::from_secs(30), || async {
+        d.status().await["services"][0]["blue"]["in_flight"].as_u64() >= Some(1)
+    })
+    .await;
+    let out = d.cli(&["deploy", "v2"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("requests still being answered go on until blue stops"),
+        "{}",
+        text(&out)
+    );
+    // The old color runs on as the standby: the request was not cut.
+    assert_eq!(slow.await.unwrap(), (200, "v1\n".into()));
+    assert_eq!(d.get("/").await, (200, "v2\n".into()));
+}

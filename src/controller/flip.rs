@@ -104,7 +104,8 @@ impl Controller {
                     Phase::Drain,
                     Some(service),
                     format!(
-                        "{color} still had {} request(s)/connection(s) after the drain timeout of {}; they were cut",
+                        "{color} still had {} request(s)/connection(s) after the drain timeout of {}; its upgraded \
+                         connections (WebSockets) were closed, and requests still being answered go on until {color} stops",
                         report.cut,
                         humantime::format_duration(config.proxy.drain_timeout)
                     ),
