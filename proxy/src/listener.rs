@@ -243,21 +243,26 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<TlsServing>>, shared
 /// Serve one TLS connection: the handshake within its timeout, then HTTP
 /// exactly as on a plain connection.
 async fn serve_tls(stream: Tracked, tls: Arc<TlsServing>, client: Arc<ClientConn>, servers: Arc<Servers>) {
-    let mut handshake = pin!(tls.handshake(stream));
-    // A connection told to close while still in its handshake (no first
-    // request in time, quiet at shutdown) has nothing to finish: drop it.
-    let stream = std::future::poll_fn(|cx| {
+    if let Some(Some(stream)) = unless_closed(&client, tls.handshake(stream)).await {
+        let protocol = Protocol::of_alpn(stream.get_ref().1.alpn_protocol());
+        servers.serve(stream, protocol, client).await
+    }
+}
+
+/// Run `work`, the step before a connection's first request (the TLS
+/// handshake, the wait for its first bytes), unless the connection is told
+/// to close meanwhile (no first request in time, quiet at shutdown): then it
+/// has nothing to finish and is dropped (`None`).
+async fn unless_closed<F: Future>(client: &ClientConn, work: F) -> Option<F::Output> {
+    let mut work = pin!(work);
+    std::future::poll_fn(|cx| {
         client.register(cx.waker());
         if client.close_requested() >= Close::Graceful {
             return Poll::Ready(None);
         }
-        handshake.as_mut().poll(cx)
+        work.as_mut().poll(cx).map(Some)
     })
-    .await;
-    if let Some(stream) = stream {
-        let protocol = Protocol::of_alpn(stream.get_ref().1.alpn_protocol());
-        servers.serve(stream, protocol, client).await
-    }
+    .await
 }
 
 /// Open connections per client, across workers, and in all. IPv6 clients
@@ -348,14 +353,9 @@ impl Drop for IpSlot {
 }
 
 /// Serve one plain connection: its protocol from its first bytes, peeked
-/// once they arrive, then HTTP. A connection told to close before sending
-/// anything (no first request in time, quiet at shutdown) is dropped.
+/// once they arrive, then HTTP.
 async fn serve_plain(mut stream: Tracked, client: Arc<ClientConn>, servers: Arc<Servers>) {
-    let protocol = std::future::poll_fn(|cx| {
-        client.register(cx.waker());
-        if client.close_requested() >= Close::Graceful {
-            return Poll::Ready(None);
-        }
+    let peek = std::future::poll_fn(|cx| {
         let mut first = [0u8; 3];
         let mut buf = ReadBuf::new(&mut first);
         stream.poll_peek(cx, &mut buf).map(|peeked| match peeked {
@@ -363,9 +363,8 @@ async fn serve_plain(mut stream: Tracked, client: Arc<ClientConn>, servers: Arc<
             // Closed before a byte, or failed.
             _ => None,
         })
-    })
-    .await;
-    if let Some(protocol) = protocol {
+    });
+    if let Some(Some(protocol)) = unless_closed(&client, peek).await {
         servers.serve(stream, protocol, client).await
     }
 }
