@@ -120,15 +120,9 @@ pub(crate) fn put_back(addr: SocketAddr, conn: Conn) {
         match idle.iter_mut().find(|(a, _)| *a == addr) {
             Some((_, conns)) if conns.len() < MAX_IDLE_PER_UPSTREAM => conns.push((conn, now)),
             Some(_) => {}
-            None => {
-                // A new upstream (a deploy): forget those whose connections
-                // have all closed (stopped colors) while we are at it.
-                idle.retain_mut(|(_, conns)| {
-                    conns.retain(|(c, _)| !c.is_closed());
-                    !conns.is_empty()
-                });
-                idle.push((addr, vec![(conn, now)]));
-            }
+            // A new upstream (a deploy); those left with no connection
+            // (stopped colors) are forgotten by `expire_idle`.
+            None => idle.push((addr, vec![(conn, now)])),
         }
     });
 }
