@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{get, process_service, text, Daemon, Load};
+use common::{process_service, text, Daemon, Load};
 
 /// Releases that must never serve: one exits at start, one never passes
 /// its health check.
@@ -48,59 +48,51 @@ async fn daemon_pid(d: &Daemon) -> i32 {
     d.status().await["daemon_pid"].as_i64().expect("status has daemon_pid") as i32
 }
 
-/// Requests that are not plain GETs on kept-alive connections: slow
-/// requests on fresh connections and WebSocket echo sessions, each a short
-/// session so that no drain waits for long. Counts sessions and failures.
-struct Sessions {
+/// A loop of WebSocket echo sessions, each short so that no drain waits
+/// for long. Counts sessions and failures, and the release of each.
+struct WebSockets {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
-    bodies: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    versions: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-impl Sessions {
-    fn start(d: &Daemon) -> Sessions {
-        let mut s = Sessions {
-            stop: Arc::new(AtomicBool::new(false)),
-            done: Arc::new(AtomicU64::new(0)),
-            failures: Arc::new(Mutex::new(Vec::new())),
-            bodies: Arc::new(Mutex::new(Vec::new())),
-            tasks: Vec::new(),
-        };
+impl WebSockets {
+    fn start(d: &Daemon) -> WebSockets {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let versions = Arc::new(Mutex::new(Vec::new()));
         let proxy = d.proxy;
         let started = std::time::Instant::now();
-        for kind in ["slow", "slow", "ws"] {
-            let (stop, done, failures, bodies) = (s.stop.clone(), s.done.clone(), s.failures.clone(), s.bodies.clone());
-            s.tasks.push(tokio::spawn(async move {
+        let task = tokio::spawn({
+            let (stop, done, failures, versions) = (stop.clone(), done.clone(), failures.clone(), versions.clone());
+            async move {
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < LOOP_LIMIT {
-                    let result = if kind == "ws" {
-                        ws_session(proxy).await
-                    } else {
-                        match get(proxy, "/slow?ms=200").await {
-                            (200, body) => Ok(body.trim().to_string()),
-                            (status, body) => Err(format!("slow request: {status} {body}")),
-                        }
-                    };
-                    match result {
-                        Ok(body) => bodies.lock().unwrap().push(body),
+                    match ws_session(proxy).await {
+                        Ok(version) => versions.lock().unwrap().push(version),
                         Err(e) => failures.lock().unwrap().push(e),
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-            }));
+            }
+        });
+        WebSockets {
+            stop,
+            done,
+            failures,
+            versions,
+            task,
         }
-        s
     }
 
     async fn stop(self) -> (u64, Vec<String>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        let _ = self.task.await;
         let failures = self.failures.lock().unwrap().clone();
-        let bodies = self.bodies.lock().unwrap().clone();
-        (self.done.load(Ordering::Relaxed), failures, bodies)
+        let versions = self.versions.lock().unwrap().clone();
+        (self.done.load(Ordering::Relaxed), failures, versions)
     }
 }
 
@@ -141,7 +133,8 @@ async fn a_hundred_operations_under_mixed_load_fail_no_request_and_leak_nothing(
 
     let keep_alive = Load::start(d.proxy, 6);
     let fresh = Load::start_fresh(d.proxy, 2);
-    let sessions = Sessions::start(&d);
+    let slow = Load::start_fresh_path(d.proxy, 2, "/slow?ms=200");
+    let websockets = WebSockets::start(&d);
     let mut ops = 0;
 
     // A proxy restart, as `systemctl restart` does on the socket systemd
@@ -176,27 +169,38 @@ async fn a_hundred_operations_under_mixed_load_fail_no_request_and_leak_nothing(
 
     let keep_alive = keep_alive.stop().await;
     let fresh = fresh.stop().await;
-    let (sessions_done, session_failures, session_bodies) = sessions.stop().await;
+    let slow = slow.stop().await;
+    let (ws_done, ws_failures, ws_versions) = websockets.stop().await;
     let after = usage(pid);
 
     let (first, last) = (&samples[1], samples.last().unwrap());
     println!(
-        "soak: {ops} operations; {} keep-alive and {} fresh-connection requests, {sessions_done} slow \
-         requests and WebSocket sessions; daemon fds {} -> {} (after the load: {}), RSS {} -> {} KiB \
+        "soak: {ops} operations; {} keep-alive and {} fresh-connection requests, {} slow requests, \
+         {ws_done} WebSocket sessions; daemon fds {} -> {} (after the load: {}), RSS {} -> {} KiB \
          (after the load: {} KiB)",
-        keep_alive.sent, fresh.sent, first.fds, last.fds, after.fds, first.rss_kib, last.rss_kib, after.rss_kib
+        keep_alive.sent,
+        fresh.sent,
+        slow.sent,
+        first.fds,
+        last.fds,
+        after.fds,
+        first.rss_kib,
+        last.rss_kib,
+        after.rss_kib
     );
     assert!(ops >= 100, "{ops} operations");
     assert_eq!(keep_alive.failed, 0, "{keep_alive:?}");
     assert_eq!(fresh.failed, 0, "{fresh:?}");
-    assert!(session_failures.is_empty(), "{session_failures:?}");
-    assert!(sessions_done > 0 && keep_alive.sent > 0 && fresh.sent > 0);
+    assert_eq!(slow.failed, 0, "{slow:?}");
+    assert!(ws_failures.is_empty(), "{ws_failures:?}");
+    assert!(ws_done > 0 && slow.sent > 0 && keep_alive.sent > 0 && fresh.sent > 0);
     // Only releases that passed their health check ever answered.
     let served = keep_alive
         .bodies
         .keys()
         .chain(fresh.bodies.keys())
-        .chain(session_bodies.iter());
+        .chain(slow.bodies.keys())
+        .chain(ws_versions.iter());
     for body in served {
         assert!(
             healthy.contains(body),

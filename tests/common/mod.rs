@@ -530,6 +530,11 @@ impl Load {
         Load::start_with(addr, clients, true, "/")
     }
 
+    /// As [`Load::start_fresh`], sending `GET path`.
+    pub fn start_fresh_path(addr: SocketAddr, clients: usize, path: &'static str) -> Load {
+        Load::start_with(addr, clients, true, path)
+    }
+
     fn start_with(addr: SocketAddr, clients: usize, fresh: bool, path: &'static str) -> Load {
         let mut load = Load {
             stop: Arc::new(AtomicBool::new(false)),
