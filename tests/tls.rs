@@ -26,28 +26,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-/// A free loopback port below the kernel's ephemeral range: no client
-/// connection on this machine can take it while a daemon restarts (a port
-/// from `free_port()` can become some connection's local port meanwhile).
-fn quiet_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(32768);
-    let base = 10_000u64;
-    let span = low.saturating_sub(base).max(1);
-    let seed = u64::from(std::process::id()) * 7919;
-    for _ in 0..1000 {
-        let port = base + (seed + NEXT.fetch_add(1, Ordering::Relaxed) * 104_729) % span;
-        let Ok(port) = u16::try_from(port) else { continue };
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    free_port()
-}
-
 // ---- certificates --------------------------------------------------------
 
 /// A certificate authority made for one test.
@@ -258,7 +236,7 @@ impl TlsLoad {
 /// `proxy_keys` in `[proxy]`, configured, not started. Its TLS address is
 /// returned too.
 fn configure(proxy_keys: &str, tls_body: &str) -> (Daemon, SocketAddr) {
-    let tls: SocketAddr = ([127, 0, 0, 1], quiet_port()).into();
+    let tls: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let proxy = format!("{proxy_keys}\n\n[proxy.tls]\nlisten = [\"{tls}\"]\n{tls_body}\n");
     let d = Daemon::configure("", &proxy, "process", "", &process_service("web", ""));
     (d, tls)
@@ -492,7 +470,7 @@ impl Pebble {
         std::fs::write(&ca_file, ca.pem()).unwrap();
         std::fs::write(dir.path().join("cert.pem"), &leaf.cert_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), &leaf.key_pem).unwrap();
-        let (acme, management, dns, dns_management) = (quiet_port(), quiet_port(), quiet_port(), quiet_port());
+        let (acme, management, dns, dns_management) = (free_port(), free_port(), free_port(), free_port());
         let config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{acme}"),
             "managementListenAddress": format!("127.0.0.1:{management}"),
@@ -622,8 +600,8 @@ impl Drop for Pebble {
 
 /// A daemon whose ACME account is with `pebble`, for `domains` over `challenge`.
 fn acme_daemon(domains: &[&str], challenge: &str) -> Option<(Daemon, SocketAddr, Pebble)> {
-    let tls: SocketAddr = ([127, 0, 0, 1], quiet_port()).into();
-    let http = quiet_port();
+    let tls: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let http = free_port();
     let pebble = Pebble::start(http, tls.port())?;
     let proxy = format!(
         r#"

@@ -25,12 +25,30 @@ pub fn switchctl() -> &'static str {
     env!("CARGO_BIN_EXE_switchctl")
 }
 
+/// A free port for a daemon's public listener, below the kernel's
+/// ephemeral range. Docker hands out published ports from that range
+/// sequentially, and outgoing connections take theirs from it: a port the
+/// kernel picked could be taken by another test's container while a daemon
+/// of this one restarts, and the restarted daemon could not listen again.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_start > 12_000 {
+        (10_000u16, ephemeral_start)
+    } else {
+        (ephemeral_start.saturating_add(30_000), 65_000)
+    };
+    let random = RandomState::new();
+    for attempt in 0u32..1000 {
+        let port = low + (random.hash_one(attempt) % u64::from(high - low)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high} on 127.0.0.1");
 }
 
 /// The `testapp` binary of `tests/app`, built once per test binary. It is
@@ -237,7 +255,11 @@ stop_timeout = "3s"
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("daemon exited at start ({status}):\n{}", self.log());
+                // The end of the log says why; CI output keeps only so much.
+                panic!(
+                    "daemon exited at start ({status}); the end of its log:\n{}",
+                    self.log_tail(30)
+                );
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
@@ -262,6 +284,13 @@ stop_timeout = "3s"
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the daemon's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// SIGKILL the daemon (upstreams survive, as after a crash).
