@@ -539,6 +539,62 @@ async fn flip_back_during_the_watch_ends_it_and_flips_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollback_during_the_watch_ends_it_and_returns_to_the_previous_release() {
+    let deploy = WATCH.replace("window = \"3s\"", "window = \"10m\"");
+    let d = Daemon::start("process", &deploy, &process_service("web", ""));
+    assert_eq!(d.cli(&["deploy", "v1"]).await.status.code(), Some(0));
+    let deploying = tokio::spawn(
+        tokio::process::Command::new(common::switchctl())
+            .arg("--config")
+            .arg(&d.config)
+            .args(["deploy", "v2", "--json"])
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output(),
+    );
+    wait_for("the watch to start", Duration::from_secs(30), || async {
+        d.status().await["watch"].is_object()
+    })
+    .await;
+    // Another deploy waits for the watch: it is part of the deploy before.
+    let out = d.cli(&["deploy", "v3", "--json"]).await;
+    assert_eq!(out.status.code(), Some(4), "a deploy is busy: {}", text(&out));
+    assert!(
+        d.status().await["watch"].is_object(),
+        "the refused deploy left the watch running"
+    );
+
+    let load = Load::start(d.proxy, 4);
+    let out = d.cli(&["rollback", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "not refused as busy: {}", text(&out));
+    assert_eq!(events(&out).last().unwrap()["outcome"], "flipped", "{}", text(&out));
+    let deployed = deploying.await.unwrap().unwrap();
+    let report = load.stop().await;
+    assert_eq!(deployed.status.code(), Some(0), "{}", text(&deployed));
+    let done = events(&deployed).pop().unwrap();
+    assert!(
+        done["message"].as_str().unwrap().contains("`switchctl rollback`"),
+        "{done}"
+    );
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+
+    let out = d.cli(&["history", "--json"]).await;
+    let history: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let history = history.as_array().unwrap();
+    let (deploy, rollback) = (&history[history.len() - 2], &history[history.len() - 1]);
+    assert_eq!(deploy["tag"], "v2", "{deploy}");
+    assert!(
+        deploy["watch"]["ended"].as_str().unwrap().contains("rollback"),
+        "the deploy records which command ended its watch: {deploy}"
+    );
+    assert_eq!(
+        (&rollback["tag"], &rollback["outcome"]),
+        (&Value::from("v1"), &Value::from("flipped"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_metrics_port_goes_over_to_the_new_daemon_in_an_upgrade() {
     let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut d = Daemon::start_with_proxy(

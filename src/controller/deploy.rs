@@ -16,7 +16,7 @@ use super::event::{Outcome, Phase, Reporter};
 use super::health::HealthCheck;
 use super::history::{ms, Record};
 use super::hooks::{self, HookContext, HookFailure};
-use super::watch::{Baseline, Verdict, ENDED_BY_FLIP_BACK};
+use super::watch::{Baseline, Verdict};
 use super::{retention, Controller, OperationGuard};
 use crate::api::ColorTag;
 use crate::config::{Config, HookWhen, WatchConfig};
@@ -186,14 +186,14 @@ impl Deploy {
                 Watched::Passed
             }
         };
-        let handed_over = match watched {
+        let ended_by = match watched {
             Watched::Tripped(why) => return self.flip_back(release, old, why).await,
             Watched::Passed => {
                 self.retire(old).await;
-                false
+                None
             }
-            // The previous color stays as it is: the flip back takes it.
-            Watched::Ended => true,
+            // The previous color stays as it is: the human's command takes it.
+            Watched::Ended(why) => Some(why),
         };
         self.cleanup().await;
         let mut msg = format!(
@@ -202,8 +202,8 @@ impl Deploy {
             self.idle,
             self.record.started.elapsed().as_secs_f64()
         );
-        if handed_over {
-            msg.push_str(&format!("; the watch ended early: {ENDED_BY_FLIP_BACK}"));
+        if let Some(why) = ended_by {
+            msg.push_str(&format!("; the watch ended early: {why}"));
         }
         self.finish(Outcome::Deployed, None, msg).await
     }
@@ -450,8 +450,9 @@ impl Deploy {
                 Watched::Tripped(why)
             }
             Verdict::Ended(info) => {
+                let why = info.ended.clone().unwrap_or_default();
                 self.record.watch = Some(info);
-                Watched::Ended
+                Watched::Ended(why)
             }
         }
     }
@@ -661,8 +662,9 @@ enum Watched {
     Passed,
     /// The new color failed real traffic: flip back, saying why.
     Tripped(String),
-    /// A human's `flip back` ended the watch: leave the old color to it.
-    Ended,
+    /// A human's `flip back` or `rollback` ended the watch (the text
+    /// says which): leave the old color to it.
+    Ended(String),
 }
 
 #[cfg(test)]

@@ -76,8 +76,9 @@ pub struct Controller {
     pub(crate) counters: counters::Counters,
     /// The post-flip watch in progress, for `status`.
     watch: Mutex<Option<WatchInfo>>,
-    /// Ends the post-flip watch in progress (a human's `flip back`).
-    watch_end: Mutex<Option<tokio_util::sync::CancellationToken>>,
+    /// Ends the post-flip watch in progress, saying which human command
+    /// did (`flip back`, `rollback`).
+    watch_end: Mutex<Option<tokio::sync::oneshot::Sender<&'static str>>>,
     /// Woken each time the operation lock is let go.
     released: tokio::sync::Notify,
     /// Automatic certificates, for `status` (set once by the daemon).

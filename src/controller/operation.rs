@@ -37,6 +37,17 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// The command, if this operation is one a human uses to leave a
+    /// release that looks bad: it ends a post-flip watch instead of waiting
+    /// for it. A deploy waits (the watch is part of the deploy before it).
+    fn ends_a_watch(&self) -> Option<&'static str> {
+        match self {
+            Operation::FlipBack => Some("flip back"),
+            Operation::Rollback { .. } => Some("rollback"),
+            Operation::Deploy { .. } => None,
+        }
+    }
+
     /// Its name in `status` and history.
     fn kind(&self) -> &'static str {
         match self {
@@ -114,10 +125,10 @@ impl Controller {
             released.as_mut().enable();
             match self.try_begin(operation.kind(), operation.tag()) {
                 Ok(op) => break op,
-                // A human's flip back does not wait for a post-flip watch:
-                // the watch ends, its deploy lets go of the lock, and the
-                // flip back takes it.
-                Err(_) if operation == Operation::FlipBack && self.end_watch() => released.await,
+                // A human's flip back or rollback does not wait for a
+                // post-flip watch: the watch ends, its deploy lets go of
+                // the lock, and the command takes it.
+                Err(_) if operation.ends_a_watch().is_some_and(|c| self.end_watch(c)) => released.await,
                 Err(holder) => return Err(Refused::Busy(holder)),
             }
         };

@@ -5,16 +5,16 @@
 //! answers trips it, and the deploy flips back to the previous color at
 //! once (`deploy.rs`). The previous color is not retired until the watch
 //! ends, whatever `standby` says, so there is always somewhere to go back to.
-//! A human's `flip back` during the window does not wait for it: it ends
-//! the watch ([`Controller::end_watch`]), the deploy records that and lets
-//! go of the operation lock with the previous color still running, and the
-//! flip back proceeds.
+//! A human's `flip back` or `rollback` during the window does not wait for
+//! it: it ends the watch ([`Controller::end_watch`]), the deploy records
+//! which command did and lets go of the operation lock with the previous
+//! color still running, and the command proceeds.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use switchctl_proxy::{Snapshot, Upstream};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
 
 use super::event::{Phase, Reporter};
 use super::Controller;
@@ -38,12 +38,16 @@ pub(super) enum Verdict {
     Passed(WatchInfo),
     /// A service went past it: flip back. The text says which and why.
     Tripped(WatchInfo, String),
-    /// A human asked for `flip back` before the window ended.
+    /// A human asked for `flip back` or `rollback` before the window
+    /// ended; `WatchInfo::ended` says which.
     Ended(WatchInfo),
 }
 
-/// Why a watch ended early, as history records it.
-pub(super) const ENDED_BY_FLIP_BACK: &str = "`switchctl flip back` was asked during the window";
+/// Why a watch ended early, as history records it: `command` was asked
+/// during the window.
+fn ended_by(command: &str) -> String {
+    format!("`switchctl {command}` was asked during the window")
+}
 
 impl Controller {
     /// The counters of `release`'s upstreams now, taken just before the
@@ -68,17 +72,17 @@ impl Controller {
         let deadline = tokio::time::Instant::now() + watch.window;
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let end = CancellationToken::new();
-        *self.watch_end.lock().expect("watch end lock") = Some(end.clone());
+        let (end, mut ended) = oneshot::channel();
+        *self.watch_end.lock().expect("watch end lock") = Some(end);
         let verdict = loop {
-            let ended = tokio::select! {
-                _ = interval.tick() => false,
-                _ = end.cancelled() => true,
+            let by = tokio::select! {
+                _ = interval.tick() => None,
+                Ok(command) = &mut ended => Some(command),
             };
             let info = figures(baseline, until);
-            if ended {
+            if let Some(command) = by {
                 break Verdict::Ended(WatchInfo {
-                    ended: Some(ENDED_BY_FLIP_BACK.into()),
+                    ended: Some(ended_by(command)),
                     ..info
                 });
             }
@@ -114,7 +118,8 @@ impl Controller {
                 Phase::Watch,
                 None,
                 format!(
-                    "watch ended early: {ENDED_BY_FLIP_BACK} ({} 5xx of {} requests to {} so far); {} is kept for it",
+                    "watch ended early: {} ({} 5xx of {} requests to {} so far); {} is kept for it",
+                    info.ended.as_deref().unwrap_or_default(),
                     info.errors_5xx,
                     info.requests,
                     baseline.color,
@@ -140,12 +145,14 @@ impl Controller {
 }
 
 impl Controller {
-    /// End the post-flip watch in progress, for a human's `flip back`;
-    /// false if none runs.
-    pub(super) fn end_watch(&self) -> bool {
+    /// End the post-flip watch in progress for a human's `command`
+    /// (`flip back`, `rollback`); false if none runs.
+    pub(super) fn end_watch(&self, command: &'static str) -> bool {
         match self.watch_end.lock().expect("watch end lock").take() {
+            // The watch may have ended by itself a moment ago: then its
+            // deploy is letting go of the lock anyway.
             Some(end) => {
-                end.cancel();
+                let _ = end.send(command);
                 true
             }
             None => false,
