@@ -270,12 +270,29 @@ for p in "$NGT" "$HAT" "$SCT_TLS"; do wrk -t1 -c"$CONNS" -d1s "https://127.0.0.1
 
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
+# CPU time (user + system, clock ticks) of the processes named by pid files
+# and of their children (nginx's workers), all threads included.
+cpu_ticks() { # pid-file...
+    local pids=() f p t=0
+    for f in "$@"; do p=$(cat "$f"); pids+=("$p" $(pgrep -P "$p" || true)); done
+    for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$t"
+}
+HZ=$(getconf CLK_TCK)
+# Each run also records the CPU seconds the proxy (CPU_OF: its pid files)
+# and wrk itself used: a proxy's CPU per request is steadier from run to
+# run than its req/s, and shows when wrk, not the proxy, was the limit.
 measure() { # label threads port-or-url [wrk args...]
     local url=$3; [[ $url == http* ]] || url="http://127.0.0.1:$url/"
-    local out; out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${@:4}" "$url")
-    python3 - "$1" "$2" "$out" >> "$RESULTS" <<'PY'
+    local before=0 after=0 out
+    [[ -n ${CPU_OF:-} ]] && before=$(cpu_ticks $CPU_OF)
+    out=$( { TIMEFORMAT='%U %S'; time wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${@:4}" "$url"; } 2>"$WORK/wrk-time")
+    [[ -n ${CPU_OF:-} ]] && after=$(cpu_ticks $CPU_OF)
+    local proxy_cpu; proxy_cpu=$(awk -v t=$((after - before)) -v hz="$HZ" 'BEGIN {printf "%.3f", t / hz}')
+    local wrk_cpu; wrk_cpu=$(awk '{printf "%.3f", $1 + $2}' "$WORK/wrk-time")
+    python3 - "$1" "$2" "$out" "$proxy_cpu" "$wrk_cpu" >> "$RESULTS" <<'PY'
 import re, sys
-label, threads, out = sys.argv[1], sys.argv[2], sys.argv[3]
+label, threads, out, proxy_cpu, wrk_cpu = sys.argv[1:6]
 if "Requests/sec" not in out or "Latency Distribution" not in out:
     sys.exit(f"wrk against {label} ({threads} threads) failed:\n{out}")
 def ms(v):
@@ -287,21 +304,22 @@ p99 = ms(re.search(r"^\s*99%[ \t]+(\S+)", out, re.M).group(1))
 errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
 m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 errs += int(m.group(1)) if m else 0
-print(f"{label}\t{threads}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{errs}")
+print(f"{label}\t{threads}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{errs}\t{proxy_cpu}\t{wrk_cpu}")
 PY
 }
 for round in $(seq 1 "$ROUNDS"); do
     for t in 1 2; do
         ng=NG$t; ha=HA$t; sc=SC$t
         measure direct "$t" "$UP"
-        measure nginx "$t" "${!ng}"
-        measure haproxy "$t" "${!ha}"
-        measure switchctl "$t" "${!sc}"
+        CPU_OF="$WORK/nginx$t.pid" measure nginx "$t" "${!ng}"
+        CPU_OF="$WORK/haproxy$t.pid" measure haproxy "$t" "${!ha}"
+        CPU_OF="$WORK/sc$t.pid" measure switchctl "$t" "${!sc}"
     done
-    measure switchctl-default 0 "$SC0"
-    for tgt in nginx:$NGT haproxy:$HAT switchctl:$SCT_TLS; do
-        measure "tls-${tgt%%:*}" 1 "https://127.0.0.1:${tgt#*:}/"
-        measure "tlsnew-${tgt%%:*}" 1 "https://127.0.0.1:${tgt#*:}/" -H 'Connection: close'
+    CPU_OF="$WORK/sc0.pid" measure switchctl-default 0 "$SC0"
+    for tgt in nginx:$NGT:nginxt haproxy:$HAT:haproxyt switchctl:$SCT_TLS:sct; do
+        IFS=: read -r name port pidname <<<"$tgt"
+        CPU_OF="$WORK/$pidname.pid" measure "tls-$name" 1 "https://127.0.0.1:$port/"
+        CPU_OF="$WORK/$pidname.pid" measure "tlsnew-$name" 1 "https://127.0.0.1:$port/" -H 'Connection: close'
     done
     echo "round $round done" >&2
 done
@@ -373,19 +391,27 @@ import sys, statistics, collections, subprocess, json
 res, flips, idle_sc, idle_ng, idle_ha, rounds, dur, conns, idle_sct, switch, ready, hold, split = sys.argv[1:]
 rows = collections.defaultdict(list)
 for line in open(res):
-    label, t, rps, p50, p99, errs = line.split("\t")
-    rows[(label, int(t))].append((float(rps), float(p50), float(p99), int(errs)))
+    label, t, rps, p50, p99, errs, proxy_cpu, wrk_cpu = line.split("\t")
+    rows[(label, int(t))].append((float(rps), float(p50), float(p99), int(errs), float(proxy_cpu), float(wrk_cpu)))
+# CPU per request: the proxy's CPU seconds over the requests of the same runs.
+def cpu_us(key):
+    reqs = sum(r[0] for r in rows[key]) * float(dur)
+    return sum(r[4] for r in rows[key]) * 1e6 / reqs if reqs else float("nan")
+def wrk_share(key):
+    return 100 * statistics.mean(r[5] for r in rows[key]) / float(dur)
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 print(f"wrk -t1 -c{conns}, {dur}s per run, {rounds} interleaved round(s); {cpu}, {subprocess.getoutput('nproc')} cores\n")
-print("| target | threads | req/s | p50 ms | p99 ms | errors | req/s vs HAProxy | p99 vs HAProxy | req/s vs nginx |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| target | threads | req/s | p50 ms | p99 ms | errors | req/s vs HAProxy | p99 vs HAProxy | req/s vs nginx | proxy CPU µs/req | wrk CPU % |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for t in (1, 2):
     mean = lambda label, i: statistics.mean(r[i] for r in rows[(label, t)])
     for label in ("direct", "nginx", "haproxy", "switchctl"):
         rps, p50, p99 = mean(label, 0), mean(label, 1), mean(label, 2)
         errs = sum(r[3] for r in rows[(label, t)])
+        per_req = "-" if label == "direct" else f"{cpu_us((label, t)):.1f}"
         print(f"| {label} | {t} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {errs} | "
-              f"{rps / mean('haproxy', 0):.2f} | {p99 / mean('haproxy', 2):.2f} | {rps / mean('nginx', 0):.2f} |")
+              f"{rps / mean('haproxy', 0):.2f} | {p99 / mean('haproxy', 2):.2f} | {rps / mean('nginx', 0):.2f} | "
+              f"{per_req} | {wrk_share((label, t)):.0f} |")
 f = sorted(int(x) / 1000 for x in open(flips))
 print(f"\n`switchctl flip back`, end to end (CLI start to exit), {len(f)} flips: "
       f"median {statistics.median(f):.1f} ms, max {max(f):.1f} ms")
@@ -404,15 +430,17 @@ print(f"| switchctl default | {mean(*d, 0):,.0f} | {mean(*d, 1):.3f} | {mean(*d,
       f"{mean(*d, 0) / mean('nginx', 2, 0):.2f} | {mean(*d, 2) / mean('nginx', 2, 2):.2f} |")
 
 print(f"\nTLS (ECDSA P-256, same certificate), 1 worker each, wrk -t1 -c{conns}:")
-print("| target | connections | req/s | p50 ms | p99 ms | errors | req/s vs best peer | p99 vs best peer |")
-print("|---|---|---|---|---|---|---|---|")
+print("| target | connections | req/s | p50 ms | p99 ms | errors | req/s vs best peer | p99 vs best peer | proxy CPU µs/req | CPU/req vs best peer | wrk CPU % |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for kind, what in (("tls", "keep-alive"), ("tlsnew", "new per request (Connection: close)")):
     best_rps = max(mean(f"{kind}-{p}", 1, 0) for p in ("nginx", "haproxy"))
     best_p99 = min(mean(f"{kind}-{p}", 1, 2) for p in ("nginx", "haproxy"))
+    best_cpu = min(cpu_us((f"{kind}-{p}", 1)) for p in ("nginx", "haproxy"))
     for p in ("nginx", "haproxy", "switchctl"):
         k = (f"{kind}-{p}", 1)
         print(f"| {p} | {what} | {mean(*k, 0):,.0f} | {mean(*k, 1):.3f} | {mean(*k, 2):.3f} | {sum(r[3] for r in rows[k])} | "
-              f"{mean(*k, 0) / best_rps:.2f} | {mean(*k, 2) / best_p99:.2f} |")
+              f"{mean(*k, 0) / best_rps:.2f} | {mean(*k, 2) / best_p99:.2f} | {cpu_us(k):.1f} | {cpu_us(k) / best_cpu:.2f} | "
+              f"{wrk_share(k):.0f} |")
 
 print(f"\nSwitching visible under load (wrk -t1 -c{conns} for the whole measure; prober on fresh connections; "
       "time from the command's start to the first response from the other color):")
