@@ -453,6 +453,8 @@ for line in open(switch):
     vis = f"{s['visible']}" + (f" ({s['not_visible']} not within {s['not_visible_within_s']:.0f} s)" if s["not_visible"] else "")
     if s.get("unsettled_before_switch"):
         vis += f"; {s['unsettled_before_switch']} started before the previous switch had settled"
+    if s.get("strays_before_command"):
+        vis += f"; {s['strays_before_command']} answers from the other side before the command (ignored)"
     med = "-" if s["median_ms"] is None else f"{s['median_ms']:.1f}"
     mx = "-" if s["max_ms"] is None else f"{s['max_ms']:.1f}"
     print(f"| {names[s['mode']]} | {s['flips']} | {vis} | {med} | {mx} | {s['failed']} | {s['requests']:,} |")

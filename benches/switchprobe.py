@@ -70,8 +70,11 @@ def switch(to_green):
     else:
         sys.exit(f"unknown mode {mode}")
 
-def probe(before, started, out):
-    # polls until a response from another color than `before` arrives
+def probe(before, started, out, strays):
+    # polls until a response from another color than `before` arrives after
+    # the command started; one before it is a stray (an old connection of
+    # the proxy's still going to the side the previous switch left), counted
+    # and otherwise ignored
     while True:
         try:
             c = get_color()
@@ -79,6 +82,9 @@ def probe(before, started, out):
             c = None
         now = time.monotonic()
         if c is not None and c != before:
+            if not started:
+                strays.append(now)
+                continue
             out.append(now)
             return
         if started and now - started[0] > TIMEOUT:
@@ -103,13 +109,13 @@ duration = int(flips * (3 * TIMEOUT + 0.5) + 10)  # an upper bound: wrk is stopp
 wrk = subprocess.Popen(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 time.sleep(1.5)
-visible, invisible, unsettled = [], 0, 0
+visible, invisible, unsettled, strays = [], 0, 0, []
 before = get_color()
 for i in range(flips):
     if not settle(before):
         unsettled += 1
     started, out = [], []
-    t = threading.Thread(target=probe, args=(before, started, out))
+    t = threading.Thread(target=probe, args=(before, started, out, strays))
     t.start()                     # the prober polls before the command starts
     time.sleep(0.01)
     t0 = time.monotonic()
@@ -132,7 +138,7 @@ if not total:
     sys.exit(f"wrk failed:\n{wout}")
 print(json.dumps({
     "mode": mode, "flips": flips, "visible": len(visible), "not_visible_within_s": TIMEOUT if invisible else None,
-    "not_visible": invisible, "unsettled_before_switch": unsettled,
+    "not_visible": invisible, "unsettled_before_switch": unsettled, "strays_before_command": len(strays),
     "median_ms": round(statistics.median(visible), 1) if visible else None,
     "max_ms": round(max(visible), 1) if visible else None,
     "requests": int(total.group(1)), "failed": errs,
