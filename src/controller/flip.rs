@@ -57,6 +57,18 @@ impl Controller {
         rec.flip_us = Some(swap.as_micros() as u64);
         self.counters.flipped();
         let old = state.activate(color);
+        // Said now, at the swap (the log's timestamp is the moment traffic
+        // moved; benches/flipsplit.py reads it), not after the state save's
+        // fsyncs.
+        reporter.success(
+            Phase::Flip,
+            None,
+            format!(
+                "traffic now goes to {color} ({}); route swap took {} µs",
+                release.tag,
+                swap.as_micros()
+            ),
+        );
         if let Err(e) = self.save(&state).await {
             reporter.error(
                 Phase::Flip,
@@ -68,15 +80,6 @@ impl Controller {
             );
         }
         drop(state);
-        reporter.success(
-            Phase::Flip,
-            None,
-            format!(
-                "traffic now goes to {color} ({}); route swap took {} µs",
-                release.tag,
-                swap.as_micros()
-            ),
-        );
         Ok(old)
     }
 
