@@ -296,6 +296,79 @@ fn watched(env: &str) -> Daemon {
     Daemon::start("process", WATCH, &process_service("web", env))
 }
 
+/// Run the CLI with `args` (a deploy) in the background and return once
+/// the deploy's post-flip watch runs; the handle gives the CLI's output.
+async fn deploy_until_its_watch_runs(
+    d: &Daemon,
+    args: &[&str],
+) -> tokio::task::JoinHandle<std::io::Result<std::process::Output>> {
+    let deploying = tokio::spawn(
+        tokio::process::Command::new(common::switchctl())
+            .arg("--config")
+            .arg(&d.config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output(),
+    );
+    wait_for("the watch to start", Duration::from_secs(30), || async {
+        d.status().await["watch"].is_object()
+    })
+    .await;
+    deploying
+}
+
+/// While the deploy of v2 is in its watch (`deploying`), `switchctl
+/// <command> --json` under load: not refused as busy, it flips back to v1
+/// with no failed request; the deploy ends `deployed`, saying which command
+/// ended its watch, as history does.
+async fn back_to_v1_during_the_watch(
+    d: &Daemon,
+    deploying: tokio::task::JoinHandle<std::io::Result<std::process::Output>>,
+    command: &str,
+) {
+    let load = Load::start(d.proxy, 4);
+    let mut args: Vec<&str> = command.split(' ').collect();
+    args.push("--json");
+    let out = d.cli(&args).await;
+    assert_eq!(out.status.code(), Some(0), "not refused as busy: {}", text(&out));
+    assert_eq!(events(&out).last().unwrap()["outcome"], "flipped", "{}", text(&out));
+    let deployed = deploying.await.unwrap().unwrap();
+    let report = load.stop().await;
+    assert_eq!(deployed.status.code(), Some(0), "{}", text(&deployed));
+    let done = events(&deployed).pop().unwrap();
+    assert_eq!(done["outcome"], "deployed", "{done}");
+    assert!(
+        done["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("`switchctl {command}`")),
+        "{done}"
+    );
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+    let status = d.status().await;
+    assert_eq!(status["active"]["tag"], "v1", "{status}");
+    assert_eq!(status["watch"], Value::Null, "{status}");
+
+    let out = d.cli(&["history", "--json"]).await;
+    let history: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let history = history.as_array().unwrap();
+    let (deploy, back) = (&history[history.len() - 2], &history[history.len() - 1]);
+    assert_eq!(
+        (&deploy["tag"], &deploy["outcome"]),
+        (&Value::from("v2"), &Value::from("deployed"))
+    );
+    assert!(
+        deploy["watch"]["ended"].as_str().unwrap().contains(command),
+        "the deploy records that {command} ended its watch: {deploy}"
+    );
+    assert_eq!(
+        (&back["tag"], &back["outcome"]),
+        (&Value::from("v1"), &Value::from("flipped"))
+    );
+}
+
 async fn history_last(d: &Daemon) -> Value {
     let out = d.cli(&["history", "--json"]).await;
     let all: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
@@ -455,19 +528,7 @@ async fn the_previous_color_is_kept_for_the_window_even_with_standby_stop() {
     let deploy = WATCH.replace("[deploy.watch]", "standby = \"stop\"\n[deploy.watch]");
     let d = Daemon::start("process", &deploy, &process_service("web", ""));
     assert_eq!(d.cli(&["deploy", "v1"]).await.status.code(), Some(0));
-    let deploying = tokio::spawn(
-        tokio::process::Command::new(common::switchctl())
-            .arg("--config")
-            .arg(&d.config)
-            .args(["deploy", "v2"])
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .output(),
-    );
-    wait_for("the watch to start", Duration::from_secs(30), || async {
-        d.status().await["watch"].is_object()
-    })
-    .await;
+    let deploying = deploy_until_its_watch_runs(&d, &["deploy", "v2"]).await;
     let during = d.status().await;
     assert_eq!(during["active"]["tag"], "v2", "{during}");
     assert_eq!(during["services"][0]["blue"]["state"], "running", "{during}");
@@ -491,51 +552,8 @@ async fn flip_back_during_the_watch_ends_it_and_flips_at_once() {
         .replace("[deploy.watch]", "standby = \"stop\"\n[deploy.watch]");
     let d = Daemon::start("process", &deploy, &process_service("web", ""));
     assert_eq!(d.cli(&["deploy", "v1"]).await.status.code(), Some(0));
-    let deploying = tokio::spawn(
-        tokio::process::Command::new(common::switchctl())
-            .arg("--config")
-            .arg(&d.config)
-            .args(["deploy", "v2", "--json"])
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .output(),
-    );
-    wait_for("the watch to start", Duration::from_secs(30), || async {
-        d.status().await["watch"].is_object()
-    })
-    .await;
-    let load = Load::start(d.proxy, 4);
-    let out = d.cli(&["flip", "back", "--json"]).await;
-    assert_eq!(out.status.code(), Some(0), "not refused as busy: {}", text(&out));
-    assert_eq!(events(&out).last().unwrap()["outcome"], "flipped", "{}", text(&out));
-    let deployed = deploying.await.unwrap().unwrap();
-    let report = load.stop().await;
-    assert_eq!(deployed.status.code(), Some(0), "{}", text(&deployed));
-    let done = events(&deployed).pop().unwrap();
-    assert_eq!(done["outcome"], "deployed", "{done}");
-    assert!(done["message"].as_str().unwrap().contains("flip back"), "{done}");
-    assert_eq!(report.failed, 0, "{report:?}");
-    assert_eq!(d.get("/").await, (200, "v1\n".into()));
-
-    let status = d.status().await;
-    assert_eq!(status["active"]["tag"], "v1", "{status}");
-    assert_eq!(status["watch"], Value::Null, "{status}");
-    let out = d.cli(&["history", "--json"]).await;
-    let history: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let history = history.as_array().unwrap();
-    let (deploy, flip) = (&history[history.len() - 2], &history[history.len() - 1]);
-    assert_eq!(
-        (&deploy["tag"], &deploy["outcome"]),
-        (&Value::from("v2"), &Value::from("deployed"))
-    );
-    assert!(
-        deploy["watch"]["ended"].as_str().unwrap().contains("flip back"),
-        "the deploy records that its watch was ended: {deploy}"
-    );
-    assert_eq!(
-        (&flip["tag"], &flip["outcome"]),
-        (&Value::from("v1"), &Value::from("flipped"))
-    );
+    let deploying = deploy_until_its_watch_runs(&d, &["deploy", "v2", "--json"]).await;
+    back_to_v1_during_the_watch(&d, deploying, "flip back").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -543,19 +561,7 @@ async fn rollback_during_the_watch_ends_it_and_returns_to_the_previous_release()
     let deploy = WATCH.replace("window = \"3s\"", "window = \"10m\"");
     let d = Daemon::start("process", &deploy, &process_service("web", ""));
     assert_eq!(d.cli(&["deploy", "v1"]).await.status.code(), Some(0));
-    let deploying = tokio::spawn(
-        tokio::process::Command::new(common::switchctl())
-            .arg("--config")
-            .arg(&d.config)
-            .args(["deploy", "v2", "--json"])
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .output(),
-    );
-    wait_for("the watch to start", Duration::from_secs(30), || async {
-        d.status().await["watch"].is_object()
-    })
-    .await;
+    let deploying = deploy_until_its_watch_runs(&d, &["deploy", "v2", "--json"]).await;
     // Another deploy waits for the watch: it is part of the deploy before.
     let out = d.cli(&["deploy", "v3", "--json"]).await;
     assert_eq!(out.status.code(), Some(4), "a deploy is busy: {}", text(&out));
@@ -564,34 +570,7 @@ async fn rollback_during_the_watch_ends_it_and_returns_to_the_previous_release()
         "the refused deploy left the watch running"
     );
 
-    let load = Load::start(d.proxy, 4);
-    let out = d.cli(&["rollback", "--json"]).await;
-    assert_eq!(out.status.code(), Some(0), "not refused as busy: {}", text(&out));
-    assert_eq!(events(&out).last().unwrap()["outcome"], "flipped", "{}", text(&out));
-    let deployed = deploying.await.unwrap().unwrap();
-    let report = load.stop().await;
-    assert_eq!(deployed.status.code(), Some(0), "{}", text(&deployed));
-    let done = events(&deployed).pop().unwrap();
-    assert!(
-        done["message"].as_str().unwrap().contains("`switchctl rollback`"),
-        "{done}"
-    );
-    assert_eq!(report.failed, 0, "{report:?}");
-    assert_eq!(d.get("/").await, (200, "v1\n".into()));
-
-    let out = d.cli(&["history", "--json"]).await;
-    let history: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let history = history.as_array().unwrap();
-    let (deploy, rollback) = (&history[history.len() - 2], &history[history.len() - 1]);
-    assert_eq!(deploy["tag"], "v2", "{deploy}");
-    assert!(
-        deploy["watch"]["ended"].as_str().unwrap().contains("rollback"),
-        "the deploy records which command ended its watch: {deploy}"
-    );
-    assert_eq!(
-        (&rollback["tag"], &rollback["outcome"]),
-        (&Value::from("v1"), &Value::from("flipped"))
-    );
+    back_to_v1_during_the_watch(&d, deploying, "rollback").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
