@@ -97,12 +97,19 @@ pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Hando
     let socket_path = config.proxy.admin_socket.clone();
     let drain_timeout = config.proxy.drain_timeout;
     let active = state.active_release().map(|(c, r)| format!("{c} ({})", r.tag));
+    let upstream_logs = match &driver {
+        Driver::Process(p) => Some(p.log_dir().to_path_buf()),
+        Driver::Docker(_) => None,
+    };
     let controller = Controller::new(config_path, config, proxy.clone(), driver, state, upstreams);
     for problem in problems {
         controller.problem(problem);
     }
 
     let shutdown = CancellationToken::new();
+    if let Some(dir) = upstream_logs {
+        tokio::spawn(crate::driver::logs::keep_bounded(dir, shutdown.clone()));
+    }
     if let Some(acme) = acme {
         acme.start(shutdown.clone());
         controller.attach_acme(acme);

@@ -572,3 +572,35 @@ async fn a_config_path_without_a_directory_part_works_from_anywhere() {
     assert_eq!(report.failed, 0, "{report:?}");
     assert_eq!(d.get("/").await, (200, "v2\n".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chatty_upstreams_log_is_rotated_while_it_runs() {
+    // 17 MB of output at start (past the 16 MiB bound), then the app.
+    let service = format!(
+        r#"
+[[service]]
+name = "web"
+command = ["sh", "-c", "head -c 17000000 /dev/zero | tr '\\0' 'x'; echo; echo chatty-done; exec '{exe}' --bind 127.0.0.1 --port {{port}} --version {{tag}}"]
+health = {{ path = "/health", timeout = "1s" }}
+"#,
+        exe = common::testapp().display()
+    );
+    let d = Daemon::start("process", "timeout = \"30s\"", &service);
+    deploy_ok(&d, "v1").await;
+    let log = d.state_dir().join("logs/web-blue.log");
+    let kept = d.state_dir().join("logs/web-blue.log.1");
+    wait_for("the log to be rotated", Duration::from_secs(30), || async {
+        kept.exists() && std::fs::metadata(&log).map(|m| m.len()).unwrap_or(u64::MAX) < 1_000_000
+    })
+    .await;
+    let old = std::fs::read(&kept).unwrap();
+    assert!(
+        old.len() > 17_000_000,
+        "the rotated copy holds the output: {} bytes",
+        old.len()
+    );
+    assert!(String::from_utf8_lossy(&old[old.len() - 4096..]).contains("chatty-done"));
+    // The upstream still runs and serves, and the daemon said what it did.
+    assert_eq!(d.get("/").await.0, 200);
+    assert!(d.log().contains("web-blue.log.1"), "{}", d.log_tail(20));
+}

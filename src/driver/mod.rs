@@ -5,6 +5,7 @@
 
 pub mod context;
 pub mod docker;
+pub mod logs;
 pub mod process;
 
 use std::path::PathBuf;

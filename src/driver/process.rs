@@ -3,7 +3,8 @@
 //! a free loopback port switchctl picks. Output goes to
 //! `<state_dir>/logs/<service>-<color>.log`, appended to: each start writes
 //! a header line first, so a crash's output survives the restart that
-//! follows it, and [`ProcessDriver::logs`] shows the latest run. Processes run in their own group
+//! follows it, and [`ProcessDriver::logs`] shows the latest run (`logs.rs`
+//! keeps them bounded). Processes run in their own group
 //! so they outlive a daemon restart and are stopped as a whole (SIGTERM,
 //! then SIGKILL). Each carries its own record in its environment
 //! (`SWITCHCTL_INSTANCE`, `SWITCHCTL_SERVICE`, `SWITCHCTL_COLOR`,
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use super::{DriverError, RunState, StartSpec};
+use super::{logs, DriverError, RunState, StartSpec};
 use crate::config::{Config, ServiceConfig};
 use crate::release::{Color, Handle, UpstreamRecord};
 
@@ -159,14 +160,15 @@ impl ProcessDriver {
         std::fs::create_dir_all(&self.logs).map_err(|e| fail(format!("cannot create {}: {e}", self.logs.display())))?;
         let log_path = self.log_path(&spec.service.name, spec.color);
         let header = format!(
-            "{RUN_HEADER}{} ({}, {}) started at {}",
+            "{}{} ({}, {}) started at {}",
+            logs::RUN_HEADER,
             spec.service.name,
             spec.color,
             spec.tag,
             humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         );
         let log =
-            open_log(&log_path, &header).map_err(|e| fail(format!("cannot write {}: {e}", log_path.display())))?;
+            logs::open(&log_path, &header).map_err(|e| fail(format!("cannot write {}: {e}", log_path.display())))?;
         let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
 
         let mut cmd = Command::new(&program);
@@ -252,37 +254,14 @@ impl ProcessDriver {
 
     /// The last `lines` lines of the latest run of `service` in `color`.
     pub(super) fn logs(&self, service: &str, color: Color, lines: usize) -> Vec<String> {
-        let Ok(bytes) = std::fs::read(self.log_path(service, color)) else {
-            return Vec::new();
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        let all: Vec<&str> = text.lines().collect();
-        let run = all.iter().rposition(|l| l.starts_with(RUN_HEADER)).map_or(0, |i| i + 1);
-        let latest = &all[run..];
-        latest[latest.len().saturating_sub(lines)..]
-            .iter()
-            .map(|l| l.to_string())
-            .collect()
+        logs::latest_run(&self.log_path(service, color), lines)
     }
-}
 
-/// How the header line each start writes to an upstream's log begins.
-const RUN_HEADER: &str = "==> switchctl: ";
-
-/// An upstream's log, appended to after a `header` line, readable by its
-/// owner and group only (0640). Never truncated: the output of the run
-/// before (a crash that supervision restarts) is what an operator reads.
-fn open_log(path: &Path, header: &str) -> std::io::Result<std::fs::File> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o640))?;
-    writeln!(f, "{header}")?;
-    Ok(f)
+    /// Where the upstreams' logs are (kept bounded by
+    /// [`logs::keep_bounded`]).
+    pub fn log_dir(&self) -> &Path {
+        &self.logs
+    }
 }
 
 /// When `pid` started (clock ticks since boot; 0 if it is gone): with the
@@ -421,18 +400,6 @@ mod tests {
         assert!(after_crash.survivors().is_empty());
     }
 
-    #[test]
-    fn upstream_logs_are_not_world_readable() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("web-blue.log");
-        std::fs::write(&path, "old").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        open_log(&path, "header").unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o640);
-    }
-
     #[tokio::test]
     async fn a_restart_appends_to_the_log_keeping_the_crash_output() {
         let dir = tempfile::tempdir().unwrap();
@@ -459,7 +426,7 @@ mod tests {
         );
         let file = std::fs::read_to_string(dir.path().join("logs/web-blue.log")).unwrap();
         assert!(file.contains(&crashed), "the crash's output is kept: {file}");
-        assert_eq!(file.matches(RUN_HEADER).count(), 2, "{file}");
+        assert_eq!(file.matches(logs::RUN_HEADER).count(), 2, "{file}");
         assert!(
             file.find(&crashed) < file.find(&format!("run on {}", second.addr.port())),
             "{file}"
