@@ -53,7 +53,7 @@ impl std::fmt::Display for Color {
 }
 
 /// How a driver finds an upstream again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Handle {
     /// A process group led by `pid`; `start_time` (from /proc) guards

@@ -447,4 +447,36 @@ async fn docker_supervision_recreates_a_removed_container_and_follows_a_restarte
     assert_eq!(status["problems"], serde_json::json!([]), "{status}");
     assert_eq!(d.state()["colors"]["blue"]["services"]["dsuper"]["addr"], now.as_str());
     assert!(d.log().contains("restarted by Docker"), "logged: {}", d.log());
+
+    // (c) The app exits by itself: Docker's restart policy (every container
+    // has `unless-stopped`) starts it again. Supervision follows it and never
+    // replaces the container that serves: it used to read Docker's restart
+    // count as "exited" and recreate it, stopping it first.
+    let mut exit = std::net::TcpStream::connect(d.proxy).unwrap();
+    std::io::Write::write_all(
+        &mut exit,
+        b"POST /exit HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let _ = std::io::Read::read_to_end(&mut exit, &mut Vec::new());
+    wait_for("Docker to restart the app", Duration::from_secs(60), || async {
+        docker::inspect(&container, "{{.RestartCount}}") == "1"
+            && blue(&d.status().await)["restarts"] == 3
+            && d.get("/").await == (200, "v1\n".into())
+    })
+    .await;
+    // Past the 3 s grace after which an exited container is replaced.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = a_moment_of_load(&d).await;
+    assert_eq!(after.failed, 0, "{after:?}");
+    let status = d.status().await;
+    assert_eq!(blue(&status)["restarts"], 3, "counted once: {status}");
+    assert_eq!(blue(&status)["state"], "running", "{status}");
+    assert_eq!(status["problems"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        docker::inspect(&container, "{{.Id}}"),
+        recreated,
+        "the container Docker restarted serves on, not replaced: {}",
+        d.log_tail(20)
+    );
 }

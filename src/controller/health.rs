@@ -128,7 +128,14 @@ impl HealthCheck<'_> {
         let mut wait = FIRST_RETRY.min(self.interval);
         loop {
             let container_health = match self.driver.state(self.handle).await {
-                RunState::Running { health } => health,
+                // Docker's restart policy brought it back: it crashed while
+                // starting, whatever it answers now.
+                RunState::Running { restarts, .. } if restarts > 0 => {
+                    return Err(Unhealthy::Exited(format!(
+                        "restarted {restarts} time(s) after crashing"
+                    )))
+                }
+                RunState::Running { health, .. } => health,
                 RunState::Exited { reason } => return Err(Unhealthy::Exited(reason)),
                 RunState::Missing => return Err(Unhealthy::Exited("disappeared".into())),
                 RunState::Unknown { reason } => {

@@ -23,7 +23,7 @@ use super::routing::route_table;
 use super::Controller;
 use crate::config::Config;
 use crate::driver::{RunState, StartSpec};
-use crate::release::{Color, Release};
+use crate::release::{Color, Handle, Release};
 
 /// How often the active color is looked at when the driver reports nothing.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
@@ -37,6 +37,31 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 struct Attempts {
     next: Instant,
     backoff: Duration,
+}
+
+/// The restart counts the runtime reported for each upstream, to tell when
+/// Docker's restart policy started one again.
+#[derive(Debug, Default)]
+struct PolicyRestarts {
+    last: HashMap<Handle, u64>,
+}
+
+impl PolicyRestarts {
+    /// Did `handle`'s count grow to `restarts` since it was last noted?
+    /// (Not at the first look.)
+    fn grew(&self, handle: &Handle, restarts: u64) -> bool {
+        self.last.get(handle).is_some_and(|b| restarts > *b)
+    }
+
+    /// Note `restarts` as `handle`'s count.
+    fn note(&mut self, handle: &Handle, restarts: u64) {
+        self.last.insert(handle.clone(), restarts);
+    }
+
+    /// Forget the upstreams that are no longer among `current`.
+    fn keep_only<'a>(&mut self, current: impl Iterator<Item = &'a Handle> + Clone) {
+        self.last.retain(|h, _| current.clone().any(|c| c == h));
+    }
 }
 
 /// The wait after a failed attempt that waited `backoff`.
@@ -54,6 +79,7 @@ impl Controller {
             async move { controller.driver.follow_changes(&shutdown).await }
         });
         let mut attempts: HashMap<String, Attempts> = HashMap::new();
+        let mut policy_restarts = PolicyRestarts::default();
         let mut failed_over = false;
         loop {
             tokio::select! {
@@ -81,7 +107,14 @@ impl Controller {
                 self.follow_moved(&config, *standby_color, standby, false).await;
             }
             if self.follow_moved(&config, color, &release, true).await {
-                // The table was rebuilt from the active release alone.
+                // The table was rebuilt from the active release alone. The
+                // move was counted as a restart: what Docker counted with
+                // it is not counted again.
+                for up in release.services.values() {
+                    if let RunState::Running { restarts, .. } = self.driver.state(&up.handle).await {
+                        policy_restarts.note(&up.handle, restarts);
+                    }
+                }
                 failed_over = false;
                 continue;
             }
@@ -90,7 +123,36 @@ impl Controller {
                 let (why, grace) = match self.driver.state(&up.handle).await {
                     RunState::Exited { reason } => (reason, self.driver.grace_before_replacing()),
                     RunState::Missing => ("gone".to_string(), Duration::ZERO),
-                    RunState::Running { .. } | RunState::Unknown { .. } => continue,
+                    // Back on the same port by Docker's restart policy:
+                    // followed, never replaced (it serves).
+                    RunState::Running { restarts, .. } => {
+                        if !policy_restarts.grew(&up.handle, restarts) {
+                            policy_restarts.note(&up.handle, restarts);
+                            continue;
+                        }
+                        // Counted here only once it serves where it did;
+                        // on another port, `follow_moved` follows and
+                        // counts it at the next look.
+                        let same_port = match config.service(service) {
+                            Some(svc) => self.driver.current_addr(&up.handle, svc).await == Some(up.addr),
+                            None => true,
+                        };
+                        if same_port {
+                            policy_restarts.note(&up.handle, restarts);
+                            let count = self.count_restart(color, service);
+                            Reporter::silent().success(
+                                Phase::Recover,
+                                Some(service),
+                                format!(
+                                    "{service} ({color}, {}) exited and Docker's restart policy started it again \
+                                     on the same port; it serves (restart {count})",
+                                    release.tag
+                                ),
+                            );
+                        }
+                        continue;
+                    }
+                    RunState::Unknown { .. } => continue,
                 };
                 if !attempts.contains_key(service) {
                     attempts.insert(
@@ -112,6 +174,7 @@ impl Controller {
                 }
                 down.push(service.clone());
             }
+            policy_restarts.keep_only(release.services.values().map(|up| &up.handle));
             for service in attempts.keys().filter(|s| !down.contains(s)) {
                 // Back by itself (Docker's restart policy) on the same port.
                 self.problems.lock().expect("problems lock").resolved(color, service);

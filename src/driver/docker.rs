@@ -828,22 +828,14 @@ impl DockerDriver {
                 reason: format!("exited with status {code}{oom}"),
             };
         }
-        // A container that already restarted has crashed at least once.
-        if inspect.restart_count.unwrap_or(0) > 0 {
-            return RunState::Exited {
-                reason: format!(
-                    "restarted {} time(s) after crashing",
-                    inspect.restart_count.unwrap_or(0)
-                ),
-            };
-        }
+        let restarts = inspect.restart_count.map_or(0, |n| n.max(0) as u64);
         let health = state.health.and_then(|h| h.status).and_then(|s| match s {
             HealthStatusEnum::STARTING => Some(ContainerHealth::Starting),
             HealthStatusEnum::HEALTHY => Some(ContainerHealth::Healthy),
             HealthStatusEnum::UNHEALTHY => Some(ContainerHealth::Unhealthy),
             _ => None,
         });
-        RunState::Running { health }
+        RunState::Running { health, restarts }
     }
 
     pub(super) async fn stop(&self, handle: &Handle, timeout: Duration) -> Result<(), DriverError> {

@@ -21,6 +21,10 @@ pub enum RunState {
     Running {
         /// Docker's health status
         health: Option<ContainerHealth>,
+        /// How many times the runtime started it again after it exited
+        /// (Docker's restart policy); 0 for a process. A new upstream that
+        /// already restarted has crashed during its start.
+        restarts: u64,
     },
     /// It stopped; `reason` says how ("exited with status 3", "restarting").
     Exited {

@@ -206,7 +206,10 @@ impl ProcessDriver {
         };
         if let Some(child) = self.children.lock().expect("children lock").get_mut(&pid) {
             return match child.try_wait() {
-                Ok(None) => RunState::Running { health: None },
+                Ok(None) => RunState::Running {
+                    health: None,
+                    restarts: 0,
+                },
                 Ok(Some(status)) => RunState::Exited {
                     reason: describe_exit(status),
                 },
@@ -217,7 +220,10 @@ impl ProcessDriver {
         }
         // Adopted from an earlier daemon: not our child, so look in /proc.
         match proc_stat(pid) {
-            Some(stat) if stat.start_time == start_time && stat.state != 'Z' => RunState::Running { health: None },
+            Some(stat) if stat.start_time == start_time && stat.state != 'Z' => RunState::Running {
+                health: None,
+                restarts: 0,
+            },
             Some(stat) if stat.start_time == start_time => RunState::Exited {
                 reason: "exited".into(),
             },
@@ -362,7 +368,13 @@ mod tests {
         );
         let driver = ProcessDriver::new(dir.path().join("logs"));
         let rec = driver.start(&spec(&cfg, Color::Green, "v7")).unwrap();
-        assert_eq!(driver.state(&rec.handle), RunState::Running { health: None });
+        assert_eq!(
+            driver.state(&rec.handle),
+            RunState::Running {
+                health: None,
+                restarts: 0
+            }
+        );
         let port = rec.addr.port();
         let expected = format!("port={port} tag=v7 color=green");
         assert_eq!(first_output(&driver, Color::Green).await, vec![expected]);
@@ -441,7 +453,12 @@ mod tests {
         let rec = driver.start(&spec(&cfg, Color::Blue, "v1")).unwrap();
         let mut state = driver.state(&rec.handle);
         for _ in 0..500 {
-            if state != (RunState::Running { health: None }) {
+            if state
+                != (RunState::Running {
+                    health: None,
+                    restarts: 0,
+                })
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
