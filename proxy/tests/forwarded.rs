@@ -2,7 +2,6 @@
 //! answers served before routing. Loopback only: 127.0.0.1 is the peer.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -10,15 +9,6 @@ use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use switchctl_proxy::{CertStore, Cidr, Proxy, ProxyConfig, RouteTable, TlsConfig, Upstream};
-use tokio::net::TcpListener;
-
-async fn app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = switchctl_testapp::App::new("v1", false, Duration::ZERO);
-    tokio::spawn(switchctl_testapp::serve(listener, app));
-    addr
-}
 
 /// A proxy trusting `trusted`, with TLS on (an empty store) when `tls`.
 async fn start(trusted: &[&str], certs: Option<CertStore>) -> (Proxy, String) {
@@ -27,7 +17,10 @@ async fn start(trusted: &[&str], certs: Option<CertStore>) -> (Proxy, String) {
         trusted_proxies: trusted.iter().map(|c| c.parse::<Cidr>().unwrap()).collect(),
         ..ProxyConfig::default()
     };
-    let table = RouteTable::single("web", Some(Upstream::new(app().await)));
+    let table = RouteTable::single(
+        "web",
+        Some(Upstream::new(switchctl_testapp::spawn_on_loopback("v1").await)),
+    );
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let proxy = match certs {
         None => Proxy::bind(config, &[any], table).unwrap(),

@@ -10,17 +10,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use switchctl_proxy::{DrainCut, Proxy, ProxyConfig, RouteTable, Upstream};
+use switchctl_testapp::spawn_on_loopback as app;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-
-/// Start a testapp answering `version` on a free loopback port.
-async fn app(version: &str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = switchctl_testapp::App::new(version, false, Duration::ZERO);
-    tokio::spawn(switchctl_testapp::serve(listener, app));
-    addr
-}
 
 fn start(config: ProxyConfig, upstream: Arc<Upstream>) -> Proxy {
     let config = ProxyConfig { workers: 2, ..config };

@@ -14,17 +14,9 @@ use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use switchctl_proxy::{HostPattern, Proxy, ProxyConfig, Route, RouteTable, Upstream};
+use switchctl_testapp::spawn_on_loopback as app;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// Start a testapp answering `version` on a free loopback port.
-async fn app(version: &str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = switchctl_testapp::App::new(version, false, Duration::ZERO);
-    tokio::spawn(switchctl_testapp::serve(listener, app));
-    addr
-}
 
 fn config() -> ProxyConfig {
     ProxyConfig {

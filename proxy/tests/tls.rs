@@ -18,8 +18,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use switchctl_proxy::{CertSource, CertStore, Proxy, ProxyConfig, RouteTable, TlsConfig, TlsError, Upstream};
+use switchctl_testapp::spawn_on_loopback as app;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -161,15 +162,6 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Start a testapp answering `version` on a free loopback port.
-async fn app(version: &str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = switchctl_testapp::App::new(version, false, Duration::ZERO);
-    tokio::spawn(switchctl_testapp::serve(listener, app));
-    addr
 }
 
 /// A proxy with one plain and one TLS listener in front of a testapp "v1".

@@ -206,6 +206,17 @@ async fn run(args: &[String]) -> i32 {
     }
 }
 
+/// Serve a healthy app answering `version` on a free loopback port, in
+/// this process, for as long as the runtime runs; returns its address.
+pub async fn spawn_on_loopback(version: &str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port for the test app");
+    let addr = listener.local_addr().expect("the test app's address");
+    tokio::spawn(serve(listener, App::new(version, false, std::time::Duration::ZERO)));
+    addr
+}
+
 /// Serve the app on `listener` forever (in-process use by tests).
 pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) {
     loop {
