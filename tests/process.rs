@@ -576,15 +576,8 @@ async fn a_config_path_without_a_directory_part_works_from_anywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chatty_upstreams_log_is_rotated_while_it_runs() {
     // 17 MB of output at start (past the 16 MiB bound), then the app.
-    let service = format!(
-        r#"
-[[service]]
-name = "web"
-command = ["sh", "-c", "head -c 17000000 /dev/zero | tr '\\0' 'x'; echo; echo chatty-done; exec '{exe}' --bind 127.0.0.1 --port {{port}} --version {{tag}}"]
-health = {{ path = "/health", timeout = "1s" }}
-"#,
-        exe = common::testapp().display()
-    );
+    let service =
+        common::shell_service("head -c 17000000 /dev/zero | tr '\\0' 'x'; echo; echo chatty-done; exec {app}");
     let d = Daemon::start("process", "timeout = \"30s\"", &service);
     deploy_ok(&d, "v1").await;
     let log = d.state_dir().join("logs/web-blue.log");

@@ -276,15 +276,7 @@ async fn no_message_claims_a_standby_that_does_not_run() {
 async fn status_answers_while_a_standby_is_slow_to_stop() {
     // An upstream whose group ignores SIGTERM: stopping it takes the whole
     // stop_timeout (3 s in the harness).
-    let service = format!(
-        r#"
-[[service]]
-name = "web"
-command = ["sh", "-c", "trap '' TERM; {exe} --bind 127.0.0.1 --port {{port}} --version {{tag}} & while true; do sleep 1; done"]
-health = {{ path = "/health", timeout = "1s" }}
-"#,
-        exe = common::testapp().display()
-    );
+    let service = common::shell_service("trap '' TERM; {app} & while true; do sleep 1; done");
     let d = Daemon::start("process", "timeout = \"30s\"", &service);
     deploy_ok(&d, "v1").await;
     deploy_ok(&d, "v2").await;

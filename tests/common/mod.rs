@@ -85,6 +85,25 @@ health = {{ path = "/health", timeout = "1s" }}
     )
 }
 
+/// `[[service]]` "web" with the process driver whose command is
+/// `sh -c SCRIPT`; `{app}` in SCRIPT stands for the testapp serving
+/// `{port}` at `{tag}`.
+pub fn shell_service(script: &str) -> String {
+    let app = format!(
+        "'{}' --bind 127.0.0.1 --port {{port}} --version {{tag}}",
+        testapp().display()
+    );
+    let script = script.replace("{app}", &app).replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        r#"
+[[service]]
+name = "web"
+command = ["sh", "-c", "{script}"]
+health = {{ path = "/health", timeout = "1s" }}
+"#
+    )
+}
+
 /// A daemon under test.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
