@@ -6,14 +6,17 @@
 # req/s, p50, p99 and errors, the ratios to HAProxy and nginx at the same
 # thread count, the flip-back latency (alone, and visible under load next to
 # HAProxy's runtime API and nginx's reload), ready-to-flip of a deploy,
-# idle memory (TLS on) and memory per idle keep-alive connection.
+# idle memory (TLS on) and memory per idle keep-alive connection, and the
+# latency of new TLS connections at fixed rates from an open-loop client
+# (proxy/examples/tlsrate.rs).
 # Everything listens on 127.0.0.1 only and is stopped at the end.
 # docs/benchmarks.md describes each measure.
 #
 #   benches/run.sh                 # 2 rounds of 10 s per target
 #   ROUNDS=3 DURATION=15 benches/run.sh
 #   SWITCHCTL_BIN=/tmp/switchctl-before benches/run.sh   # a given build
-#   ROUNDS=1 DURATION=2 FLIPS=5 READY_DEPLOYS=2 HOLD_CONNS=2000 benches/run.sh   # smoke run
+#   TLS_RATES="500 1000" benches/run.sh                  # new TLS connections/s of the open-loop runs
+#   ROUNDS=1 DURATION=2 FLIPS=5 READY_DEPLOYS=2 HOLD_CONNS=2000 TLS_RATES=300 benches/run.sh   # smoke run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
@@ -22,6 +25,7 @@ CONNS=${CONNS:-50}
 FLIPS=${FLIPS:-20}
 READY_DEPLOYS=${READY_DEPLOYS:-5}
 HOLD_CONNS=${HOLD_CONNS:-10000}
+TLS_RATES=${TLS_RATES:-500 1000 2000}
 export CONNS
 
 # 10k idle connections need 10k descriptors in the client and in each proxy.
@@ -44,9 +48,17 @@ fi
 if [[ -n ${SWITCHCTL_BIN:-} ]]; then
     BIN=$SWITCHCTL_BIN
 else
-    cargo build --release -q
-    BIN=$PWD/target/release/switchctl
+    # The binary the .deb ships (packaging/build-deb.sh): static, so a CLI
+    # start pays no dynamic loading; it is what an operator's `flip back`
+    # runs.
+    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+        cargo build --release -q --locked --target x86_64-unknown-linux-gnu -p switchctl
+    BIN=$PWD/target/x86_64-unknown-linux-gnu/release/switchctl
 fi
+# The open-loop TLS client, always from this tree (it measures the peers
+# alike, whichever switchctl binary is measured).
+cargo build --release -q -p switchctl-proxy --example tlsrate
+TLSRATE=$PWD/target/release/examples/tlsrate
 
 WORK=$(mktemp -d /tmp/switchctl-bench.XXXXXX)
 PIDS=()
@@ -307,6 +319,29 @@ errs += int(m.group(1)) if m else 0
 print(f"{label}\t{threads}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{errs}\t{proxy_cpu}\t{wrk_cpu}")
 PY
 }
+# New TLS connections at a fixed rate (proxy/examples/tlsrate.rs, open
+# loop, latency from each connection's intended start): its JSON line, plus
+# the proxy's CPU seconds (CPU_OF, as for wrk) and the client's, in $RATES.
+RATES=$WORK/rates.jsonl
+: > "$RATES"
+measure_rate() { # label rate port
+    local before after out
+    before=$(cpu_ticks $CPU_OF)
+    out=$( { TIMEFORMAT='%U %S'; time "$TLSRATE" --addr "127.0.0.1:$3" --rate "$2" --duration "$DURATION"; } 2>"$WORK/tlsrate-time") || true
+    after=$(cpu_ticks $CPU_OF)
+    python3 - "$1" "$out" "$((after - before))" "$HZ" "$WORK/tlsrate-time" >> "$RATES" <<'PY'
+import json, sys
+label, out, ticks, hz, timefile = sys.argv[1:]
+err = open(timefile).read()
+try:
+    r = json.loads(out)
+    user, system = err.split()[-2:]
+except ValueError:
+    sys.exit(f"tlsrate against {label} failed:\n{out}\n{err}")
+r.update(target=label, proxy_cpu_s=int(ticks) / int(hz), client_cpu_s=float(user) + float(system))
+print(json.dumps(r))
+PY
+}
 for round in $(seq 1 "$ROUNDS"); do
     for t in 1 2; do
         ng=NG$t; ha=HA$t; sc=SC$t
@@ -322,6 +357,20 @@ for round in $(seq 1 "$ROUNDS"); do
         CPU_OF="$WORK/$pidname.pid" measure "tlsnew-$name" 1 "https://127.0.0.1:$port/" -H 'Connection: close'
     done
     echo "round $round done" >&2
+done
+# The open-loop TLS runs get a phase of their own, after the wrk rounds, with
+# a pause before each run: right after a saturating wrk run the machine is
+# still busy (sockets closing, the kernel catching up), and a fixed-rate
+# client, unlike wrk, counts every millisecond of that as latency.
+for round in $(seq 1 "$ROUNDS"); do
+    for rate in $TLS_RATES; do
+        for tgt in nginx:$NGT:nginxt haproxy:$HAT:haproxyt switchctl:$SCT_TLS:sct; do
+            IFS=: read -r name port pidname <<<"$tgt"
+            sleep 1
+            CPU_OF="$WORK/$pidname.pid" measure_rate "$name" "$rate" "$port"
+        done
+    done
+    echo "open-loop TLS round $round done" >&2
 done
 
 # Flip back end to end (CLI start to exit), under no load.
@@ -345,6 +394,8 @@ kill "$WRKP"; wait "$WRKP" 2>/dev/null || true
 SWITCH=$WORK/switch.jsonl; : > "$SWITCH"
 python3 benches/switchprobe.py "$SC1" "$FLIPS" switchctl "$BIN" "$WORK/sc1/switchctl.toml" >> "$SWITCH"
 echo "switch: switchctl done" >&2
+python3 benches/switchprobe.py "$SC1" "$FLIPS" spawn-api "$WORK/sc1/admin.sock" >> "$SWITCH"
+echo "switch: process start + admin API done" >&2
 python3 benches/switchprobe.py "$SC1" "$FLIPS" switchctl-api "$WORK/sc1/admin.sock" >> "$SWITCH"
 echo "switch: switchctl admin API done" >&2
 python3 benches/switchprobe.py "$HAS" "$FLIPS" haproxy "$WORK/haproxys.sock" "$BLUE" "$GREEN" >> "$SWITCH"
@@ -386,9 +437,9 @@ python3 benches/holdconns.py "$HAH" "$HA_HOLD" "$(cat "$WORK/haproxyh.pid")" >> 
 echo "idle connections done" >&2
 
 python3 - "$RESULTS" "$FLIP" "$idle_sc" "$idle_ng" "$idle_ha" "$ROUNDS" "$DURATION" "$CONNS" \
-    "$idle_sct" "$SWITCH" "$READY" "$HOLD" "$SPLIT" <<'PY'
+    "$idle_sct" "$SWITCH" "$READY" "$HOLD" "$SPLIT" "$RATES" <<'PY'
 import sys, statistics, collections, subprocess, json
-res, flips, idle_sc, idle_ng, idle_ha, rounds, dur, conns, idle_sct, switch, ready, hold, split = sys.argv[1:]
+res, flips, idle_sc, idle_ng, idle_ha, rounds, dur, conns, idle_sct, switch, ready, hold, split, rates = sys.argv[1:]
 rows = collections.defaultdict(list)
 for line in open(res):
     label, t, rps, p50, p99, errs, proxy_cpu, wrk_cpu = line.split("\t")
@@ -442,11 +493,48 @@ for kind, what in (("tls", "keep-alive"), ("tlsnew", "new per request (Connectio
               f"{mean(*k, 0) / best_rps:.2f} | {mean(*k, 2) / best_p99:.2f} | {cpu_us(k):.1f} | {cpu_us(k) / best_cpu:.2f} | "
               f"{wrk_share(k):.0f} |")
 
+by_rate = collections.defaultdict(list)
+for line in open(rates):
+    r = json.loads(line)
+    by_rate[(r["rate"], r["target"])].append(r)
+print(f"\nTLS new connections at a fixed rate (open loop, proxy/examples/tlsrate.rs; latency from each connection's "
+      f"intended start to the end of its answer: connect, full handshake, GET, answer), {dur}s per run, 1 worker each; "
+      f"medians over {rounds} round(s), and the worst round's p99:")
+print("| rate/s | target | achieved/s | p50 ms | p99 ms | p99.9 ms | worst p99 ms | errors | proxy CPU µs/handshake | "
+      "client CPU % | client start lag p99 ms | p99 vs best peer |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+def med_ms(runs, key):
+    v = [r[key] for r in runs if r[key] is not None]
+    return statistics.median(v) / 1000 if v else None
+fmt = lambda v: "-" if v is None else f"{v:.3f}"
+for rate in sorted({k[0] for k in by_rate}):
+    peers = [med_ms(by_rate[(rate, p)], "p99_us") for p in ("nginx", "haproxy")]
+    best = min((v for v in peers if v is not None), default=None)
+    for p in ("nginx", "haproxy", "switchctl"):
+        runs = by_rate[(rate, p)]
+        if not runs:
+            continue
+        kinds = collections.Counter()
+        for r in runs:
+            kinds.update(r["errors"])
+        errs = f"{sum(kinds.values())}" + (" (" + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")" if kinds else "")
+        ok = sum(r["ok"] for r in runs)
+        per_hs = f"{sum(r['proxy_cpu_s'] for r in runs) * 1e6 / ok:.0f}" if ok else "-"
+        p99s = [r["p99_us"] for r in runs if r["p99_us"] is not None]
+        worst = max(p99s) / 1000 if p99s else None
+        p99 = med_ms(runs, "p99_us")
+        ratio = f"{p99 / best:.2f}" if p99 is not None and best else "-"
+        print(f"| {rate:g} | {p} | {statistics.median(r['achieved_rate'] for r in runs):,.0f} | {fmt(med_ms(runs, 'p50_us'))} | "
+              f"{fmt(p99)} | {fmt(med_ms(runs, 'p999_us'))} | {fmt(worst)} | {errs} | {per_hs} | "
+              f"{100 * statistics.mean(r['client_cpu_s'] for r in runs) / float(dur):.0f} | {fmt(med_ms(runs, 'lag_p99_us'))} | {ratio} |")
+
 print(f"\nSwitching visible under load (wrk -t1 -c{conns} for the whole measure; prober on fresh connections; "
       "time from the command's start to the first response from the other color):")
 print("| how it switches | switches | visible | median ms | max ms | failed requests | requests |")
 print("|---|---|---|---|---|---|---|")
-names = {"switchctl": "`switchctl flip back` (CLI process)", "switchctl-api": "switchctl admin API `POST /v1/flip-back`", "haproxy": "HAProxy runtime API `set server addr`",
+names = {"switchctl": "`switchctl flip back` (CLI process)",
+         "spawn-api": "floor of any process: `/bin/true` started and reaped, then the admin API",
+         "switchctl-api": "switchctl admin API `POST /v1/flip-back`", "haproxy": "HAProxy runtime API `set server addr`",
          "nginx": "nginx `-s reload`"}
 for line in open(switch):
     s = json.loads(line)

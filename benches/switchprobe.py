@@ -12,6 +12,9 @@ first response from the other color. Prints one line of JSON.
     MODE switchctl BIN CONFIG        `BIN --config CONFIG flip back` (a process start, as an operator runs it)
     MODE switchctl-api SOCKET        `POST /v1/flip-back` on the admin socket, sent from this process
                                      (no process start: the daemon's own share, like HAProxy's row)
+    MODE spawn-api SOCKET            `/bin/true` started and waited for, then the same request: the
+                                     floor of any command that is a process (what a process start
+                                     costs under this load, plus the daemon's share)
     MODE haproxy SOCKET BLUE GREEN   `set server be/up addr 127.0.0.1 port P` on the stats socket
                                      (sent from this process: no process start)
     MODE nginx CONF BLUE_CONF GREEN_CONF   copy the other color's file over CONF, `nginx -c CONF -s reload`
@@ -37,24 +40,30 @@ def get_color():
     m = re.search(rb"(?im)^x-color:\s*(\w+)", buf)
     return m.group(1).decode() if m else None
 
+def flip_back_over_api(sock):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    s.sendall(b"POST /v1/flip-back HTTP/1.1\r\nHost: switchctl\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    answer = b""
+    while True:  # the NDJSON events, until the daemon closes after `done`
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    s.close()
+    if b'"outcome":"flipped"' not in answer:
+        sys.exit(f"flip back failed: {answer.decode(errors='replace')[-500:]}")
+
 def switch(to_green):
     if mode == "switchctl":
         r = subprocess.run([args[0], "--config", args[1], "flip", "back"], capture_output=True)
         if r.returncode != 0:
             sys.exit(f"flip back failed: {r.stderr.decode()}")
     elif mode == "switchctl-api":
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(args[0])
-        s.sendall(b"POST /v1/flip-back HTTP/1.1\r\nHost: switchctl\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        answer = b""
-        while True:  # the NDJSON events, until the daemon closes after `done`
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-        s.close()
-        if b'"outcome":"flipped"' not in answer:
-            sys.exit(f"flip back failed: {answer.decode(errors='replace')[-500:]}")
+        flip_back_over_api(args[0])
+    elif mode == "spawn-api":
+        subprocess.run(["/bin/true"], check=True, capture_output=True)
+        flip_back_over_api(args[0])
     elif mode == "haproxy":
         p = args[2] if to_green else args[1]
         s = socket.socket(socket.AF_UNIX)
