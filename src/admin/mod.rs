@@ -17,6 +17,7 @@
 //! [`ApiError`] body.
 
 pub mod client;
+pub mod group;
 pub mod server;
 
 pub use crate::api;

@@ -91,8 +91,8 @@ pub fn bind_fresh(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
-    match nix::unistd::Group::from_name(group) {
-        Ok(Some(g)) => nix::unistd::chown(path, None, Some(g.gid)).with_context(|| {
+    match super::group::gid_of(group, Path::new(super::group::GROUP_FILE)) {
+        Ok(Some(gid)) => nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).with_context(|| {
             format!(
                 "cannot give the admin socket {} to group {group}; run the daemon as root or as a member of {group}",
                 path.display()
@@ -100,12 +100,15 @@ pub fn bind_fresh(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
         })?,
         Ok(None) if group == crate::config::DEFAULT_ADMIN_GROUP => tracing::warn!(
             socket = %path.display(),
-            "group {group} does not exist, so only root can use the admin socket; create it (addgroup --system {group}) or set proxy.admin_group"
+            "group {group} is not in {}, so only root can use the admin socket; create it (addgroup --system {group}) or set proxy.admin_group",
+            super::group::GROUP_FILE
         ),
         Ok(None) => anyhow::bail!(
-            "proxy.admin_group: group {group:?} does not exist; create it (addgroup --system {group}) or name another group"
+            "proxy.admin_group: group {group:?} is not in {}; create it (addgroup --system {group}), name another group, \
+             or give a directory service's group by its numeric gid",
+            super::group::GROUP_FILE
         ),
-        Err(e) => anyhow::bail!("proxy.admin_group: cannot look up group {group:?}: {e}"),
+        Err(e) => anyhow::bail!("proxy.admin_group: cannot read {} to look up group {group:?}: {e}", super::group::GROUP_FILE),
     }
     Ok(listener)
 }
