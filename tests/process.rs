@@ -152,6 +152,38 @@ async fn flip_back_returns_to_the_standby_with_zero_failed_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flip_back_reads_only_the_socket_so_a_half_edited_config_does_not_block_it() {
+    let d = daemon();
+    deploy_ok(&d, "v1").await;
+    deploy_ok(&d, "v2").await;
+    // Someone is halfway through an edit: a key the schema does not know.
+    let good = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("half_typed_key = 1\n{good}")).unwrap();
+    let status = d.cli(&["status"]).await;
+    assert_eq!(status.status.code(), Some(2), "{}", text(&status));
+    assert!(
+        text(&status).contains("unknown field `half_typed_key`"),
+        "{}",
+        text(&status)
+    );
+    let out = d.cli(&["flip", "back", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(events(&out).last().unwrap()["outcome"], "flipped");
+    assert_eq!(d.get("/").await, (200, "v1\n".into()));
+    // Not TOML at all: no socket can be read from it, exit 2 naming the line.
+    std::fs::write(&d.config, format!("{good}\n[proxy\n")).unwrap();
+    let out = d.cli(&["flip", "back"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let lines = good.lines().count();
+    assert!(
+        text(&out).contains(&format!("{}:{}:", d.config.display(), lines + 2)),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&d.config, good).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flip_back_to_an_unhealthy_standby_is_refused() {
     let d = daemon();
     deploy_ok(&d, "v1").await;

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::output::Renderer;
-use super::{client, client_exit_code, client_failed, exit, Cli};
+use super::{client_exit_code, client_failed, client_with, exit, Cli, SocketLookup};
 use crate::admin::client::{Client, ClientError};
 use crate::admin::{DeployRequest, RollbackRequest};
 use crate::config::{positive_seconds, MAX_INTERVAL, MAX_TIMEOUT};
@@ -53,9 +53,15 @@ pub async fn stream(
 
 /// Run the operation at `path` on the daemon, printing its events; its
 /// exit status.
-pub(crate) async fn run_operation(cli: &Cli, path: &str, body: &impl Serialize, json: bool) -> i32 {
+pub(crate) async fn run_operation(
+    cli: &Cli,
+    lookup: SocketLookup,
+    path: &str,
+    body: &impl Serialize,
+    json: bool,
+) -> i32 {
     let renderer = Renderer::new(json);
-    let client = match client(cli) {
+    let client = match client_with(cli, lookup) {
         Ok(c) => c,
         Err(e) => {
             renderer.refusal(&format!("config: {e}"), Outcome::Refused);
@@ -97,12 +103,21 @@ pub async fn deploy(cli: &Cli, tag: &str, json: bool, no_watch: bool) -> i32 {
         health_check_interval_secs,
         no_watch,
     };
-    run_operation(cli, "/v1/deploy", &body, json).await
+    run_operation(cli, SocketLookup::Checked, "/v1/deploy", &body, json).await
 }
 
 /// `switchctl flip back`
 pub async fn flip_back(cli: &Cli, json: bool) -> i32 {
-    run_operation(cli, "/v1/flip-back", &serde_json::json!({}), json).await
+    // Only the socket is read from the config: a flip back must not be
+    // refused because another key is halfway through an edit.
+    run_operation(
+        cli,
+        SocketLookup::SocketOnly,
+        "/v1/flip-back",
+        &serde_json::json!({}),
+        json,
+    )
+    .await
 }
 
 /// `switchctl rollback [<tag>]`
@@ -116,5 +131,5 @@ pub async fn rollback(cli: &Cli, tag: Option<String>, json: bool) -> i32 {
         timeout_secs,
         health_check_interval_secs,
     };
-    run_operation(cli, "/v1/rollback", &body, json).await
+    run_operation(cli, SocketLookup::Checked, "/v1/rollback", &body, json).await
 }

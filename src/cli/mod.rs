@@ -143,25 +143,44 @@ pub fn config_failed(e: &ConfigError) -> i32 {
     exit::USAGE
 }
 
+/// How much of the config file a command reads to find the admin socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketLookup {
+    /// The file parsed against the schema ([`Config::admin_socket_of`]): a
+    /// typo anywhere is exit 2, naming the line.
+    Checked,
+    /// `proxy.admin_socket` alone ([`Config::admin_socket_only`]): for
+    /// `flip back`, which must work while another key is being edited.
+    SocketOnly,
+}
+
 /// The daemon's admin socket: `--socket` or `$SWITCHCTL_SOCKET`, else the
 /// config's `proxy.admin_socket` (read without loading the rest of the
 /// config: no Compose file, no env file), else the default socket when the
 /// config cannot be read by this user.
-pub fn socket_path(cli: &Cli) -> Result<PathBuf, ConfigError> {
+pub fn socket_path(cli: &Cli, lookup: SocketLookup) -> Result<PathBuf, ConfigError> {
     if let Some(socket) = &cli.socket {
         return Ok(socket.clone());
     }
     let from_config = match Config::locate(cli.config.as_deref()) {
-        Ok(path) => Config::admin_socket_of(&path)?,
+        Ok(path) => match lookup {
+            SocketLookup::Checked => Config::admin_socket_of(&path)?,
+            SocketLookup::SocketOnly => Config::admin_socket_only(&path)?,
+        },
         Err(ConfigError::NotFound(_)) => None,
         Err(e) => return Err(e),
     };
     Ok(from_config.unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_ADMIN_SOCKET)))
 }
 
-/// The admin client for [`socket_path`].
+/// The admin client for [`socket_path`], the config checked.
 pub fn client(cli: &Cli) -> Result<Client, ConfigError> {
-    socket_path(cli).map(|socket| Client::new(&socket))
+    client_with(cli, SocketLookup::Checked)
+}
+
+/// The admin client for [`socket_path`].
+pub fn client_with(cli: &Cli, lookup: SocketLookup) -> Result<Client, ConfigError> {
+    socket_path(cli, lookup).map(|socket| Client::new(&socket))
 }
 
 /// The exit status for a client error.

@@ -5,9 +5,9 @@
 //! `systemctl reload switchctl` runs this (`ExecReload=`).
 
 use super::deploy::run_operation;
-use super::Cli;
+use super::{Cli, SocketLookup};
 
 /// `switchctl upgrade`
 pub async fn run(cli: &Cli, json: bool) -> i32 {
-    run_operation(cli, "/v1/upgrade", &serde_json::json!({}), json).await
+    run_operation(cli, SocketLookup::Checked, "/v1/upgrade", &serde_json::json!({}), json).await
 }

@@ -625,16 +625,48 @@ impl Config {
         Ok(Some(config.resolve(&config.proxy.admin_socket)))
     }
 
+    /// Only `proxy.admin_socket`, with nothing else of the file checked:
+    /// what `flip back` reads. The command an operator runs when a release
+    /// is failing must not be refused because another key is halfway
+    /// through an edit (the daemon does not re-read the file for it
+    /// either). The file must still be TOML (a key cannot be found in a file
+    /// that does not parse: exit 2, naming the line), and `admin_socket`, if
+    /// set, a path. `Ok(None)` as for [`Config::admin_socket_of`].
+    pub fn admin_socket_only(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+        #[derive(Deserialize)]
+        struct File {
+            #[serde(default)]
+            proxy: Option<SocketOnly>,
+        }
+        #[derive(Deserialize)]
+        struct SocketOnly {
+            admin_socket: Option<PathBuf>,
+        }
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Ok(None);
+        };
+        let file: File = from_toml(path, &text)?;
+        let socket = file.proxy.and_then(|p| p.admin_socket);
+        let socket = socket.unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        Ok(Some(relative_to_config(path, &socket)))
+    }
+
     /// A path from the config, relative to the config file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
-        join_relative(dir.unwrap_or(Path::new(".")), p)
+        relative_to_config(&self.path, p)
     }
 
     /// The service named `name`.
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.iter().find(|s| s.name == name)
     }
+}
+
+/// `p` relative to the directory of the config file at `config` (unless
+/// absolute).
+fn relative_to_config(config: &Path, p: &Path) -> PathBuf {
+    let dir = config.parent().filter(|d| !d.as_os_str().is_empty());
+    join_relative(dir.unwrap_or(Path::new(".")), p)
 }
 
 /// `p` relative to `dir` (unless absolute), without `.` and `..` parts, as
@@ -677,6 +709,43 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn admin_socket_only_ignores_every_other_key_but_not_bad_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("switchctl.toml");
+        let only = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Config::admin_socket_only(&file)
+        };
+        let typo = "drvier = \"process\"\n[proxy]\nadmin_socket = \"run/a.sock\"\nlisten = 80\n";
+        assert_eq!(only(typo).unwrap(), Some(dir.path().join("run/a.sock")));
+        assert!(
+            Config::admin_socket_of(&file).is_err(),
+            "the checked read refuses the typo"
+        );
+        assert_eq!(
+            only("[deploy]\ntimeout = \"1s\"\n").unwrap(),
+            Some(PathBuf::from(DEFAULT_ADMIN_SOCKET))
+        );
+        assert_eq!(only("").unwrap(), Some(PathBuf::from(DEFAULT_ADMIN_SOCKET)));
+        assert_eq!(
+            only("[proxy]\nadmin_socket = \"/run/x.sock\"\n").unwrap(),
+            Some(PathBuf::from("/run/x.sock"))
+        );
+        match only("[proxy]\nadmin_socket = \"/run/x.sock\"\n[deploy\n") {
+            Err(ConfigError::Parse { line, .. }) => assert_eq!(line, 3),
+            other => panic!("expected a parse error on line 3, got {other:?}"),
+        }
+        assert!(matches!(
+            only("[proxy]\nadmin_socket = 5\n"),
+            Err(ConfigError::Parse { line: 2, .. })
+        ));
+        assert_eq!(
+            Config::admin_socket_only(&dir.path().join("missing.toml")).unwrap(),
+            None
+        );
+    }
 
     /// Parse and validate `text` as `/etc/switchctl.toml`.
     pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
