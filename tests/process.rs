@@ -420,6 +420,39 @@ async fn a_malformed_config_exits_2_naming_file_line_and_key() {
 }
 
 #[tokio::test]
+async fn a_missing_admin_group_is_refused_at_start_and_leaves_no_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchctl.toml");
+    let socket = dir.path().join("admin.sock");
+    std::fs::write(
+        &path,
+        format!(
+            "driver = \"process\"\nstate_dir = \"{}\"\n[proxy]\nlisten = [\"127.0.0.1:{}\"]\n\
+             admin_socket = \"{}\"\nadmin_group = \"switchctl-test-no-such-group\"\n{}",
+            dir.path().join("state").display(),
+            common::free_port(),
+            socket.display(),
+            process_service("web", "")
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(common::switchctl())
+        .arg("--config")
+        .arg(&path)
+        .arg("proxy")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("group \"switchctl-test-no-such-group\" is not in /etc/group"),
+        "{}",
+        text(&out)
+    );
+    assert!(!socket.exists(), "a refused start left {} behind", socket.display());
+}
+
+#[tokio::test]
 async fn an_unreachable_daemon_exits_3() {
     let out = tokio::process::Command::new(common::switchctl())
         .args(["--socket", "/nonexistent/switchctl.sock", "deploy", "v1"])

@@ -82,35 +82,54 @@ pub async fn bind(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
 }
 
 /// Bind a new admin socket at `path` (a successor's staging path: nobody
-/// answers there), chmod 0660, owned by `group` as [`bind`] does.
+/// answers there), chmod 0660, owned by `group` as [`bind`] does. The group
+/// is looked up first, and a socket that cannot be given its mode and
+/// group is removed again: a refused start leaves no socket file behind.
 pub fn bind_fresh(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
     use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let gid = admin_gid(path, group)?;
     let _ = std::fs::remove_file(path);
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot listen on admin socket {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("cannot chmod {}", path.display()))?;
-    match super::group::gid_of(group, Path::new(super::group::GROUP_FILE)) {
-        Ok(Some(gid)) => nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).with_context(|| {
-            format!(
-                "cannot give the admin socket {} to group {group}; run the daemon as root or as a member of {group}",
-                path.display()
-            )
-        })?,
-        Ok(None) if group == crate::config::DEFAULT_ADMIN_GROUP => tracing::warn!(
-            socket = %path.display(),
-            "group {group} is not in {}, so only root can use the admin socket; create it (addgroup --system {group}) or set proxy.admin_group",
-            super::group::GROUP_FILE
-        ),
-        Ok(None) => anyhow::bail!(
-            "proxy.admin_group: group {group:?} is not in {}; create it (addgroup --system {group}), name another group, \
-             or give a directory service's group by its numeric gid",
-            super::group::GROUP_FILE
-        ),
-        Err(e) => anyhow::bail!("proxy.admin_group: cannot read {} to look up group {group:?}: {e}", super::group::GROUP_FILE),
+    let owned = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot chmod {}", path.display()))
+        .and_then(|()| match gid {
+            Some(gid) => nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).with_context(|| {
+                format!(
+                    "cannot give the admin socket {} to group {group}; run the daemon as root or as a member of {group}",
+                    path.display()
+                )
+            }),
+            None => Ok(()),
+        });
+    if let Err(e) = owned {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
     }
     Ok(listener)
+}
+
+/// The gid that will own the admin socket at `path`: `None` when the default
+/// group does not exist (only root can use the socket then, with a warning);
+/// any other missing group is an error.
+fn admin_gid(path: &Path, group: &str) -> anyhow::Result<Option<u32>> {
+    use super::group::{gid_of, GROUP_FILE};
+    match gid_of(group, Path::new(GROUP_FILE)) {
+        Ok(Some(gid)) => Ok(Some(gid)),
+        Ok(None) if group == crate::config::DEFAULT_ADMIN_GROUP => {
+            tracing::warn!(
+                socket = %path.display(),
+                "group {group} is not in {GROUP_FILE}, so only root can use the admin socket; create it (addgroup --system {group}) or set proxy.admin_group"
+            );
+            Ok(None)
+        }
+        Ok(None) => anyhow::bail!(
+            "proxy.admin_group: group {group:?} is not in {GROUP_FILE}; create it (addgroup --system {group}), name another group, \
+             or give a directory service's group by its numeric gid"
+        ),
+        Err(e) => anyhow::bail!("proxy.admin_group: cannot read {GROUP_FILE} to look up group {group:?}: {e}"),
+    }
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
