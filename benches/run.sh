@@ -392,10 +392,9 @@ kill "$WRKP"; wait "$WRKP" 2>/dev/null || true
 # Switching visible under load: wrk -c$CONNS for the whole measure, $FLIPS
 # switches, a prober on fresh connections (benches/switchprobe.py).
 SWITCH=$WORK/switch.jsonl; : > "$SWITCH"
-python3 benches/switchprobe.py "$SC1" "$FLIPS" switchctl "$BIN" "$WORK/sc1/switchctl.toml" >> "$SWITCH"
-echo "switch: switchctl done" >&2
-python3 benches/switchprobe.py "$SC1" "$FLIPS" spawn-api "$WORK/sc1/admin.sock" >> "$SWITCH"
-echo "switch: process start + admin API done" >&2
+# The CLI and the floor of any process start, in turn under one wrk run.
+python3 benches/switchprobe.py "$SC1" "$FLIPS" paired "$BIN" "$WORK/sc1/switchctl.toml" "$WORK/sc1/admin.sock" >> "$SWITCH"
+echo "switch: switchctl CLI and process-start floor done" >&2
 python3 benches/switchprobe.py "$SC1" "$FLIPS" switchctl-api "$WORK/sc1/admin.sock" >> "$SWITCH"
 echo "switch: switchctl admin API done" >&2
 python3 benches/switchprobe.py "$HAS" "$FLIPS" haproxy "$WORK/haproxys.sock" "$BLUE" "$GREEN" >> "$SWITCH"
@@ -533,7 +532,7 @@ print(f"\nSwitching visible under load (wrk -t1 -c{conns} for the whole measure;
 print("| how it switches | switches | visible | median ms | max ms | failed requests | requests |")
 print("|---|---|---|---|---|---|---|")
 names = {"switchctl": "`switchctl flip back` (CLI process)",
-         "spawn-api": "floor of any process: `/bin/true` started and reaped, then the admin API",
+         "spawn-api": "floor of any process: `/bin/true` started and reaped, then the admin API (in turn with the row above)",
          "switchctl-api": "switchctl admin API `POST /v1/flip-back`", "haproxy": "HAProxy runtime API `set server addr`",
          "nginx": "nginx `-s reload`"}
 for line in open(switch):

@@ -15,6 +15,8 @@ first response from the other color. Prints one line of JSON.
     MODE spawn-api SOCKET            `/bin/true` started and waited for, then the same request: the
                                      floor of any command that is a process (what a process start
                                      costs under this load, plus the daemon's share)
+    MODE paired BIN CONFIG SOCKET    switchctl and spawn-api in turn, FLIPS each, under one wrk run:
+                                     the CLI and the floor measured side by side (two JSON lines)
     MODE haproxy SOCKET BLUE GREEN   `set server be/up addr 127.0.0.1 port P` on the stats socket
                                      (sent from this process: no process start)
     MODE nginx CONF BLUE_CONF GREEN_CONF   copy the other color's file over CONF, `nginx -c CONF -s reload`
@@ -54,24 +56,27 @@ def flip_back_over_api(sock):
     if b'"outcome":"flipped"' not in answer:
         sys.exit(f"flip back failed: {answer.decode(errors='replace')[-500:]}")
 
-def switch(to_green):
-    if mode == "switchctl":
+kinds = ["switchctl", "spawn-api"] if mode == "paired" else [mode]
+socket_arg = args[2] if mode == "paired" else (args[0] if args else None)
+
+def switch(kind, to_green):
+    if kind == "switchctl":
         r = subprocess.run([args[0], "--config", args[1], "flip", "back"], capture_output=True)
         if r.returncode != 0:
             sys.exit(f"flip back failed: {r.stderr.decode()}")
-    elif mode == "switchctl-api":
-        flip_back_over_api(args[0])
-    elif mode == "spawn-api":
+    elif kind == "switchctl-api":
+        flip_back_over_api(socket_arg)
+    elif kind == "spawn-api":
         subprocess.run(["/bin/true"], check=True, capture_output=True)
-        flip_back_over_api(args[0])
-    elif mode == "haproxy":
+        flip_back_over_api(socket_arg)
+    elif kind == "haproxy":
         p = args[2] if to_green else args[1]
         s = socket.socket(socket.AF_UNIX)
         s.connect(args[0])
         s.sendall(f"set server be/up addr 127.0.0.1 port {p}\n".encode())
         s.recv(4096)
         s.close()
-    elif mode == "nginx":
+    elif kind == "nginx":
         src = args[2] if to_green else args[1]
         with open(src, "rb") as f, open(args[0], "wb") as g:
             g.write(f.read())
@@ -114,13 +119,17 @@ def settle(expected):
     return streak >= SETTLE
 
 SETTLE = 5
-duration = int(flips * (3 * TIMEOUT + 0.5) + 10)  # an upper bound: wrk is stopped by SIGINT when done
+rounds = flips * len(kinds)
+duration = int(rounds * (3 * TIMEOUT + 0.5) + 10)  # an upper bound: wrk is stopped by SIGINT when done
 wrk = subprocess.Popen(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 time.sleep(1.5)
-visible, invisible, unsettled, strays = [], 0, 0, []
+visible = {k: [] for k in kinds}
+invisible = {k: 0 for k in kinds}
+unsettled, strays = 0, []
 before = get_color()
-for i in range(flips):
+for i in range(rounds):
+    kind = kinds[i % len(kinds)]
     if not settle(before):
         unsettled += 1
     started, out = [], []
@@ -129,12 +138,12 @@ for i in range(flips):
     time.sleep(0.01)
     t0 = time.monotonic()
     started.append(t0)
-    switch(before != "green")
+    switch(kind, before != "green")
     t.join()
     if out:
-        visible.append((out[0] - t0) * 1000)
+        visible[kind].append((out[0] - t0) * 1000)
     else:
-        invisible += 1
+        invisible[kind] += 1
     before = "green" if before != "green" else "blue"
     time.sleep(0.2)
 wrk.send_signal(__import__("signal").SIGINT)  # wrk stops and prints its totals
@@ -145,10 +154,12 @@ m = re.search(r"Non-2xx or 3xx responses: (\d+)", wout)
 errs += int(m.group(1)) if m else 0
 if not total:
     sys.exit(f"wrk failed:\n{wout}")
-print(json.dumps({
-    "mode": mode, "flips": flips, "visible": len(visible), "not_visible_within_s": TIMEOUT if invisible else None,
-    "not_visible": invisible, "unsettled_before_switch": unsettled, "strays_before_command": len(strays),
-    "median_ms": round(statistics.median(visible), 1) if visible else None,
-    "max_ms": round(max(visible), 1) if visible else None,
-    "requests": int(total.group(1)), "failed": errs,
-}))
+for kind in kinds:  # in paired mode, both lines share the run's totals
+    v = visible[kind]
+    print(json.dumps({
+        "mode": kind, "flips": flips, "visible": len(v), "not_visible_within_s": TIMEOUT if invisible[kind] else None,
+        "not_visible": invisible[kind], "unsettled_before_switch": unsettled, "strays_before_command": len(strays),
+        "median_ms": round(statistics.median(v), 1) if v else None,
+        "max_ms": round(max(v), 1) if v else None,
+        "requests": int(total.group(1)), "failed": errs, "paired": mode == "paired",
+    }))
