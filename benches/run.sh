@@ -291,18 +291,25 @@ cpu_ticks() { # pid-file...
     echo "$t"
 }
 HZ=$(getconf CLK_TCK)
-# Each run also records the CPU seconds the proxy (CPU_OF: its pid files)
-# and wrk itself used: a proxy's CPU per request is steadier from run to
-# run than its req/s, and shows when wrk, not the proxy, was the limit.
+# Every load run also records the CPU seconds the proxy (CPU_OF: its pid
+# files) and the load client itself used: a proxy's CPU per request is
+# steadier from run to run than its req/s, and the client's shows when the
+# client, not the proxy, was the limit. `timed CLIENT...` runs the client and
+# sets RUN_OUT (its output), RUN_PROXY_S (0 without CPU_OF) and
+# RUN_CLIENT_S; the client's stderr, then bash's `time`, are in $CLIENT_ERR.
+CLIENT_ERR=$WORK/client-stderr
+timed() {
+    local before=0 after=0
+    [[ -n ${CPU_OF:-} ]] && before=$(cpu_ticks $CPU_OF)
+    RUN_OUT=$( { TIMEFORMAT='%U %S'; time "$@"; } 2>"$CLIENT_ERR") || true
+    [[ -n ${CPU_OF:-} ]] && after=$(cpu_ticks $CPU_OF)
+    RUN_PROXY_S=$(awk -v t=$((after - before)) -v hz="$HZ" 'BEGIN {printf "%.3f", t / hz}')
+    RUN_CLIENT_S=$(awk 'END {printf "%.3f", $1 + $2}' "$CLIENT_ERR")
+}
 measure() { # label threads port-or-url [wrk args...]
     local url=$3; [[ $url == http* ]] || url="http://127.0.0.1:$url/"
-    local before=0 after=0 out
-    [[ -n ${CPU_OF:-} ]] && before=$(cpu_ticks $CPU_OF)
-    out=$( { TIMEFORMAT='%U %S'; time wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${@:4}" "$url"; } 2>"$WORK/wrk-time")
-    [[ -n ${CPU_OF:-} ]] && after=$(cpu_ticks $CPU_OF)
-    local proxy_cpu; proxy_cpu=$(awk -v t=$((after - before)) -v hz="$HZ" 'BEGIN {printf "%.3f", t / hz}')
-    local wrk_cpu; wrk_cpu=$(awk '{printf "%.3f", $1 + $2}' "$WORK/wrk-time")
-    python3 - "$1" "$2" "$out" "$proxy_cpu" "$wrk_cpu" >> "$RESULTS" <<'PY'
+    timed wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${@:4}" "$url"
+    python3 - "$1" "$2" "$RUN_OUT" "$RUN_PROXY_S" "$RUN_CLIENT_S" >> "$RESULTS" <<'PY'
 import re, sys
 label, threads, out, proxy_cpu, wrk_cpu = sys.argv[1:6]
 if "Requests/sec" not in out or "Latency Distribution" not in out:
@@ -325,20 +332,15 @@ PY
 RATES=$WORK/rates.jsonl
 : > "$RATES"
 measure_rate() { # label rate port
-    local before after out
-    before=$(cpu_ticks $CPU_OF)
-    out=$( { TIMEFORMAT='%U %S'; time "$TLSRATE" --addr "127.0.0.1:$3" --rate "$2" --duration "$DURATION"; } 2>"$WORK/tlsrate-time") || true
-    after=$(cpu_ticks $CPU_OF)
-    python3 - "$1" "$out" "$((after - before))" "$HZ" "$WORK/tlsrate-time" >> "$RATES" <<'PY'
+    timed "$TLSRATE" --addr "127.0.0.1:$3" --rate "$2" --duration "$DURATION"
+    python3 - "$1" "$RUN_OUT" "$RUN_PROXY_S" "$RUN_CLIENT_S" "$CLIENT_ERR" >> "$RATES" <<'PY'
 import json, sys
-label, out, ticks, hz, timefile = sys.argv[1:]
-err = open(timefile).read()
+label, out, proxy_s, client_s, errfile = sys.argv[1:]
 try:
     r = json.loads(out)
-    user, system = err.split()[-2:]
 except ValueError:
-    sys.exit(f"tlsrate against {label} failed:\n{out}\n{err}")
-r.update(target=label, proxy_cpu_s=int(ticks) / int(hz), client_cpu_s=float(user) + float(system))
+    sys.exit(f"tlsrate against {label} failed:\n{out}\n{open(errfile).read()}")
+r.update(target=label, proxy_cpu_s=float(proxy_s), client_cpu_s=float(client_s))
 print(json.dumps(r))
 PY
 }
