@@ -3,8 +3,9 @@
 //! [`ProxyBody`], the body of every response the proxy sends: either an
 //! upstream's body, streamed frame by frame, or a short plain-text message of
 //! the proxy's own. The upstream variant carries the in-flight guard and the
-//! pooled connection, so the request counts as in flight until its body has
-//! been sent, and the connection is reused once both bodies have ended.
+//! upstream connection, so the request counts as in flight until its body
+//! has been sent, and the connection goes back to the pool once both bodies
+//! have ended.
 //!
 //! [`RequestBody`], the client's request body on its way upstream. When
 //! there is one, an [`Upload`] records whether it ended, failed (a malformed
@@ -17,7 +18,6 @@
 //! slow-body attack, gets 408 however regularly it trickles.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -31,8 +31,12 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::pool::{self, Conn};
+use crate::client;
+use crate::pool;
 use crate::upstream::InFlight;
+
+/// The error of a [`ProxyBody`]: the upstream's answer broke off.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body: streamed from an upstream, or the proxy's own text.
 #[derive(Debug)]
@@ -42,14 +46,7 @@ pub struct ProxyBody {
 
 #[derive(Debug)]
 enum Kind {
-    Upstream {
-        body: Incoming,
-        conn: Option<(SocketAddr, Conn)>,
-        /// The request's upload, when it had a body: the connection is
-        /// reusable only when that has ended too.
-        upload: Option<Arc<Upload>>,
-        _in_flight: InFlight,
-    },
+    Upstream { body: client::Body, _in_flight: InFlight },
     Text(Option<Bytes>),
 }
 
@@ -68,19 +65,12 @@ impl ProxyBody {
         }
     }
 
-    /// An upstream body; `conn` returns to the pool when it and the
-    /// request's `upload` (if any) have ended.
-    pub(crate) fn upstream(
-        body: Incoming,
-        conn: Option<(SocketAddr, Conn)>,
-        upload: Option<Arc<Upload>>,
-        in_flight: InFlight,
-    ) -> Self {
+    /// An upstream body; its connection returns to the pool when it and
+    /// the request's body have ended.
+    pub(crate) fn upstream(body: client::Body, in_flight: InFlight) -> Self {
         let mut this = ProxyBody {
             kind: Kind::Upstream {
                 body,
-                conn,
-                upload,
                 _in_flight: in_flight,
             },
         };
@@ -89,17 +79,11 @@ impl ProxyBody {
     }
 
     fn release_if_ended(&mut self) {
-        if let Kind::Upstream { body, conn, upload, .. } = &mut self.kind {
+        if let Kind::Upstream { body, .. } = &mut self.kind {
             // hyper stops polling once `is_end_stream` is true, so the end
-            // can be seen here rather than as a final `None`.
-            if body.is_end_stream() {
-                if let Some((addr, conn)) = conn.take() {
-                    // An upload still going (the upstream answered early)
-                    // leaves the connection busy: it is not reused.
-                    if upload.as_ref().is_none_or(|u| u.state() == Upload::ENDED) {
-                        pool::put_back(addr, conn);
-                    }
-                }
+            // is seen here, with the last frame, not with a final `None`.
+            if let Some(conn) = body.take_reusable() {
+                pool::put_back(conn);
             }
         }
     }
@@ -107,23 +91,18 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Text(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, conn, .. } => {
+            Kind::Upstream { body, .. } => {
                 let frame = Pin::new(&mut *body).poll_frame(cx);
-                match &frame {
-                    Poll::Ready(Some(Err(_))) => {
-                        // A broken body leaves the connection unusable.
-                        conn.take();
-                    }
-                    Poll::Ready(_) => this.release_if_ended(),
-                    Poll::Pending => {}
+                if let Poll::Ready(Some(Ok(_)) | None) = frame {
+                    this.release_if_ended();
                 }
-                frame
+                frame.map_err(Into::into)
             }
         }
     }
@@ -159,7 +138,8 @@ impl Upload {
     pub(crate) const ENDED: u8 = 1;
     /// The client's body failed: malformed framing, or the client went away.
     pub(crate) const CLIENT_FAILED: u8 = 2;
-    /// hyper stopped sending it (the upstream connection failed or answered).
+    /// The proxy stopped sending it (the upstream connection failed, or
+    /// the answer ended first).
     pub(crate) const ABANDONED: u8 = 3;
     /// The client sent nothing of its body for the body read timeout.
     pub(crate) const CLIENT_TIMED_OUT: u8 = 4;

@@ -6,10 +6,11 @@
 //!    503 otherwise), counted in flight before any drain can miss it.
 //! 2. [`prepare_request`]: origin-form URI, `X-Forwarded-*`, hop-by-hop
 //!    headers removed (kept for an upgrade handshake; `TE: trailers` kept).
-//! 3. [`Forwarder::send`]: a pooled keep-alive connection, or a new one;
-//!    connect and response timeouts map to 502 / 504, a failed client body
-//!    to 400 / 408; a bodiless idempotent request lost on a reused
-//!    connection is sent once more on a fresh one.
+//! 3. [`Forwarder::send`]: a pooled keep-alive connection, or a new one,
+//!    driven by this request's task (`client`); connect and response
+//!    timeouts map to 502 / 504, a failed client body to 400 / 408; a
+//!    bodiless idempotent request lost on a reused connection is sent once
+//!    more on a fresh one.
 //! 4. [`respond`]: hop-by-hop headers removed, the body streamed back; a
 //!    `101 Switching Protocols` becomes a two-way tunnel the worker tracks.
 //!
@@ -27,11 +28,11 @@ use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::{ProxyBody, RequestBody, Upload, UploadLimits};
+use crate::client::{self, Exchange};
 use crate::listener::Slots;
 use crate::pool::{self, ConnectError};
 use crate::routes::RouteTable;
@@ -211,9 +212,9 @@ impl ClientConn {
         let addr = in_flight.upstream().addr();
         let stats = in_flight.upstream().stats();
         match fwd.send(addr, req).await {
-            Ok((resp, conn, upload)) => {
+            Ok((resp, exchange)) => {
                 stats.record(resp.status().as_u16(), arrived.elapsed());
-                respond(resp, conn, upload, addr, in_flight, client_upgrade, self)
+                respond(resp, exchange, in_flight, client_upgrade, self)
             }
             Err(failure) => {
                 if let Some(error) = failure.upstream_error() {
@@ -335,93 +336,71 @@ impl Forwarder {
     /// Phase 3: send on a pooled connection, or a new one. The response
     /// timeout runs from the end of the upload to the response head.
     ///
-    /// Retries: a request a pooled connection never started to send (it was
-    /// closed under us) goes on another connection. An idempotent request
-    /// without a body that a reused connection lost before any response
-    /// (the upstream closed it as the request crossed) is sent once more on a
-    /// fresh connection. To resend it, its head is copied before sending,
-    /// only when the connection was idle for [`RETRY_AFTER_IDLE`] or more:
-    /// under load connections are reused within microseconds and upstreams
-    /// close idle ones, so the copy is made where the race is.
-    async fn send(
-        &self,
-        addr: SocketAddr,
-        req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, pool::Conn, Option<Arc<Upload>>), Failure> {
+    /// Retries: a request whose first byte could not be written on a
+    /// reused connection (it was closed under us) goes on a fresh one. So
+    /// does an idempotent request without a body that a reused connection
+    /// lost before any answer (the upstream closed it as the request
+    /// crossed). The request's head is still in the old connection's write
+    /// buffer, so a resend copies nothing.
+    async fn send(&self, addr: SocketAddr, req: Request<Incoming>) -> Result<(Response<()>, Exchange), Failure> {
         let (parts, body) = req.into_parts();
         let (body, upload) = RequestBody::new(body, self.upload_limits);
-        let mut req = Request::from_parts(parts, body);
-        let mut fresh_only = false;
+        let (conn, mut reused) = match pool::take_idle(addr, self.upstream_idle_timeout) {
+            Some(conn) => (conn, true),
+            None => (self.connect(addr).await?, false),
+        };
+        let mut exchange = Exchange::new(conn, &parts, body);
         loop {
-            let pooled = match fresh_only {
-                true => None,
-                false => pool::take_idle(addr, self.upstream_idle_timeout).await,
-            };
-            let (mut conn, idle) = match pooled {
-                Some((conn, idle)) => (conn, Some(idle)),
-                None => match pool::connect(addr, self.connect_timeout).await {
-                    Ok(conn) => (conn, None),
-                    Err(ConnectError::TimedOut) => return Err(Failure::ConnectTimeout),
-                    Err(ConnectError::Failed) => return Err(Failure::Refused),
-                },
-            };
-            let resend = match idle {
-                Some(idle)
-                    if !fresh_only && idle >= RETRY_AFTER_IDLE && upload.is_none() && idempotent(req.method()) =>
-                {
-                    Some(head_copy(&req))
-                }
-                _ => None,
-            };
-            let err = match self.exchange(&mut conn, req, upload.as_deref()).await {
-                Ok(Ok(resp)) => return Ok((resp, conn, upload)),
-                Ok(Err(err)) => err,
-                Err(timeout) => return Err(timeout),
+            let err = match self.exchange(&mut exchange, upload.as_deref()).await? {
+                Ok(resp) => return Ok((resp, exchange)),
+                Err(err) => err,
             };
             match upload.as_ref().map(|u| u.state()) {
                 Some(Upload::CLIENT_FAILED) => return Err(Failure::BadRequestBody),
                 Some(Upload::CLIENT_TIMED_OUT) => return Err(Failure::BodyTimeout),
                 _ => {}
             }
-            let mut err = err;
-            match (err.take_message(), resend) {
-                (Some(unsent), _) if idle.is_some() => req = unsent,
-                (_, Some(copy)) if before_any_response(err.error()) => {
-                    req = copy;
-                    fresh_only = true;
-                }
-                _ => return Err(Failure::Broken),
+            let resend = match err {
+                client::Error::Unsent => reused,
+                client::Error::Closed => reused && upload.is_none() && idempotent(&parts.method),
+                _ => false,
+            };
+            if !resend {
+                return Err(Failure::Broken);
             }
+            exchange = exchange.resend_on(self.connect(addr).await?);
+            reused = false;
         }
     }
 
-    /// Send `req` on `conn` and wait for the response head: without a bound
+    async fn connect(&self, addr: SocketAddr) -> Result<pool::Conn, Failure> {
+        pool::connect(addr, self.connect_timeout).await.map_err(|e| match e {
+            ConnectError::TimedOut => Failure::ConnectTimeout,
+            ConnectError::Failed => Failure::Refused,
+        })
+    }
+
+    /// Send the request and wait for the response head: without a bound
     /// while the client uploads (the body's own pace), then for at most the
     /// response timeout.
     async fn exchange(
         &self,
-        conn: &mut pool::Conn,
-        req: Request<RequestBody>,
+        exchange: &mut Exchange,
         upload: Option<&Upload>,
-    ) -> Result<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>, Failure> {
-        let sent = conn.try_send_request(req);
-        let mut sent = std::pin::pin!(sent);
+    ) -> Result<Result<Response<()>, client::Error>, Failure> {
+        let mut head = std::future::poll_fn(|cx| exchange.poll_head(cx));
         if let Some(upload) = upload {
             tokio::select! {
                 biased;
-                result = sent.as_mut() => return Ok(result),
+                result = &mut head => return Ok(result),
                 _ = upload.finished() => {}
             }
         }
-        tokio::time::timeout(self.response_timeout, sent)
+        tokio::time::timeout(self.response_timeout, head)
             .await
             .map_err(|_| Failure::ResponseTimeout)
     }
 }
-
-/// A reused connection idle this long gets a copy of an idempotent request's
-/// head, to resend it if the upstream closed the connection under it.
-const RETRY_AFTER_IDLE: Duration = Duration::from_millis(10);
 
 /// Methods whose request may be sent twice (RFC 9110 §9.2.2) and that
 /// usually carry no body.
@@ -430,38 +409,6 @@ fn idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// The same request again, without a body (only bodiless requests are resent).
-fn head_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
-    let mut copy = Request::new(RequestBody::empty());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
-}
-
-/// Did the upstream close, or reset, the connection before answering?
-/// (Not a timeout, and not a response hyper could not parse.)
-fn before_any_response(err: &hyper::Error) -> bool {
-    if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
-        return true;
-    }
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// Phase 2: make the request fit for the upstream hop. Returns the client's
@@ -515,17 +462,15 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
 
 /// Phase 4: hand the upstream's answer to the client.
 fn respond(
-    mut resp: Response<Incoming>,
-    conn: pool::Conn,
-    upload: Option<Arc<Upload>>,
-    addr: SocketAddr,
+    mut resp: Response<()>,
+    exchange: Exchange,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     client_conn: &ClientConn,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
-            let upstream_side = hyper::upgrade::on(&mut resp);
+            let upstream_side = exchange.into_upgraded();
             let websocket = resp
                 .headers()
                 .get_all(header::UPGRADE)
@@ -545,7 +490,7 @@ fn respond(
     let present = hop_by_hop_present(resp.headers());
     strip_hop_by_hop(resp.headers_mut(), present, false);
     // The connection is reusable once this body ends (an upgraded one never is).
-    resp.map(|body| ProxyBody::upstream(body, Some((addr, conn)), upload, in_flight))
+    resp.map(|()| ProxyBody::upstream(exchange.into_body(), in_flight))
 }
 
 /// Does the request ask for a protocol upgrade the proxy tunnels? Not to

@@ -27,6 +27,7 @@
 
 mod body;
 mod cidr;
+mod client;
 mod drain;
 mod forward;
 mod listener;

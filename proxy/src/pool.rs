@@ -2,8 +2,8 @@
 //!
 //! Each worker runs its own single-threaded runtime, so its pool lives in a
 //! thread-local: taking and returning a connection is a `Vec` pop/push with
-//! no lock and no atomic. Connections are plain `hyper::client::conn::http1`
-//! handshakes keyed by upstream address; a connection goes back to the pool
+//! no lock and no atomic. Connections are [`client::Conn`]s (our own HTTP/1.1
+//! client) keyed by upstream address; a connection goes back to the pool
 //! when the response body it carried and the request body have both ended.
 //!
 //! Idle connections expire after the upstream idle timeout, which should be
@@ -11,28 +11,19 @@
 //! may close a connection just as a request is sent on it. They are not
 //! reused past it, and the worker's sweeper closes them ([`expire_idle`]),
 //! so a burst's connections (and their descriptors and buffers) do not
-//! outlive it. Taking a connection never waits on one that is not ready: it
-//! is skipped.
+//! outlive it. A connection the upstream closed, or that has unread bytes,
+//! is dropped when it is seen, not handed out.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
+pub(crate) use crate::client::Conn;
 
 /// Most idle connections kept per upstream and worker.
 const MAX_IDLE_PER_UPSTREAM: usize = 512;
-
-/// Largest read buffer of an upstream connection (hyper's default, ~400
-/// KiB, is what each of a thousand slow-read clients pinned: 440 MiB).
-const MAX_READ_BUF: usize = 64 * 1024;
-
-/// A connection that can carry one request to an upstream.
-pub(crate) type Conn = SendRequest<RequestBody>;
 
 /// The idle connections to one upstream, each with the time it became idle,
 /// the most recent last.
@@ -47,43 +38,30 @@ thread_local! {
 /// Why no connection could be had.
 #[derive(Debug)]
 pub(crate) enum ConnectError {
-    /// Refused, unreachable, or the handshake failed.
+    /// Refused or unreachable.
     Failed,
     /// No answer within the connect timeout.
     TimedOut,
 }
 
-/// Take an idle connection to `addr` that is ready for a request and has
-/// been idle less than `max_idle`, if any, with how long it was idle.
-pub(crate) async fn take_idle(addr: SocketAddr, max_idle: Duration) -> Option<(Conn, Duration)> {
-    loop {
-        let (conn, idle) = IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            let conns = &mut idle.iter_mut().find(|(a, _)| *a == addr)?.1;
-            let (conn, since) = conns.pop()?;
-            let idle = since.elapsed();
-            if idle >= max_idle {
+/// Take an idle connection to `addr` that is still open and has been idle
+/// less than `max_idle`, if any.
+pub(crate) fn take_idle(addr: SocketAddr, max_idle: Duration) -> Option<Conn> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let conns = &mut idle.iter_mut().find(|(a, _)| *a == addr)?.1;
+        while let Some((conn, since)) = conns.pop() {
+            if since.elapsed() >= max_idle {
                 // The others became idle earlier still.
                 conns.clear();
                 return None;
             }
-            Some((conn, idle))
-        })?;
-        if conn.is_closed() {
-            continue;
-        }
-        if !conn.is_ready() {
-            // Returned right after its response ended, the connection's task
-            // may not have run yet: let it, once. One still busy (it never
-            // is after both bodies ended, unless broken) is dropped rather
-            // than waited for.
-            tokio::task::yield_now().await;
-            if !conn.is_ready() {
-                continue;
+            if conn.is_reusable() {
+                return Some(conn);
             }
         }
-        return Some((conn, idle));
-    }
+        None
+    })
 }
 
 /// Close this worker's idle connections that have been idle `max_idle` or
@@ -99,7 +77,7 @@ pub(crate) fn expire_idle(max_idle: Duration) {
                 .take_while(|(_, since)| since.elapsed() >= max_idle)
                 .count();
             conns.drain(..expired);
-            conns.retain(|(c, _)| !c.is_closed());
+            conns.retain(|(c, _)| c.is_reusable());
             if conns.is_empty() {
                 return false;
             }
@@ -110,10 +88,8 @@ pub(crate) fn expire_idle(max_idle: Duration) {
 }
 
 /// Put a connection back for reuse by later requests on this worker.
-pub(crate) fn put_back(addr: SocketAddr, conn: Conn) {
-    if conn.is_closed() {
-        return;
-    }
+pub(crate) fn put_back(conn: Conn) {
+    let addr = conn.addr();
     let now = Instant::now();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
@@ -135,14 +111,5 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn,
         Err(_) => return Err(ConnectError::TimedOut),
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::Builder::new()
-        .max_buf_size(MAX_READ_BUF)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| ConnectError::Failed)?;
-    tokio::spawn(async move {
-        // Errors here (upstream went away) surface on the request using it.
-        let _ = conn.with_upgrades().await;
-    });
-    Ok(sender)
+    Ok(Conn::new(stream, addr))
 }

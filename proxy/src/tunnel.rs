@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::Upgraded;
 use crate::listener::Slots;
 use crate::upstream::InFlight;
 
@@ -32,16 +33,15 @@ const CLOSE_TO_UPSTREAM: [u8; 8] = [0x88, 0x82, 0x5A, 0x3C, 0x96, 0x0F, 0x03 ^ 0
 /// connection's slots.
 pub(crate) async fn run(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    mut upstream: Upgraded,
     websocket: bool,
     stop: [CancellationToken; 2],
     _held: (InFlight, Option<Slots>),
 ) {
-    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+    let Ok(client) = client.await else {
         return;
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
     let stopped = || {
         let [a, b] = stop.clone();
         async move {
