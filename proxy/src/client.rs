@@ -181,9 +181,15 @@ impl Exchange {
     /// Start a request on `conn`: the head is serialized now and written,
     /// with the body after it, when the exchange is polled.
     pub(crate) fn new(mut conn: Conn, parts: &request::Parts, body: RequestBody) -> Self {
-        let outgoing = (!body.is_end_stream()).then(|| {
+        // A body's framing on this hop comes from what the body is, not
+        // from a `Content-Length` it arrived with: the two cannot disagree.
+        let length = match body.is_end_stream() {
+            true => Length::AsIs,
+            false => body.size_hint().exact().map_or(Length::Chunked, Length::Exact),
+        };
+        let outgoing = (length != Length::AsIs).then(|| {
             Box::new(Outgoing {
-                chunked: !parts.headers.contains_key(header::CONTENT_LENGTH),
+                chunked: length == Length::Chunked,
                 body,
                 pending: VecDeque::new(),
                 ended: false,
@@ -192,7 +198,7 @@ impl Exchange {
         if conn.write.capacity() > KEEP_WRITE_BUF {
             conn.write = Vec::new();
         }
-        encode_head(&mut conn.write, parts, outgoing.as_ref().is_some_and(|o| o.chunked));
+        encode_head(&mut conn.write, parts, length);
         Exchange {
             conn,
             head_sent: 0,
@@ -287,9 +293,9 @@ impl Exchange {
                         }
                     }
                     Poll::Ready(_) => {
-                    self.stop_upload();
-                    return Poll::Ready(Ok(()));
-                }
+                        self.stop_upload();
+                        return Poll::Ready(Ok(()));
+                    }
                 }
             }
             if out.ended {
@@ -366,6 +372,11 @@ impl Exchange {
                 meta.note(&name, &value)?;
                 map.append(name, value);
             }
+            if meta.transfer_encoding {
+                // Transfer-Encoding overrides it (RFC 9112 §6.3): it must
+                // not reach the client to frame the body differently.
+                map.remove(header::CONTENT_LENGTH);
+            }
             self.keep_alive = match version {
                 Version::HTTP_11 => !meta.close,
                 _ => meta.keep_alive && !meta.close,
@@ -439,6 +450,19 @@ impl Meta {
     }
 }
 
+/// `n` in decimal, written into the end of `buf`.
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
@@ -492,9 +516,20 @@ impl Outgoing {
     }
 }
 
+/// How a request's body is delimited on the upstream hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Length {
+    /// No body: the head goes as it came.
+    AsIs,
+    /// A body of this many bytes, sent as they come.
+    Exact(u64),
+    /// A body of unknown length, sent chunked.
+    Chunked,
+}
+
 /// Serialize a request head for the upstream hop. Hop-by-hop headers were
-/// removed before (`forward.rs`); `chunked` adds the one this hop needs.
-fn encode_head(out: &mut Vec<u8>, parts: &request::Parts, chunked: bool) {
+/// removed before (`forward.rs`); `length` sets the framing headers.
+fn encode_head(out: &mut Vec<u8>, parts: &request::Parts, length: Length) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -502,13 +537,22 @@ fn encode_head(out: &mut Vec<u8>, parts: &request::Parts, chunked: bool) {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
+        if length != Length::AsIs && name == header::CONTENT_LENGTH {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    match length {
+        Length::AsIs => {}
+        Length::Exact(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        Length::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -800,10 +844,10 @@ mod tests {
     #[test]
     fn a_chunked_body_split_anywhere_waits_for_more() {
         let whole = b"a\r\n0123456789\r\n0\r\n\r\n";
-        for cut in 1..whole.len() {
+        for cut in 0..whole.len() {
             let (body, _, ended) = chunked(&whole[..cut]).unwrap();
-            assert!(!ended || cut == whole.len(), "cut at {cut}");
-            assert!(whole[..cut].ends_with(&body[body.len().saturating_sub(0)..]));
+            assert!(!ended, "cut at {cut}: not the end yet");
+            assert!(b"0123456789".starts_with(&body), "cut at {cut}: {body:?}");
         }
     }
 
@@ -850,14 +894,20 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &parts, true);
+        encode_head(&mut out, &parts, Length::Chunked);
         assert_eq!(
             out,
             b"POST /a?b=1 HTTP/1.1\r\nhost: example.com\r\nx-y: z\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+        // The body's own length replaces any Content-Length it came with.
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        encode_head(&mut out, &parts, Length::Exact(1234567));
+        assert!(out.ends_with(b"x-y: z\r\ncontent-length: 1234567\r\n\r\n"), "{out:?}");
         parts.method = Method::GET;
-        encode_head(&mut out, &parts, false);
+        encode_head(&mut out, &parts, Length::AsIs);
         assert!(out.starts_with(b"GET /a?b=1 HTTP/1.1\r\n"));
-        assert!(out.ends_with(b"x-y: z\r\n\r\n"));
+        assert!(out.ends_with(b"content-length: 99\r\n\r\n"));
     }
 }
