@@ -403,9 +403,10 @@ impl Exchange {
             if self.framing == Framing::Length(0) {
                 self.framing = Framing::Done;
             }
+            // The version stays HTTP/1.1: the proxy answers with its own
+            // (RFC 9110 §6.2), whatever the upstream spoke.
             let mut resp = Response::new(());
             *resp.status_mut() = status;
-            *resp.version_mut() = version;
             *resp.headers_mut() = map;
             return Ok(Some(resp));
         }

@@ -486,6 +486,8 @@ fn respond(
                 .spawn(tunnel::run(client, upstream_side, websocket, [cut, close], held));
             return resp.map(|_| ProxyBody::text(""));
         }
+        // A switch the client did not ask for cannot be passed on.
+        return Failure::Broken.response(true);
     }
     let present = hop_by_hop_present(resp.headers());
     strip_hop_by_hop(resp.headers_mut(), present, false);
