@@ -45,6 +45,11 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head (hyper's default as well).
 const MAX_HEADERS: usize = 100;
 
+/// Header fields a response head is first parsed with room for.
+const FEW_HEADERS: usize = 16;
+
+const TOO_MANY_HEADERS: &str = "too many header fields";
+
 /// Longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -159,6 +164,10 @@ enum Chunk {
     Trailers,
 }
 
+/// A header the proxy sets on the upstream hop: it replaces every field of
+/// that name the request has (`None`: removes them).
+pub(crate) type Replace<'a> = (&'a HeaderName, Option<HeaderValue>);
+
 /// One request on one connection.
 #[derive(Debug)]
 pub(crate) struct Exchange {
@@ -180,7 +189,7 @@ pub(crate) struct Exchange {
 impl Exchange {
     /// Start a request on `conn`: the head is serialized now and written,
     /// with the body after it, when the exchange is polled.
-    pub(crate) fn new(mut conn: Conn, parts: &request::Parts, body: RequestBody) -> Self {
+    pub(crate) fn new(mut conn: Conn, parts: &request::Parts, replace: &[Replace<'_>], body: RequestBody) -> Self {
         // A body's framing on this hop comes from what the body is, not
         // from a `Content-Length` it arrived with: the two cannot disagree.
         let length = match body.is_end_stream() {
@@ -198,7 +207,7 @@ impl Exchange {
         if conn.write.capacity() > KEEP_WRITE_BUF {
             conn.write = Vec::new();
         }
-        encode_head(&mut conn.write, parts, length);
+        encode_head(&mut conn.write, parts, replace, length);
         Exchange {
             conn,
             head_sent: 0,
@@ -326,8 +335,17 @@ impl Exchange {
 
     /// The final response head, if the buffer holds one.
     fn parse_head(&mut self) -> Result<Option<Response<()>>, Error> {
+        // Most answers have a handful of fields: parse with room for a few
+        // first, as filling the room costs per parse.
+        match self.parse_head_with::<FEW_HEADERS>() {
+            Err(Error::Malformed(TOO_MANY_HEADERS)) => self.parse_head_with::<MAX_HEADERS>(),
+            parsed => parsed,
+        }
+    }
+
+    fn parse_head_with<const N: usize>(&mut self) -> Result<Option<Response<()>>, Error> {
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut headers = [httparse::EMPTY_HEADER; N];
             let mut parsed = httparse::Response::new(&mut headers);
             let len = match parsed.parse(&self.conn.read) {
                 Ok(httparse::Status::Complete(len)) => len,
@@ -335,7 +353,7 @@ impl Exchange {
                     return Err(Error::Malformed("the response head is too large"))
                 }
                 Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => return Err(Error::Malformed("too many header fields")),
+                Err(httparse::Error::TooManyHeaders) => return Err(Error::Malformed(TOO_MANY_HEADERS)),
                 Err(_) => return Err(Error::Malformed("the response head does not parse")),
             };
             let code = parsed.code.unwrap_or(0);
@@ -352,7 +370,7 @@ impl Exchange {
             // Where each field is in the buffer, so that its value can be a
             // slice of the head instead of a copy.
             let base = self.conn.read.as_ptr() as usize;
-            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+            let mut spans = [(0u32, 0u32, 0u32, 0u32); N];
             let count = parsed.headers.len();
             for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
                 let name = h.name.as_ptr() as usize - base;
@@ -451,6 +469,13 @@ impl Meta {
     }
 }
 
+fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// `n` in decimal, written into the end of `buf`.
 fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
@@ -529,8 +554,9 @@ enum Length {
 }
 
 /// Serialize a request head for the upstream hop. Hop-by-hop headers were
-/// removed before (`forward.rs`); `length` sets the framing headers.
-fn encode_head(out: &mut Vec<u8>, parts: &request::Parts, length: Length) {
+/// removed before (`forward.rs`); `replace` is applied, and `length` sets
+/// the framing headers.
+fn encode_head(out: &mut Vec<u8>, parts: &request::Parts, replace: &[Replace<'_>], length: Length) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -541,10 +567,15 @@ fn encode_head(out: &mut Vec<u8>, parts: &request::Parts, length: Length) {
         if length != Length::AsIs && name == header::CONTENT_LENGTH {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if replace.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        put_field(out, name, value);
+    }
+    for (name, value) in replace {
+        if let Some(value) = value {
+            put_field(out, name, value);
+        }
     }
     match length {
         Length::AsIs => {}
@@ -895,7 +926,7 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &parts, Length::Chunked);
+        encode_head(&mut out, &parts, &[], Length::Chunked);
         assert_eq!(
             out,
             b"POST /a?b=1 HTTP/1.1\r\nhost: example.com\r\nx-y: z\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -904,10 +935,10 @@ mod tests {
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
-        encode_head(&mut out, &parts, Length::Exact(1234567));
+        encode_head(&mut out, &parts, &[], Length::Exact(1234567));
         assert!(out.ends_with(b"x-y: z\r\ncontent-length: 1234567\r\n\r\n"), "{out:?}");
         parts.method = Method::GET;
-        encode_head(&mut out, &parts, Length::AsIs);
+        encode_head(&mut out, &parts, &[], Length::AsIs);
         assert!(out.starts_with(b"GET /a?b=1 HTTP/1.1\r\n"));
         assert!(out.ends_with(b"content-length: 99\r\n\r\n"));
     }

@@ -208,10 +208,10 @@ impl ClientConn {
             Ok(in_flight) => in_flight,
             Err(failure) => return failure.response(http1),
         };
-        let client_upgrade = prepare_request(&mut req, self);
+        let (client_upgrade, forwarded) = prepare_request(&mut req, self);
         let addr = in_flight.upstream().addr();
         let stats = in_flight.upstream().stats();
-        match fwd.send(addr, req).await {
+        match fwd.send(addr, req, &forwarded).await {
             Ok((resp, exchange)) => {
                 stats.record(resp.status().as_u16(), arrived.elapsed());
                 respond(resp, exchange, in_flight, client_upgrade, self)
@@ -342,14 +342,19 @@ impl Forwarder {
     /// lost before any answer (the upstream closed it as the request
     /// crossed). The request's head is still in the old connection's write
     /// buffer, so a resend copies nothing.
-    async fn send(&self, addr: SocketAddr, req: Request<Incoming>) -> Result<(Response<()>, Exchange), Failure> {
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+        forwarded: &Forwarded,
+    ) -> Result<(Response<()>, Exchange), Failure> {
         let (parts, body) = req.into_parts();
         let (body, upload) = RequestBody::new(body, self.upload_limits);
         let (conn, mut reused) = match pool::take_idle(addr, self.upstream_idle_timeout) {
             Some(conn) => (conn, true),
             None => (self.connect(addr).await?, false),
         };
-        let mut exchange = Exchange::new(conn, &parts, body);
+        let mut exchange = Exchange::new(conn, &parts, forwarded, body);
         loop {
             let err = match self.exchange(&mut exchange, upload.as_deref()).await? {
                 Ok(resp) => return Ok((resp, exchange)),
@@ -412,8 +417,9 @@ fn idempotent(method: &Method) -> bool {
 }
 
 /// Phase 2: make the request fit for the upstream hop. Returns the client's
-/// pending upgrade when the request asks for one.
-fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyper::upgrade::OnUpgrade> {
+/// pending upgrade when the request asks for one, and the hop's
+/// `X-Forwarded-*` headers.
+fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> (Option<hyper::upgrade::OnUpgrade>, Forwarded) {
     let present = hop_by_hop_present(req.headers());
     let upgrade = is_upgrade(req.headers(), present);
     // HTTP/2 requests (and absolute-form HTTP/1) carry scheme and authority;
@@ -431,13 +437,15 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(path);
     }
-    *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, present, upgrade);
     // From a trusted proxy, what it says about the client stays (For gets
     // this hop appended); from anyone else it is replaced, not believed.
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).filter(|_| conn.trusted) {
+    // The values are written by the client as it encodes the head, so the
+    // request's header map is not touched for them.
+    let trusted = |name: &HeaderName| headers.get(name).filter(|_| conn.trusted).cloned();
+    let forwarded_for = match trusted(&X_FORWARDED_FOR) {
         None => conn.client_ip.clone(),
         Some(prior) => {
             let mut joined = Vec::with_capacity(prior.len() + 2 + conn.client_ip.len());
@@ -447,18 +455,18 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> Option<hyp
             HeaderValue::from_bytes(&joined).unwrap_or_else(|_| conn.client_ip.clone())
         }
     };
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
-    }
-    if !(conn.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match headers.get(header::HOST).cloned() {
-            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
-            None => headers.remove(&X_FORWARDED_HOST),
-        };
-    }
-    upgrade.then(|| hyper::upgrade::on(req))
+    let proto = trusted(&X_FORWARDED_PROTO).unwrap_or_else(|| conn.proto.clone());
+    let host = trusted(&X_FORWARDED_HOST).or_else(|| headers.get(header::HOST).cloned());
+    let forwarded = [
+        (&X_FORWARDED_FOR, Some(forwarded_for)),
+        (&X_FORWARDED_PROTO, Some(proto)),
+        (&X_FORWARDED_HOST, host),
+    ];
+    (upgrade.then(|| hyper::upgrade::on(req)), forwarded)
 }
+
+/// The `X-Forwarded-*` headers of the upstream hop ([`client::Replace`]).
+type Forwarded = [client::Replace<'static>; 3];
 
 /// Phase 4: hand the upstream's answer to the client.
 fn respond(

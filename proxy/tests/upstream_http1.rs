@@ -1053,3 +1053,33 @@ async fn an_http_1_0_answer_reaches_the_client_as_http_1_1_and_keeps_its_connect
     })
     .await;
 }
+
+#[tokio::test]
+async fn answers_with_many_header_fields_pass_and_too_many_are_502() {
+    bounded(async {
+        let upstream = scripted(|mut peer: Peer| async move {
+            while let Some(req) = peer.request().await {
+                let fields = if req.path == "/many" { 40 } else { 101 };
+                let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+                for i in 0..fields {
+                    head.push_str(&format!("x-field-{i}: {i}\r\n"));
+                }
+                head.push_str("\r\nok");
+                peer.send(head.as_bytes()).await;
+            }
+        })
+        .await;
+        let proxy = start(upstream.addr);
+        let mut client = client_conn(&proxy).await;
+        let answer = client.call("GET", "/many", "").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, "ok");
+        for i in 0..40 {
+            assert_eq!(answer.headers[format!("x-field-{i}").as_str()], i.to_string().as_str());
+        }
+        let answer = client.call("GET", "/too-many", "").await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        proxy.shutdown();
+    })
+    .await;
+}
