@@ -35,7 +35,8 @@ use crate::client;
 use crate::pool;
 use crate::upstream::InFlight;
 
-/// The error of a [`ProxyBody`]: the upstream's answer broke off.
+/// The error of a body on its way through: the upstream's answer, or the
+/// client's upload, broke off.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body: streamed from an upstream, or the proxy's own text.
@@ -285,7 +286,7 @@ impl RequestBody {
     }
 
     /// No body at all.
-    pub(crate) fn empty() -> Self {
+    fn empty() -> Self {
         RequestBody {
             inner: None,
             upload: None,
@@ -296,7 +297,7 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();

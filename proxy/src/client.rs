@@ -25,7 +25,7 @@
 //! reused) and the answer is still read. A failed read fails the exchange.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
@@ -37,7 +37,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
+use crate::body::{BoxError, RequestBody};
 
 /// Largest response head (and trailer section) accepted from an upstream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -79,7 +79,7 @@ pub(crate) enum Error {
     Io(io::Error),
     /// The client's request body failed (see [`crate::body::Upload`]).
     #[error("the request body failed: {0}")]
-    RequestBody(Box<dyn std::error::Error + Send + Sync>),
+    RequestBody(BoxError),
 }
 
 /// A keep-alive connection to one upstream.
@@ -270,9 +270,9 @@ impl Exchange {
     }
 
     /// Write what can be written of the head and body without waiting.
-    /// `Ready(Ok)` once all of it is sent, or writing failed (then the
-    /// exchange is `broken`); errors are the client's body failing, or
-    /// the very first write failing.
+    /// `Ready(Ok)` once all of it is sent, or writing failed; errors are the
+    /// client's body failing, or the very first write failing. Either way
+    /// a failed upload is over (`broken`).
     fn poll_upload(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if self.broken {
             return Poll::Ready(Ok(()));
@@ -281,7 +281,10 @@ impl Exchange {
             match Pin::new(&mut self.conn.io).poll_write(cx, &self.conn.write[self.head_sent..]) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(n)) if n > 0 => self.head_sent += n,
-                Poll::Ready(_) if self.head_sent == 0 => return Poll::Ready(Err(Error::Unsent)),
+                Poll::Ready(_) if self.head_sent == 0 => {
+                    self.stop_upload();
+                    return Poll::Ready(Err(Error::Unsent));
+                }
                 Poll::Ready(_) => {
                     self.stop_upload();
                     return Poll::Ready(Ok(()));
@@ -320,8 +323,7 @@ impl Exchange {
                 }
                 Some(Ok(frame)) => out.push(frame),
                 Some(Err(e)) => {
-                    self.outgoing = None;
-                    self.broken = true;
+                    self.stop_upload();
                     return Poll::Ready(Err(Error::RequestBody(e)));
                 }
             }
@@ -331,6 +333,11 @@ impl Exchange {
     fn stop_upload(&mut self) {
         self.outgoing = None;
         self.broken = true;
+    }
+
+    /// The whole request, head and body, was written.
+    fn sent(&self) -> bool {
+        !self.broken && self.outgoing.is_none() && self.head_sent == self.conn.write.len()
     }
 
     /// The final response head, if the buffer holds one.
@@ -476,19 +483,6 @@ fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// `n` in decimal, written into the end of `buf`.
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
@@ -527,10 +521,7 @@ impl Outgoing {
                 if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
                     let mut section = b"0\r\n".to_vec();
                     for (name, value) in &trailers {
-                        section.extend_from_slice(name.as_str().as_bytes());
-                        section.extend_from_slice(b": ");
-                        section.extend_from_slice(value.as_bytes());
-                        section.extend_from_slice(b"\r\n");
+                        put_field(&mut section, name, value);
                     }
                     section.extend_from_slice(b"\r\n");
                     self.pending.push_back(Bytes::from(section));
@@ -580,9 +571,8 @@ fn encode_head(out: &mut Vec<u8>, parts: &request::Parts, replace: &[Replace<'_>
     match length {
         Length::AsIs => {}
         Length::Exact(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
-            out.extend_from_slice(b"\r\n");
+            // Writing to a `Vec` cannot fail.
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         Length::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -612,7 +602,7 @@ impl Body {
     /// and the upstream keeps it alive: for the pool.
     pub(crate) fn take_reusable(&mut self) -> Option<Conn> {
         let ex = self.ex.as_ref()?;
-        let done = ex.framing == Framing::Done && ex.outgoing.is_none() && !ex.broken && ex.keep_alive;
+        let done = ex.framing == Framing::Done && ex.sent() && ex.keep_alive;
         // Bytes beyond the answer were not asked for.
         if done && ex.conn.read.is_empty() {
             return self.ex.take().map(|ex| ex.conn);
@@ -622,12 +612,10 @@ impl Body {
 
     fn poll_next(ex: &mut Exchange, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         loop {
-            if ex.outgoing.is_some() {
-                // The client's body failed after the answer began: the
-                // answer goes on, the upload does not.
-                if let Poll::Ready(Err(_)) = ex.poll_upload(cx) {
-                    ex.stop_upload();
-                }
+            if !ex.sent() {
+                // An upload that fails after the answer began ends there;
+                // the answer goes on.
+                let _ = ex.poll_upload(cx);
             }
             let read = &mut ex.conn.read;
             match ex.framing {
