@@ -1,14 +1,18 @@
-//! Gives freed heap memory back to the kernel after a wave of closed
-//! connections (the end of an attack, or of a traffic peak).
+//! Gives freed heap memory back to the kernel after a wave of closed or
+//! parked connections (the end of an attack, or of a traffic peak, or
+//! keep-alive clients gone quiet).
 //!
 //! glibc's malloc keeps what is freed in the middle of its arenas: a
 //! thousand slow-read connections each holding response buffers leave
 //! their memory to the process after they close, and only the arenas' top
-//! is ever returned by itself. `malloc_trim(0)` hands every free page back
+//! is ever returned by itself. The same holds for the ~16 KiB of hyper
+//! buffers a keep-alive connection frees when it parks (see
+//! `Proxy::parked_connections`). `malloc_trim(0)` hands every free page back
 //! (`MADV_DONTNEED`). It costs a walk of the free lists and takes each
 //! arena's lock in turn, so it runs rarely: when the number of open
-//! connections has fallen by a quarter from its peak (and by at least
-//! [`MIN_WAVE`]), at most once per [`LOOK_EVERY`], on a blocking thread,
+//! connections, or of those holding buffers (open, not parked), has fallen
+//! by a quarter from its peak (and by at least [`MIN_WAVE`]), at most once
+//! per [`LOOK_EVERY`], on a blocking thread,
 //! never on the proxy's workers. Nothing is added to a request's path. docs/reliability.md ("Attackers") has the
 //! RSS measured before and after.
 //!
@@ -21,16 +25,16 @@ use std::time::Duration;
 use switchctl_proxy::Proxy;
 use tokio_util::sync::CancellationToken;
 
-/// How often the open-connection count is looked at.
-const LOOK_EVERY: Duration = Duration::from_secs(5);
+/// How often the connection counts are looked at (two atomic loads).
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// Fewest connections closed since the peak that make a wave: an h2load
 /// flood of 100 connections left 80 MiB behind; the ebb and flow of a few
 /// dozen browsers is no reason to trim.
 const MIN_WAVE: usize = 64;
 
-/// Follows the number of open connections and says when a wave of them
-/// has closed since the peak.
+/// Follows the number of connections holding buffers and says when a wave
+/// of them has closed or parked since the peak.
 #[derive(Debug, Default)]
 struct Waves {
     peak: usize,
@@ -53,7 +57,8 @@ impl Waves {
 
 /// Until `shutdown`: trim the heap after each wave of closes.
 pub async fn trim_after_waves(proxy: Arc<Proxy>, shutdown: CancellationToken) {
-    let mut waves = Waves::default();
+    // Closed connections free their memory, and so do parked ones.
+    let (mut open, mut busy) = (Waves::default(), Waves::default());
     let mut tick = tokio::time::interval(LOOK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -61,7 +66,10 @@ pub async fn trim_after_waves(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if waves.closed_a_wave(proxy.open_connections()) {
+        let now_open = proxy.open_connections();
+        let now_busy = now_open.saturating_sub(proxy.parked_connections());
+        // Both, so that each follows its own peak.
+        if open.closed_a_wave(now_open) | busy.closed_a_wave(now_busy) {
             let _ = tokio::task::spawn_blocking(trim).await;
         }
     }
@@ -79,7 +87,7 @@ fn trim() {
     tracing::info!(
         before_kib = before,
         after_kib = rss_kib(),
-        "connections closed in a wave: freed heap memory returned to the kernel"
+        "connections closed or parked in a wave: freed heap memory returned to the kernel"
     );
 }
 

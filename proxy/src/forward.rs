@@ -19,7 +19,7 @@
 //! Nothing here logs per request, locks, or allocates what it can avoid.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::{ProxyBody, RequestBody, Upload, UploadLimits};
 use crate::client::{self, Exchange};
 use crate::listener::Slots;
+use crate::park::{Activity, ParkedGuard};
 use crate::pool::{self, ConnectError};
 use crate::routes::RouteTable;
 use crate::stats::UpstreamError;
@@ -83,6 +84,8 @@ pub(crate) struct Forwarder {
     pub(crate) trusted_proxies: Vec<crate::Cidr>,
     /// Where ACME HTTP-01 answers are looked up (with TLS on).
     pub(crate) acme_http: Option<crate::CertStore>,
+    /// Client connections parked now, across workers ([`crate::park`]).
+    pub(crate) parked: AtomicUsize,
 }
 
 /// Where a worker keeps the tunnels of upgraded connections: they outlive
@@ -110,7 +113,9 @@ pub(crate) struct ClientConn {
     tls: bool,
     /// The peer is a trusted proxy: its `X-Forwarded-*` are kept.
     trusted: bool,
-    requests: AtomicU64,
+    /// Requests started and ended, and whether to park: shared with the
+    /// connection's stream ([`crate::park`]).
+    activity: Arc<Activity>,
     close: AtomicU8,
     waker: AtomicWaker,
 }
@@ -130,6 +135,12 @@ pub(crate) enum Close {
     Now = 3,
 }
 
+impl AsRef<Activity> for ClientConn {
+    fn as_ref(&self) -> &Activity {
+        &self.activity
+    }
+}
+
 impl ClientConn {
     pub(crate) fn new(forwarder: Arc<Forwarder>, tunnels: Tunnels, slots: Slots, peer: SocketAddr, tls: bool) -> Self {
         let client_ip =
@@ -143,7 +154,7 @@ impl ClientConn {
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             tls,
             trusted,
-            requests: AtomicU64::new(0),
+            activity: Arc::default(),
             close: AtomicU8::new(Close::No as u8),
             waker: AtomicWaker::new(),
         }
@@ -172,7 +183,32 @@ impl ClientConn {
 
     /// Requests started on this connection so far.
     pub(crate) fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.activity.requests()
+    }
+
+    /// A request has arrived (called as hyper hands it over, before its
+    /// answer is first polled): it counts, and the connection is busy again.
+    pub(crate) fn request_started(&self) {
+        self.activity.request_started();
+    }
+
+    /// What the connection's stream needs to know to park it.
+    pub(crate) fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
+    }
+
+    /// The sweeper saw no request start for a while: park the connection
+    /// when it next waits between requests. Wakes its task the first time.
+    pub(crate) fn request_park(&self) {
+        if self.activity.ask_park() {
+            self.waker.wake();
+        }
+    }
+
+    /// Counts this connection as parked while the guard lives.
+    pub(crate) fn parked(&self) -> ParkedGuard<'_> {
+        self.forwarder.parked.fetch_add(1, Ordering::Relaxed);
+        ParkedGuard(&self.forwarder.parked)
     }
 
     /// Answer one request. Never fails: every problem becomes a response.
@@ -192,7 +228,6 @@ impl ClientConn {
 
     /// Proxy one request, or answer it from here (ACME, https redirect).
     async fn answer(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let fwd = &*self.forwarder;
         if let Some(answer) = fwd.acme_http.as_ref().and_then(|c| c.http_challenge_response(&req)) {
             return answer;
@@ -593,11 +628,31 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, mut present: u16, keep_upgrade: boo
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::cell::RefCell;
 
     use super::*;
     use crate::upstream::Upstream;
+
+    /// A forwarder routing by `table`, with short timeouts.
+    pub(crate) fn forwarder(table: RouteTable) -> Arc<Forwarder> {
+        Arc::new(Forwarder {
+            table: ArcSwap::from_pointee(table),
+            generation: AtomicU64::new(0),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            upstream_idle_timeout: Duration::from_secs(1),
+            upload_limits: UploadLimits {
+                idle: Duration::from_secs(1),
+                min_rate: 0,
+                grace: Duration::ZERO,
+            },
+            https_redirect: None,
+            trusted_proxies: Vec::new(),
+            acme_http: None,
+            parked: AtomicUsize::new(0),
+        })
+    }
 
     thread_local! {
         /// Run by [`Forwarder::route`] between the lookup and `enter`.
@@ -614,21 +669,7 @@ mod tests {
     fn a_drain_never_sees_zero_while_a_routed_request_is_about_to_start() {
         let blue = Upstream::new(([127, 0, 0, 1], 1).into());
         let green = Upstream::new(([127, 0, 0, 1], 2).into());
-        let fwd = Arc::new(Forwarder {
-            table: ArcSwap::from_pointee(RouteTable::single("web", Some(blue.clone()))),
-            generation: AtomicU64::new(0),
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(1),
-            upstream_idle_timeout: Duration::from_secs(1),
-            upload_limits: UploadLimits {
-                idle: Duration::from_secs(1),
-                min_rate: 0,
-                grace: Duration::ZERO,
-            },
-            https_redirect: None,
-            trusted_proxies: Vec::new(),
-            acme_http: None,
-        });
+        let fwd = forwarder(RouteTable::single("web", Some(blue.clone())));
         // The flip lands after this request looked blue up, and the drain of
         // blue looks at once.
         let drain_saw = std::rc::Rc::new(std::cell::Cell::new(None));

@@ -31,6 +31,7 @@ mod client;
 mod drain;
 mod forward;
 mod listener;
+mod park;
 mod pool;
 mod protocol;
 mod routes;
@@ -355,6 +356,7 @@ impl Proxy {
             https_redirect,
             trusted_proxies: config.trusted_proxies.clone(),
             acme_http: tls.as_ref().map(|t| t.certs.clone()),
+            parked: AtomicUsize::new(0),
         });
         let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let per_ip = listener::PerIp::new(config.max_connections_per_ip);
@@ -467,6 +469,12 @@ impl Proxy {
     /// Client connections open now (upgraded ones included), across workers.
     pub fn open_connections(&self) -> usize {
         self.per_ip.total()
+    }
+
+    /// Of those, HTTP/1 connections parked between requests: idle for a
+    /// second or more, waiting for their next request with no buffers held.
+    pub fn parked_connections(&self) -> usize {
+        self.forwarder.parked.load(Ordering::Relaxed)
     }
 
     /// What the shutdown drain had to cut when its timeout passed (also

@@ -54,6 +54,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::drain::{CutCounter, DrainCut};
 use crate::forward::{ClientConn, Close, Forwarder, Tunnels};
+use crate::park::PARK_AFTER;
 use crate::protocol::{Protocol, Servers};
 use crate::stall::{Tracked, WriteProgress};
 use crate::tls::TlsServing;
@@ -253,7 +254,7 @@ async fn serve_tls(stream: Tracked, tls: Arc<TlsServing>, client: Arc<ClientConn
 /// handshake, the wait for its first bytes), unless the connection is told
 /// to close meanwhile (no first request in time, quiet at shutdown): then it
 /// has nothing to finish and is dropped (`None`).
-async fn unless_closed<F: Future>(client: &ClientConn, work: F) -> Option<F::Output> {
+pub(crate) async fn unless_closed<F: Future>(client: &ClientConn, work: F) -> Option<F::Output> {
     let mut work = pin!(work);
     std::future::poll_fn(|cx| {
         client.register(cx.waker());
@@ -422,7 +423,8 @@ impl Sweeper {
             .first_request
             .min(self.idle)
             .min(self.write)
-            .min(self.upstream_idle);
+            .min(self.upstream_idle)
+            .min(PARK_AFTER);
         let tick = (shortest / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -463,6 +465,9 @@ impl Sweeper {
                 w.since = now;
             } else if now - w.since >= self.idle {
                 conn.close(Close::Graceful);
+            } else if now - w.since >= PARK_AFTER {
+                // Quiet: an HTTP/1 connection gives hyper's buffers back.
+                conn.request_park();
             }
             true
         });

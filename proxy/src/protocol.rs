@@ -12,10 +12,12 @@
 //! auto builder decide, as before. A connection that has sent nothing yet
 //! holds no hyper buffer at all.
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -24,6 +26,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::forward::{ClientConn, Close};
+use crate::listener::unless_closed;
+use crate::park::{Counted, Parkable, ReadReady, PARK_AFTER};
 use crate::ProxyConfig;
 
 /// What a connection speaks, as far as its first bytes or ALPN tell.
@@ -68,6 +72,8 @@ pub(crate) struct Servers {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     auto: auto::Builder<TokioExecutor>,
+    /// How long a parked connection waits for its next request.
+    parked_wait: Duration,
 }
 
 impl Servers {
@@ -90,35 +96,89 @@ impl Servers {
         auto.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(config.max_header_bytes as u32);
-        Arc::new(Servers { http1, http2, auto })
+        Arc::new(Servers {
+            http1,
+            http2,
+            auto,
+            // hyper gives a kept-alive connection `header_read_timeout` for
+            // its next request; a parked one has waited PARK_AFTER of it.
+            parked_wait: config.header_read_timeout.saturating_sub(PARK_AFTER),
+        })
     }
 
     /// Serve one client connection speaking `protocol` until it closes or
-    /// is told to close ([`ClientConn::close`]).
+    /// is told to close ([`ClientConn::close`]). Each hyper connection is
+    /// boxed, so that the task of a parked one holds none of it.
     pub(crate) async fn serve<I>(&self, stream: I, protocol: Protocol, client: Arc<ClientConn>)
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
     {
         let service = {
             let client = client.clone();
             service_fn(move |req| {
                 let client = client.clone();
-                async move { Ok::<_, std::convert::Infallible>(client.serve(req).await) }
+                client.request_started();
+                async move { Ok::<_, Infallible>(client.serve(req).await) }
             })
         };
         let io = TokioIo::new(stream);
         match protocol {
-            Protocol::Http1 => {
-                let conn = self.http1.serve_connection(io, service).with_upgrades();
-                drive(conn, &client, |c| c.graceful_shutdown()).await
-            }
+            Protocol::Http1 => self.serve_http1(io.into_inner(), client).await,
             Protocol::Http2 => {
-                let conn = self.http2.serve_connection(io, service);
-                drive(conn, &client, |c| c.graceful_shutdown()).await
+                let mut conn = Box::pin(self.http2.serve_connection(io, service));
+                drive(conn.as_mut(), &client, |c| c.graceful_shutdown()).await
             }
             Protocol::Unsure => {
-                let conn = self.auto.serve_connection_with_upgrades(io, service);
-                drive(conn, &client, |c| c.graceful_shutdown()).await
+                let mut conn = Box::pin(self.auto.serve_connection_with_upgrades(io, service));
+                drive(conn.as_mut(), &client, |c| c.graceful_shutdown()).await
+            }
+        }
+    }
+
+    /// HTTP/1: one hyper connection after another, with the connection
+    /// parked between them ([`crate::park`]).
+    async fn serve_http1<I>(&self, stream: I, client: Arc<ClientConn>)
+    where
+        I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+    {
+        let mut stream = Parkable::new(stream, client.activity());
+        loop {
+            let service = {
+                let client = client.clone();
+                service_fn(move |req| {
+                    let client = client.clone();
+                    client.request_started();
+                    async move {
+                        let resp = client.serve(req).await;
+                        Ok::<_, Infallible>(resp.map(|body| Counted::new(body, client)))
+                    }
+                })
+            };
+            let mut conn = Box::pin(
+                self.http1
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades(),
+            );
+            drive(conn.as_mut(), &client, |c| c.graceful_shutdown()).await;
+            if client.close_requested() >= Close::Graceful {
+                return;
+            }
+            // An upgraded connection belongs to its tunnel now.
+            let Some(parts) = Pin::into_inner(conn).into_parts() else {
+                return;
+            };
+            stream = parts.io.into_inner();
+            if !stream.parked() || !parts.read_buf.is_empty() {
+                return;
+            }
+            // Empty, but it may still own hyper's read buffer.
+            drop((parts.read_buf, parts.service));
+            let _parked = client.parked();
+            let wait = tokio::time::timeout(self.parked_wait, stream.wait_for_client());
+            match unless_closed(&client, wait).await {
+                Some(Ok(Ok(()))) => {}
+                // Closed meanwhile, no request in time, or the socket failed.
+                _ => return,
             }
         }
     }
@@ -127,8 +187,7 @@ impl Servers {
 /// Poll `conn` to its end, closing it gracefully (`shut`) or dropping it as
 /// `client`'s close switch says; the sweeper and shutdown wake this task
 /// when they flip it.
-async fn drive<C: Future>(conn: C, client: &ClientConn, mut shut: impl FnMut(Pin<&mut C>)) {
-    let mut conn = pin!(conn);
+async fn drive<C: Future>(mut conn: Pin<&mut C>, client: &ClientConn, mut shut: impl FnMut(Pin<&mut C>)) {
     let mut closing = false;
     std::future::poll_fn(|cx| {
         client.register(cx.waker());

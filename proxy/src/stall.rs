@@ -97,6 +97,11 @@ impl Tracked {
     pub(crate) fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<usize>> {
         self.stream.poll_peek(cx, buf)
     }
+
+    /// Ready once bytes have arrived (or the client closed), reading none.
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream.poll_read_ready(cx)
+    }
 }
 
 impl Drop for Tracked {

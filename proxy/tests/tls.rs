@@ -746,3 +746,34 @@ async fn shutdown_closes_idle_tls_connections_and_stops() {
     let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
     assert!(closed.is_ok(), "the idle h2 connection was closed");
 }
+
+#[tokio::test]
+async fn an_idle_tls_connection_parks_and_serves_its_next_request() {
+    let (ca, dir) = (Ca::new(), Dir::new("park"));
+    let proxy = start(TlsConfig::new(store(&[dir.write("a", &ca.issue(&["a.test"]))]))).await;
+    let stream = connect(&proxy, ca.client(&[b"http/1.1"]), "a.test").await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = || {
+        Request::get("/")
+            .header("host", "a.test")
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    let resp = send.send_request(get()).await.unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "v1\n");
+    // Quiet for a second, it parks (within 1.5 s; 10 s allowed here).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.parked_connections() != 1 {
+        assert!(Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The same TLS session goes on: parking kept the socket and its state.
+    let resp = send.send_request(get()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "v1\n");
+    assert_eq!(proxy.parked_connections(), 0);
+    proxy.shutdown();
+}
