@@ -62,13 +62,19 @@ async fn until_parked(proxy: &Proxy, parked: usize) {
     panic!("{} connections parked, expected {parked}", proxy.parked_connections());
 }
 
-#[tokio::test]
-async fn an_idle_connection_parks_and_serves_its_next_requests() {
-    let proxy = start(config()).await;
+/// A connection that served one request and has parked since.
+async fn parked_connection(proxy: &Proxy) -> TcpStream {
     let mut conn = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
     conn.write_all(GET).await.unwrap();
     assert!(response(&mut conn).await.ends_with("v1\n"));
-    until_parked(&proxy, 1).await;
+    until_parked(proxy, 1).await;
+    conn
+}
+
+#[tokio::test]
+async fn an_idle_connection_parks_and_serves_its_next_requests() {
+    let proxy = start(config()).await;
+    let mut conn = parked_connection(&proxy).await;
 
     // Resumed by its next request, which is served as any other.
     conn.write_all(GET).await.unwrap();
@@ -150,10 +156,7 @@ async fn a_parked_connection_is_closed_after_the_header_timeout() {
         ..config()
     };
     let proxy = start(config).await;
-    let mut conn = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
-    conn.write_all(GET).await.unwrap();
-    response(&mut conn).await;
-    until_parked(&proxy, 1).await;
+    let mut conn = parked_connection(&proxy).await;
     let mut buf = [0u8; 16];
     let closed = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0))), "left open: {closed:?}");
@@ -164,10 +167,7 @@ async fn a_parked_connection_is_closed_after_the_header_timeout() {
 #[tokio::test]
 async fn a_client_that_closes_while_parked_is_forgotten() {
     let proxy = start(config()).await;
-    let mut conn = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
-    conn.write_all(GET).await.unwrap();
-    response(&mut conn).await;
-    until_parked(&proxy, 1).await;
+    let conn = parked_connection(&proxy).await;
     drop(conn);
     until_parked(&proxy, 0).await;
     for _ in 0..200 {
@@ -187,10 +187,7 @@ async fn shutdown_closes_parked_connections_without_a_cut() {
         ..config()
     })
     .await;
-    let mut conn = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
-    conn.write_all(GET).await.unwrap();
-    response(&mut conn).await;
-    until_parked(&proxy, 1).await;
+    let mut conn = parked_connection(&proxy).await;
     proxy.shutdown();
     tokio::time::timeout(Duration::from_secs(20), proxy.stopped())
         .await
