@@ -113,7 +113,8 @@ impl Servers {
     where
         I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
     {
-        let service = {
+        // HTTP/2 and undecided connections: answered by `client`.
+        let service = || {
             let client = client.clone();
             service_fn(move |req| {
                 let client = client.clone();
@@ -121,15 +122,15 @@ impl Servers {
                 async move { Ok::<_, Infallible>(client.serve(req).await) }
             })
         };
-        let io = TokioIo::new(stream);
         match protocol {
-            Protocol::Http1 => self.serve_http1(io.into_inner(), client).await,
+            Protocol::Http1 => self.serve_http1(stream, client).await,
             Protocol::Http2 => {
-                let mut conn = Box::pin(self.http2.serve_connection(io, service));
+                let mut conn = Box::pin(self.http2.serve_connection(TokioIo::new(stream), service()));
                 drive(conn.as_mut(), &client, |c| c.graceful_shutdown()).await
             }
             Protocol::Unsure => {
-                let mut conn = Box::pin(self.auto.serve_connection_with_upgrades(io, service));
+                let io = TokioIo::new(stream);
+                let mut conn = Box::pin(self.auto.serve_connection_with_upgrades(io, service()));
                 drive(conn.as_mut(), &client, |c| c.graceful_shutdown()).await
             }
         }
