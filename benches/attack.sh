@@ -164,6 +164,3 @@ echo "max_connections_per_ip = $PER_IP; $ATTACK_S s per attack, 'after' is $SETT
 echo "| attack | normal client ok | failed | p50 ms | p99 ms | daemon fds before / peak / after | RSS MiB before / peak / after |"
 echo "|---|---|---|---|---|---|---|"
 cat "$ROWS"
-echo
-echo "heap trims (src/memory.rs), RSS in KiB before and after each:"
-grep "returned to the kernel" "$WORK/daemon.log" | sed -e 's/.*before_kib=\([0-9]*\) after_kib=\([0-9]*\).*/  \1 -> \2/' || echo "  none"

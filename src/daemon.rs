@@ -132,7 +132,6 @@ pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Hando
         async move { controller.recover().await }
     });
     tokio::spawn(controller.clone().supervise(shutdown.clone()));
-    tokio::spawn(crate::memory::trim_after_waves(proxy.clone(), shutdown.clone()));
     if let Some(listener) = metrics_listener {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(metrics = %addr, "Prometheus metrics at http://{addr}/metrics");

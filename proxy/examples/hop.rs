@@ -11,6 +11,11 @@ use std::net::SocketAddr;
 
 use switchctl_proxy::{Proxy, ProxyConfig, RouteTable, Upstream};
 
+/// The daemon's allocator (src/memory.rs), so that instruction counts are
+/// those of the binary that ships.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(listen), Some(upstream)) = (args.first(), args.get(1)) else {
