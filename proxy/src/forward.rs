@@ -207,8 +207,7 @@ impl ClientConn {
 
     /// Counts this connection as parked while the guard lives.
     pub(crate) fn parked(&self) -> ParkedGuard<'_> {
-        self.forwarder.parked.fetch_add(1, Ordering::Relaxed);
-        ParkedGuard(&self.forwarder.parked)
+        ParkedGuard::new(&self.forwarder.parked)
     }
 
     /// Answer one request. Never fails: every problem becomes a response.

@@ -90,7 +90,15 @@ impl AsRef<Activity> for Activity {
 
 /// One parked connection in the proxy's count, while it lives.
 #[derive(Debug)]
-pub(crate) struct ParkedGuard<'a>(pub(crate) &'a AtomicUsize);
+pub(crate) struct ParkedGuard<'a>(&'a AtomicUsize);
+
+impl<'a> ParkedGuard<'a> {
+    /// Count one more parked connection in `count`, until dropped.
+    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        ParkedGuard(count)
+    }
+}
 
 impl Drop for ParkedGuard<'_> {
     fn drop(&mut self) {
