@@ -18,6 +18,7 @@
 //! [`Stats`](crate::stats::Stats) (status class, time to the response head).
 //! Nothing here logs per request, locks, or allocates what it can avoid.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::{ProxyBody, RequestBody, Upload, UploadLimits};
 use crate::client::{self, Exchange};
 use crate::listener::Slots;
-use crate::park::{Activity, ParkedGuard};
+use crate::park::Activity;
 use crate::pool::{self, ConnectError};
 use crate::routes::RouteTable;
 use crate::stats::UpstreamError;
@@ -205,9 +206,31 @@ impl ClientConn {
         }
     }
 
-    /// Counts this connection as parked while the guard lives.
-    pub(crate) fn parked(&self) -> ParkedGuard<'_> {
-        ParkedGuard::new(&self.forwarder.parked)
+    /// The connection parked (`true`: hyper is gone and its socket waits
+    /// for the client) or is no longer parked (serving again, or closed).
+    /// Counted in [`crate::Proxy::parked_connections`]; the sweeper closes
+    /// a connection parked too long.
+    pub(crate) fn set_parked(&self, parked: bool) {
+        if self.activity.set_parked(parked) {
+            if parked {
+                self.forwarder.parked.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.forwarder.parked.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn is_parked(&self) -> bool {
+        self.activity.is_parked()
+    }
+
+    /// Run `task` as one of this worker's connection tasks (the drain waits
+    /// for them): a parked connection, or the one serving it again.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tunnels.tracker.spawn(task);
     }
 
     /// Answer one request. Never fails: every problem becomes a response.

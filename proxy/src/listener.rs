@@ -127,6 +127,9 @@ impl Worker {
             conns: Mutex::new((Vec::new(), Close::No)),
             last_shed: Mutex::new(None),
             first_request: self.config.header_read_timeout,
+            // hyper gives a kept-alive connection `header_read_timeout` for
+            // its next request; a parked one has waited PARK_AFTER of it.
+            parked_wait: self.config.header_read_timeout.saturating_sub(PARK_AFTER),
             idle: self.config.idle_timeout,
             write: self.config.write_timeout,
             upstream_idle: self.config.upstream_idle_timeout,
@@ -254,7 +257,7 @@ async fn serve_tls(stream: Tracked, tls: Arc<TlsServing>, client: Arc<ClientConn
 /// handshake, the wait for its first bytes), unless the connection is told
 /// to close meanwhile (no first request in time, quiet at shutdown): then it
 /// has nothing to finish and is dropped (`None`).
-pub(crate) async fn unless_closed<F: Future>(client: &ClientConn, work: F) -> Option<F::Output> {
+async fn unless_closed<F: Future>(client: &ClientConn, work: F) -> Option<F::Output> {
     let mut work = pin!(work);
     std::future::poll_fn(|cx| {
         client.register(cx.waker());
@@ -381,6 +384,8 @@ struct Sweeper {
     last_shed: Mutex<Option<Instant>>,
     /// A connection must have started its first request within this.
     first_request: Duration,
+    /// A parked connection must start its next request within this.
+    parked_wait: Duration,
     /// A connection that starts no request for this long is closed.
     idle: Duration,
     /// A connection whose write to the client is stuck this long is reset.
@@ -391,10 +396,12 @@ struct Sweeper {
 
 struct Watched {
     conn: Weak<ClientConn>,
-    accepted: Instant,
-    /// Requests seen at the last change, and when that was.
+    /// Requests seen at the last change, and when that was (when the
+    /// connection was accepted, until its first request).
     requests: u64,
     since: Instant,
+    /// When the connection was first seen parked since its last request.
+    parked_at: Option<Instant>,
     writes: Arc<WriteProgress>,
     /// The write stall last seen, and when it was first seen.
     stall: Option<(u64, Instant)>,
@@ -409,9 +416,9 @@ impl Sweeper {
         }
         conns.0.push(Watched {
             conn: Arc::downgrade(conn),
-            accepted: now,
             requests: 0,
             since: now,
+            parked_at: None,
             writes,
             stall: None,
         });
@@ -440,7 +447,7 @@ impl Sweeper {
         self.conns.lock().expect("sweeper lock").0.retain_mut(|w| {
             let Some(conn) = w.conn.upgrade() else { return false };
             let requests = conn.requests();
-            if requests == 0 && now - w.accepted >= self.first_request {
+            if requests == 0 && now - w.since >= self.first_request {
                 // Nothing, or only part of a request head, arrived in time:
                 // hyper's own header timer is not running before the first
                 // request (it starts with the first request's first byte).
@@ -463,11 +470,22 @@ impl Sweeper {
             if requests != w.requests {
                 w.requests = requests;
                 w.since = now;
-            } else if now - w.since >= self.idle {
-                conn.close(Close::Graceful);
-            } else if now - w.since >= PARK_AFTER {
-                // Quiet: an HTTP/1 connection gives hyper's buffers back.
-                conn.request_park();
+                w.parked_at = None;
+            } else {
+                if !conn.is_parked() {
+                    w.parked_at = None;
+                } else if now - *w.parked_at.get_or_insert(now) >= self.parked_wait {
+                    // No next request in time: hyper's header read timeout,
+                    // which a parked connection has left behind with hyper.
+                    conn.close(Close::Now);
+                    return false;
+                }
+                if now - w.since >= self.idle {
+                    conn.close(Close::Graceful);
+                } else if now - w.since >= PARK_AFTER {
+                    // Quiet: an HTTP/1 connection gives hyper's buffers back.
+                    conn.request_park();
+                }
             }
             true
         });

@@ -12,10 +12,11 @@
 //! hyper makes that would wait, while nothing is in flight (every response
 //! has ended, nothing unread since, nothing unwritten), then reads an end of
 //! stream: hyper ends the connection as if the client had closed it, and the
-//! `Parkable` keeps the socket open (its shutdown does nothing). The serve
-//! loop in `protocol.rs` drops hyper's connection, waits for the client's
-//! next bytes with the bare socket, and hands them to a new hyper
-//! connection. Nothing the client sent is lost: the end of stream is only
+//! `Parkable` keeps the socket open (its shutdown does nothing). The
+//! serving task in `protocol.rs` then ends, and hands the bare socket to a
+//! task of its own (`Parked`, a few hundred bytes) that waits for the
+//! client's next bytes and starts a new serving task, with a new hyper
+//! connection, for them. Nothing the client sent is lost: the end of stream is only
 //! ever read where hyper would have waited with an empty buffer.
 //!
 //! A busy connection never parks (each request clears the sweeper's ask),
@@ -25,7 +26,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub(crate) struct Activity {
     responses: AtomicU64,
     /// Asked by the sweeper, cleared by the next request.
     park: AtomicBool,
+    /// Parked now: hyper is gone and the socket waits for the client.
+    parked: AtomicBool,
 }
 
 impl Activity {
@@ -80,6 +83,16 @@ impl Activity {
     fn park_requested(&self) -> bool {
         self.park.load(Ordering::Relaxed)
     }
+
+    /// Note the connection parked (`true`) or no longer parked; true if
+    /// that changed anything.
+    pub(crate) fn set_parked(&self, parked: bool) -> bool {
+        self.parked.swap(parked, Ordering::Relaxed) != parked
+    }
+
+    pub(crate) fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Relaxed)
+    }
 }
 
 impl AsRef<Activity> for Activity {
@@ -88,25 +101,7 @@ impl AsRef<Activity> for Activity {
     }
 }
 
-/// One parked connection in the proxy's count, while it lives.
-#[derive(Debug)]
-pub(crate) struct ParkedGuard<'a>(&'a AtomicUsize);
-
-impl<'a> ParkedGuard<'a> {
-    /// Count one more parked connection in `count`, until dropped.
-    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        ParkedGuard(count)
-    }
-}
-
-impl Drop for ParkedGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A stream the serve loop can wait on, with no buffer, until the client
+/// A stream a parked connection can wait on, with no buffer, until the client
 /// sends again (or closes).
 pub(crate) trait ReadReady {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
@@ -161,11 +156,11 @@ impl<I: AsyncRead + AsyncWrite + ReadReady + Unpin> Parkable<I> {
     /// Wait, holding nothing but the socket, until the client sends its
     /// next bytes (or closes); then the stream is ready for a new hyper
     /// connection.
-    pub(crate) async fn wait_for_client(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.io.poll_read_ready(cx)).await?;
+    pub(crate) fn poll_wait_for_client(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.io.poll_read_ready(cx))?;
         self.parked = false;
         self.read_at = self.activity.responses();
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// hyper is between requests: nothing in flight, unread or unwritten.
@@ -340,7 +335,7 @@ mod tests {
                 async move { Ok::<_, Infallible>(resp) }
             })
         };
-        // As the serve loop does: run hyper's connection, then take the stream back.
+        // As the serving task does: run hyper's connection, then take the stream back.
         let conn = tokio::spawn(async move {
             let mut conn = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -16,8 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::Duration;
+use std::task::{Context, Poll};
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -26,8 +25,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::forward::{ClientConn, Close};
-use crate::listener::unless_closed;
-use crate::park::{Counted, Parkable, ReadReady, PARK_AFTER};
+use crate::park::{Counted, Parkable, ReadReady};
 use crate::ProxyConfig;
 
 /// What a connection speaks, as far as its first bytes or ALPN tell.
@@ -72,8 +70,6 @@ pub(crate) struct Servers {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     auto: auto::Builder<TokioExecutor>,
-    /// How long a parked connection waits for its next request.
-    parked_wait: Duration,
 }
 
 impl Servers {
@@ -96,20 +92,13 @@ impl Servers {
         auto.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(config.max_header_bytes as u32);
-        Arc::new(Servers {
-            http1,
-            http2,
-            auto,
-            // hyper gives a kept-alive connection `header_read_timeout` for
-            // its next request; a parked one has waited PARK_AFTER of it.
-            parked_wait: config.header_read_timeout.saturating_sub(PARK_AFTER),
-        })
+        Arc::new(Servers { http1, http2, auto })
     }
 
-    /// Serve one client connection speaking `protocol` until it closes or
-    /// is told to close ([`ClientConn::close`]). Each hyper connection is
-    /// boxed, so that the task of a parked one holds none of it.
-    pub(crate) async fn serve<I>(&self, stream: I, protocol: Protocol, client: Arc<ClientConn>)
+    /// Serve one client connection speaking `protocol` until it closes, is
+    /// told to close ([`ClientConn::close`]), or parks. Each hyper
+    /// connection is boxed: the task holds a pointer, not hyper's state.
+    pub(crate) async fn serve<I>(self: Arc<Self>, stream: I, protocol: Protocol, client: Arc<ClientConn>)
     where
         I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
     {
@@ -123,7 +112,10 @@ impl Servers {
             })
         };
         match protocol {
-            Protocol::Http1 => self.serve_http1(stream, client).await,
+            Protocol::Http1 => {
+                let stream = Parkable::new(stream, client.activity());
+                self.serve_http1(stream, client).await
+            }
             Protocol::Http2 => {
                 let mut conn = Box::pin(self.http2.serve_connection(TokioIo::new(stream), service()));
                 drive(conn.as_mut(), &client, |c| c.graceful_shutdown()).await
@@ -136,51 +128,97 @@ impl Servers {
         }
     }
 
-    /// HTTP/1: one hyper connection after another, with the connection
-    /// parked between them ([`crate::park`]).
-    async fn serve_http1<I>(&self, stream: I, client: Arc<ClientConn>)
+    /// HTTP/1: one hyper connection, until the connection closes or parks
+    /// ([`crate::park`]). A parked connection leaves this task and waits in
+    /// a small one of its own ([`Parked`]), which brings it back here, to a
+    /// new task and a new hyper connection, when the client sends again.
+    async fn serve_http1<I>(self: Arc<Self>, stream: Parkable<I>, client: Arc<ClientConn>)
     where
         I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
     {
-        let mut stream = Parkable::new(stream, client.activity());
-        loop {
-            let service = {
+        let service = {
+            let client = client.clone();
+            service_fn(move |req| {
                 let client = client.clone();
-                service_fn(move |req| {
-                    let client = client.clone();
-                    client.request_started();
-                    async move {
-                        let resp = client.serve(req).await;
-                        Ok::<_, Infallible>(resp.map(|body| Counted::new(body, client)))
-                    }
-                })
-            };
-            let mut conn = Box::pin(
-                self.http1
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades(),
-            );
-            drive(conn.as_mut(), &client, |c| c.graceful_shutdown()).await;
-            if client.close_requested() >= Close::Graceful {
-                return;
+                client.request_started();
+                async move {
+                    let resp = client.serve(req).await;
+                    Ok::<_, Infallible>(resp.map(|body| Counted::new(body, client)))
+                }
+            })
+        };
+        let mut conn = Box::pin(
+            self.http1
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades(),
+        );
+        drive(conn.as_mut(), &client, |c| c.graceful_shutdown()).await;
+        if client.close_requested() >= Close::Graceful {
+            return;
+        }
+        // An upgraded connection belongs to its tunnel now.
+        let Some(parts) = Pin::into_inner(conn).into_parts() else {
+            return;
+        };
+        let stream = parts.io.into_inner();
+        if stream.parked() && parts.read_buf.is_empty() {
+            client.spawn(Parked::new(stream, client.clone(), self));
+        }
+    }
+}
+
+/// A parked HTTP/1 connection, as a task of its own: the bare stream and
+/// its `ClientConn`, a few hundred bytes where the serving task takes
+/// about a kilobyte more. It ends when the client sends again (handing the
+/// stream to a new serving task), closes, or the connection is told to
+/// close: at shutdown, to make room, or by the sweeper once it has been
+/// parked for `header_read_timeout`.
+struct Parked<I> {
+    servers: Arc<Servers>,
+    /// Taken when the client sends again.
+    conn: Option<(Parkable<I>, Arc<ClientConn>)>,
+}
+
+impl<I> Parked<I> {
+    fn new(stream: Parkable<I>, client: Arc<ClientConn>, servers: Arc<Servers>) -> Self {
+        client.set_parked(true);
+        Parked {
+            servers,
+            conn: Some((stream, client)),
+        }
+    }
+}
+
+impl<I> Future for Parked<I>
+where
+    I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let Some((stream, client)) = &mut this.conn else {
+            return Poll::Ready(());
+        };
+        client.register(cx.waker());
+        if client.close_requested() >= Close::Graceful {
+            return Poll::Ready(());
+        }
+        if let Ok(()) = std::task::ready!(stream.poll_wait_for_client(cx)) {
+            if let Some((stream, client)) = this.conn.take() {
+                client.set_parked(false);
+                client.clone().spawn(this.servers.clone().serve_http1(stream, client));
             }
-            // An upgraded connection belongs to its tunnel now.
-            let Some(parts) = Pin::into_inner(conn).into_parts() else {
-                return;
-            };
-            stream = parts.io.into_inner();
-            if !stream.parked() || !parts.read_buf.is_empty() {
-                return;
-            }
-            // Empty, but it may still own hyper's read buffer.
-            drop((parts.read_buf, parts.service));
-            let _parked = client.parked();
-            let wait = tokio::time::timeout(self.parked_wait, stream.wait_for_client());
-            match unless_closed(&client, wait).await {
-                Some(Ok(Ok(()))) => {}
-                // Closed meanwhile, no request in time, or the socket failed.
-                _ => return,
-            }
+        }
+        // Otherwise the socket failed: dropped, it closes.
+        Poll::Ready(())
+    }
+}
+
+impl<I> Drop for Parked<I> {
+    fn drop(&mut self) {
+        if let Some((_, client)) = &self.conn {
+            client.set_parked(false);
         }
     }
 }
