@@ -110,7 +110,6 @@ pub(crate) struct ClientConn {
     /// tunnel this connection becomes takes them, so it counts as well.
     slots: std::sync::Mutex<Option<Slots>>,
     client_ip: HeaderValue,
-    proto: HeaderValue,
     tls: bool,
     /// The peer is a trusted proxy: its `X-Forwarded-*` are kept.
     trusted: bool,
@@ -152,7 +151,6 @@ impl ClientConn {
             tunnels,
             slots: std::sync::Mutex::new(Some(slots)),
             client_ip,
-            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             tls,
             trusted,
             activity: Arc::default(),
@@ -191,6 +189,12 @@ impl ClientConn {
     /// answer is first polled): it counts, and the connection is busy again.
     pub(crate) fn request_started(&self) {
         self.activity.request_started();
+    }
+
+    /// The connection answered `101`: it becomes a tunnel, and its stream
+    /// never parks.
+    pub(crate) fn upgraded(&self) {
+        self.activity.upgraded();
     }
 
     /// What the connection's stream needs to know to park it.
@@ -512,7 +516,8 @@ fn prepare_request(req: &mut Request<Incoming>, conn: &ClientConn) -> (Option<hy
             HeaderValue::from_bytes(&joined).unwrap_or_else(|_| conn.client_ip.clone())
         }
     };
-    let proto = trusted(&X_FORWARDED_PROTO).unwrap_or_else(|| conn.proto.clone());
+    let proto = trusted(&X_FORWARDED_PROTO)
+        .unwrap_or_else(|| HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
     let host = trusted(&X_FORWARDED_HOST).or_else(|| headers.get(header::HOST).cloned());
     let forwarded = [
         (&X_FORWARDED_FOR, Some(forwarded_for)),

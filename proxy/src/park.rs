@@ -51,6 +51,9 @@ pub(crate) struct Activity {
     responses: AtomicU64,
     /// Asked by the sweeper, cleared by the next request.
     park: AtomicBool,
+    /// The connection became a tunnel (`101`): its stream is the tunnel's
+    /// now, and never parks.
+    upgraded: AtomicBool,
     /// Parked now: hyper is gone and the socket waits for the client.
     parked: AtomicBool,
 }
@@ -73,6 +76,12 @@ impl Activity {
 
     pub(crate) fn response_ended(&self) {
         self.responses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The connection answered `101`: once hyper has sent it, the stream
+    /// carries a tunnel, which must never read a parking end of stream.
+    pub(crate) fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
     }
 
     /// Ask the connection to park; true if it was not asked already.
@@ -163,10 +172,14 @@ impl<I: AsyncRead + AsyncWrite + ReadReady + Unpin> Parkable<I> {
         Poll::Ready(Ok(()))
     }
 
-    /// hyper is between requests: nothing in flight, unread or unwritten.
+    /// hyper is between requests: nothing in flight, unread or unwritten,
+    /// and no tunnel.
     fn idle(&self) -> bool {
         let responses = self.activity.responses();
-        !self.write_blocked && self.read_at < responses && self.activity.requests() == responses
+        !self.write_blocked
+            && self.read_at < responses
+            && self.activity.requests() == responses
+            && !self.activity.upgraded.load(Ordering::Relaxed)
     }
 
     fn note_write<T>(&mut self, cx: &mut Context<'_>, poll: Poll<T>) -> Poll<T> {

@@ -200,3 +200,60 @@ async fn shutdown_closes_parked_connections_without_a_cut() {
     let cut = proxy.drain_cut();
     assert_eq!((cut.requests, cut.tunnels), (0, 0));
 }
+
+/// An upgrade the upstream takes longer than a second to accept: the
+/// sweeper asks the quiet connection to park meanwhile, and the tunnel it
+/// becomes must not read that as a reason to end.
+#[tokio::test]
+async fn a_tunnel_whose_upgrade_was_slow_to_answer_is_never_parked() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let echo = tokio::spawn(async move {
+        let (mut conn, _) = upstream.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&buf[..n]);
+        }
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        conn.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+            .await
+            .unwrap();
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            conn.write_all(&buf[..n]).await.unwrap();
+        }
+    });
+    let table = RouteTable::single("web", Some(Upstream::new(addr)));
+    let proxy = Proxy::bind(config(), &["127.0.0.1:0".parse().unwrap()], table).unwrap();
+    let mut conn = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
+    conn.write_all(b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the upgrade: {}", String::from_utf8_lossy(&head));
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    // Quiet for longer than parking takes, then the tunnel still echoes.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(proxy.parked_connections(), 0);
+    conn.write_all(b"still here").await.unwrap();
+    let mut echoed = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(20), conn.read_exact(&mut echoed))
+        .await
+        .expect("no echo")
+        .expect("the tunnel closed");
+    assert_eq!(&echoed, b"still here");
+    drop(conn);
+    proxy.shutdown();
+    echo.abort();
+}
