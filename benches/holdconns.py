@@ -7,9 +7,9 @@ Reads the summed RSS of PIDs, opens N connections to 127.0.0.1:PORT, sends
 one keep-alive GET on each and reads its answer (so each connection has
 served a request and sits idle, as a browser's would), waits five seconds,
 reads the RSS again, closes everything. Five seconds, because switchctl parks
-a keep-alive connection once it has been quiet for a second (dropping hyper's
-buffers, proxy/src/park.rs) and hands the freed pages back to the kernel
-within the next second (src/memory.rs); nginx and HAProxy free their buffers
+a keep-alive connection once it has been quiet for 250-500 ms (dropping
+hyper's buffers, proxy/src/park.rs) and hands the freed pages back to the
+kernel within about a second (src/memory.rs); nginx and HAProxy free their buffers
 as soon as a response is sent. A connection quiet for five seconds is idle
 by any measure. Prints one line of JSON with
 (RSS_with - RSS_idle) / N. A target that dies on the way is reported in the

@@ -15,6 +15,14 @@
 //! rather than kept "muzzy" (`muzzy_decay_ms: 0`). Measured: 2.2 KiB per
 //! parked connection, and 4 % fewer instructions per proxied request than
 //! glibc's malloc (docs/benchmarks.md, "Session 7").
+//!
+//! jemalloc's bookkeeping for each slab it has ever made is never freed,
+//! and by default a size class of 8 KiB (hyper's read and write buffers)
+//! gets a slab per buffer or two: after a burst of new connections, each
+//! still unparked, that bookkeeping stayed behind at ~0.2 KiB per
+//! connection. Slabs of 16 pages for the classes from 4 to 16 KiB
+//! (`slab_sizes`) hold five to eight buffers each (docs/benchmarks.md,
+//! "Session 8").
 
 /// The allocator of every allocation in the process.
 #[global_allocator]
@@ -24,4 +32,5 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// `_RJEM_MALLOC_CONF` environment variable still overrides them).
 #[export_name = "_rjem_malloc_conf"]
 #[used]
-static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+static MALLOC_CONF: &[u8; 85] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,slab_sizes:4097-16384:16\0";

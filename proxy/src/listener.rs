@@ -38,6 +38,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroU64};
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -126,6 +127,7 @@ impl Worker {
         let sweeper = Arc::new(Sweeper {
             conns: Mutex::new((Vec::new(), Close::No)),
             last_shed: Mutex::new(None),
+            epoch: Instant::now(),
             first_request: self.config.header_read_timeout,
             // hyper gives a kept-alive connection `header_read_timeout` for
             // its next request; a parked one has waited PARK_AFTER of it.
@@ -382,6 +384,8 @@ struct Sweeper {
     conns: Mutex<(Vec<Watched>, Close)>,
     /// When connections were last shed to make room.
     last_shed: Mutex<Option<Instant>>,
+    /// What [`Stamp`]s count from.
+    epoch: Instant,
     /// A connection must have started its first request within this.
     first_request: Duration,
     /// A parked connection must start its next request within this.
@@ -394,22 +398,45 @@ struct Sweeper {
     upstream_idle: Duration,
 }
 
+/// One connection as the sweeper keeps it: 48 bytes, as there is one per
+/// open connection, parked ones included.
 struct Watched {
     conn: Weak<ClientConn>,
     /// Requests seen at the last change, and when that was (when the
     /// connection was accepted, until its first request).
     requests: u64,
-    since: Instant,
+    since: Stamp,
     /// When the connection was first seen parked since its last request.
-    parked_at: Option<Instant>,
+    parked_at: Option<Stamp>,
     writes: Arc<WriteProgress>,
     /// The write stall last seen, and when it was first seen.
-    stall: Option<(u64, Instant)>,
+    stall: Option<(NonZeroU64, Stamp)>,
+}
+
+/// A moment as the sweeper keeps it: milliseconds since it started, in 32
+/// bits that wrap after 49 days, the lowest always set (so that an
+/// `Option<Stamp>` takes no more room). Elapsed times are right to within
+/// a millisecond up to 49 days, and every timeout the sweeper applies is
+/// far shorter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp(NonZeroU32);
+
+impl Stamp {
+    fn at(epoch: Instant, now: Instant) -> Stamp {
+        // Truncating is intended: only differences are ever used.
+        let ms = (now - epoch).as_millis() as u32;
+        Stamp(NonZeroU32::MIN | ms)
+    }
+
+    /// The time from this stamp to `now`.
+    fn until(self, now: Stamp) -> Duration {
+        Duration::from_millis(u64::from(now.0.get().wrapping_sub(self.0.get())))
+    }
 }
 
 impl Sweeper {
     fn watch(&self, conn: &Arc<ClientConn>, writes: Arc<WriteProgress>) {
-        let now = Instant::now();
+        let now = Stamp::at(self.epoch, Instant::now());
         let mut conns = self.conns.lock().expect("sweeper lock");
         if conns.1 != Close::No {
             conn.close(conns.1);
@@ -430,9 +457,10 @@ impl Sweeper {
             .first_request
             .min(self.idle)
             .min(self.write)
-            .min(self.upstream_idle)
-            .min(PARK_AFTER);
-        let tick = (shortest / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+            .min(self.upstream_idle);
+        let tick = (shortest / 4)
+            .min(PARK_AFTER)
+            .clamp(Duration::from_millis(25), Duration::from_secs(1));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -444,20 +472,21 @@ impl Sweeper {
     }
 
     fn sweep(&self, now: Instant) {
+        let now = Stamp::at(self.epoch, now);
         self.conns.lock().expect("sweeper lock").0.retain_mut(|w| {
             let Some(conn) = w.conn.upgrade() else { return false };
             let requests = conn.requests();
-            if requests == 0 && now - w.since >= self.first_request {
+            if requests == 0 && w.since.until(now) >= self.first_request {
                 // Nothing, or only part of a request head, arrived in time:
                 // hyper's own header timer is not running before the first
                 // request (it starts with the first request's first byte).
                 conn.close(Close::Now);
                 return false;
             }
-            match (w.writes.stall(), w.stall) {
+            match (w.writes.stall().and_then(NonZeroU64::new), w.stall) {
                 (None, _) => w.stall = None,
                 (Some(stall), Some((seen, since))) if stall == seen => {
-                    if now - since >= self.write {
+                    if since.until(now) >= self.write {
                         // The client has not taken a byte for the write
                         // timeout: whatever it asked for, it is not reading.
                         w.writes.reset_on_close();
@@ -474,15 +503,16 @@ impl Sweeper {
             } else {
                 if !conn.is_parked() {
                     w.parked_at = None;
-                } else if now - *w.parked_at.get_or_insert(now) >= self.parked_wait {
+                } else if w.parked_at.get_or_insert(now).until(now) >= self.parked_wait {
                     // No next request in time: hyper's header read timeout,
                     // which a parked connection has left behind with hyper.
                     conn.close(Close::Now);
                     return false;
                 }
-                if now - w.since >= self.idle {
+                let quiet = w.since.until(now);
+                if quiet >= self.idle {
                     conn.close(Close::Graceful);
-                } else if now - w.since >= PARK_AFTER {
+                } else if quiet >= PARK_AFTER {
                     // Quiet: an HTTP/1 connection gives hyper's buffers back.
                     conn.request_park();
                 }
@@ -504,19 +534,20 @@ impl Sweeper {
             }
             *last = Some(now);
         }
+        let now = Stamp::at(self.epoch, now);
         let mut conns = self.conns.lock().expect("sweeper lock");
-        let mut quiet: Vec<(Instant, usize)> = Vec::new();
+        let mut quiet: Vec<(Duration, usize)> = Vec::new();
         for (i, w) in conns.0.iter_mut().enumerate() {
             let Some(conn) = w.conn.upgrade() else { continue };
             let requests = conn.requests();
             if requests != w.requests {
                 w.requests = requests;
                 w.since = now;
-            } else if now - w.since >= SHED_MIN_IDLE {
-                quiet.push((w.since, i));
+            } else if w.since.until(now) >= SHED_MIN_IDLE {
+                quiet.push((w.since.until(now), i));
             }
         }
-        quiet.sort_unstable();
+        quiet.sort_unstable_by(|a, b| b.cmp(a));
         for &(_, i) in quiet.iter().take(n) {
             if let Some(conn) = conns.0[i].conn.upgrade() {
                 conn.close(if conns.0[i].requests == 0 {
@@ -551,5 +582,26 @@ impl Sweeper {
             }
             None => false,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watched_connection_takes_48_bytes() {
+        assert_eq!(std::mem::size_of::<Watched>(), 48);
+    }
+
+    #[test]
+    fn stamps_measure_across_the_wrap_of_their_32_bits() {
+        let epoch = Instant::now();
+        let a = Stamp::at(epoch, epoch + Duration::from_millis(1500));
+        let b = Stamp::at(epoch, epoch + Duration::from_millis(4000));
+        assert_eq!(a.until(b), Duration::from_millis(2500));
+        let before_wrap = Stamp(NonZeroU32::MAX);
+        let after_wrap = Stamp(NonZeroU32::new(999).unwrap());
+        assert_eq!(before_wrap.until(after_wrap), Duration::from_millis(1000));
     }
 }

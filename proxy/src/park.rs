@@ -37,9 +37,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::stall::Tracked;
 
-/// How long no request may start on a connection before it is asked to park
-/// (the sweeper looks four times as often, so it parks within 1.5 s).
-pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
+/// How long no request may start on a connection before it is asked to park.
+/// The sweeper looks at least this often, so a quiet connection parks within
+/// twice this.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// A connection's requests as parking sees them, shared by its
 /// `ClientConn`, its stream ([`Parkable`]) and its responses ([`Counted`]).

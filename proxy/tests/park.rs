@@ -1,5 +1,5 @@
 //! Idle HTTP/1 connections parked between requests (`proxy/src/park.rs`):
-//! they park once quiet for a second, serve their next request as before,
+//! they park once quiet for a quarter of a second, serve their next request as before,
 //! and never park with anything in flight, unread or unwritten.
 
 use std::time::Duration;
@@ -50,7 +50,7 @@ async fn response(conn: &mut TcpStream) -> String {
     String::from_utf8_lossy(&seen).into_owned()
 }
 
-/// Wait, within a bound far beyond the 1–1.5 s parking takes, until
+/// Wait, within a bound far beyond the 0.25–0.5 s parking takes, until
 /// `parked` connections are parked.
 async fn until_parked(proxy: &Proxy, parked: usize) {
     for _ in 0..200 {
@@ -201,7 +201,7 @@ async fn shutdown_closes_parked_connections_without_a_cut() {
     assert_eq!((cut.requests, cut.tunnels), (0, 0));
 }
 
-/// An upgrade the upstream takes longer than a second to accept: the
+/// An upgrade the upstream takes almost two seconds to accept: the
 /// sweeper asks the quiet connection to park meanwhile, and the tunnel it
 /// becomes must not read that as a reason to end.
 #[tokio::test]

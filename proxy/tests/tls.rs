@@ -764,7 +764,7 @@ async fn an_idle_tls_connection_parks_and_serves_its_next_request() {
     };
     let resp = send.send_request(get()).await.unwrap();
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "v1\n");
-    // Quiet for a second, it parks (within 1.5 s; 10 s allowed here).
+    // Quiet for a quarter of a second, it parks (within 0.5 s; 10 s allowed here).
     let deadline = Instant::now() + Duration::from_secs(10);
     while proxy.parked_connections() != 1 {
         assert!(Instant::now() < deadline, "never parked");
