@@ -191,9 +191,9 @@ impl ClientConn {
         self.activity.request_started();
     }
 
-    /// The connection answered `101`: it becomes a tunnel, and its stream
-    /// never parks.
-    pub(crate) fn upgraded(&self) {
+    /// The connection becomes a tunnel (its `101` is on the way): its
+    /// stream never parks.
+    fn upgraded(&self) {
         self.activity.upgraded();
     }
 
@@ -550,6 +550,8 @@ fn respond(
             let tunnels = &client_conn.tunnels;
             let close = tunnels.close.clone();
             let slots = client_conn.slots.lock().map_or(None, |mut s| s.take());
+            // Its stream carries the tunnel from now on: never park it.
+            client_conn.upgraded();
             let held = (in_flight, slots);
             tunnels
                 .tracker

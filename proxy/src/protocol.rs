@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::StatusCode;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -144,9 +143,6 @@ impl Servers {
                 client.request_started();
                 async move {
                     let resp = client.serve(req).await;
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        client.upgraded();
-                    }
                     Ok::<_, Infallible>(resp.map(|body| Counted::new(body, client)))
                 }
             })
