@@ -7,14 +7,15 @@
 //! malloc kept what was freed in the middle of its arenas, interleaved with
 //! the few long-lived bytes of each connection; the daemon called
 //! `malloc_trim` after each wave, and still 3.3–3.7 KiB of every parked
-//! connection stayed resident (~0.7 KiB of it live).
+//! connection stayed resident.
 //!
 //! jemalloc keeps objects of one size class together, so the pages of freed
 //! buffers empty out whole, and with the options below a background thread
 //! returns them within about a second (`dirty_decay_ms`), at once unmapped
 //! rather than kept "muzzy" (`muzzy_decay_ms: 0`). Measured: 2.2 KiB per
-//! parked connection, and 4 % fewer instructions per proxied request than
-//! glibc's malloc (docs/benchmarks.md, "Session 7").
+//! parked connection then (1.1 KiB since the parked connection got a task
+//! of its own), and 4 % fewer instructions per proxied request than glibc's
+//! malloc (docs/benchmarks.md, "Session 7").
 //!
 //! jemalloc's bookkeeping for each slab it has ever made is never freed,
 //! and by default a size class of 8 KiB (hyper's read and write buffers)

@@ -543,8 +543,11 @@ impl Sweeper {
             if requests != w.requests {
                 w.requests = requests;
                 w.since = now;
-            } else if w.since.until(now) >= SHED_MIN_IDLE {
-                quiet.push((w.since.until(now), i));
+            } else {
+                let quiet_for = w.since.until(now);
+                if quiet_for >= SHED_MIN_IDLE {
+                    quiet.push((quiet_for, i));
+                }
             }
         }
         quiet.sort_unstable_by(|a, b| b.cmp(a));

@@ -16,8 +16,8 @@
 //! serving task in `protocol.rs` then ends, and hands the bare socket to a
 //! task of its own (`Parked`, a few hundred bytes) that waits for the
 //! client's next bytes and starts a new serving task, with a new hyper
-//! connection, for them. Nothing the client sent is lost: the end of stream is only
-//! ever read where hyper would have waited with an empty buffer.
+//! connection, for them. Nothing the client sent is lost: the end of stream
+//! is only ever read where hyper would have waited with an empty buffer.
 //!
 //! A busy connection never parks (each request clears the sweeper's ask),
 //! so this costs the hot path two relaxed atomic adds per request (request
