@@ -212,8 +212,7 @@ impl ClientConn {
 
     /// The connection parked (`true`: hyper is gone and its socket waits
     /// for the client) or is no longer parked (serving again, or closed).
-    /// Counted in [`crate::Proxy::parked_connections`]; the sweeper closes
-    /// a connection parked too long.
+    /// Counted in [`crate::Proxy::parked_connections`].
     pub(crate) fn set_parked(&self, parked: bool) {
         if self.activity.set_parked(parked) {
             if parked {
@@ -224,8 +223,9 @@ impl ClientConn {
         }
     }
 
-    pub(crate) fn is_parked(&self) -> bool {
-        self.activity.is_parked()
+    /// See [`Activity::awaiting_request`]: never true of HTTP/2.
+    pub(crate) fn awaiting_request(&self) -> bool {
+        self.activity.awaiting_request()
     }
 
     /// Run `task` as one of this worker's connection tasks (the drain waits

@@ -8,9 +8,9 @@
 //! within its timeout. Connection limits are a
 //! semaphore (`max_connections`) and a count per client address
 //! ([`PerIp`]); timeouts that are per connection (no first request in time,
-//! idle) are enforced by one [`Sweeper`] per worker that looks at every
-//! connection a few times a second, so serving a request polls no timer of
-//! ours. Near `max_connections` the sweeper also sheds connections that have
+//! no next request head in time, idle, a stuck write) are enforced by one
+//! [`Sweeper`] per worker that looks at every connection a few times a
+//! second, so serving a request polls no timer of ours, nor hyper's. Near `max_connections` the sweeper also sheds connections that have
 //! started no request for a second, so idle ones, not new clients, give way.
 //!
 //! Shutdown, in three steps: stop accepting; for [`DRAIN_QUIET`] answer every
@@ -129,9 +129,7 @@ impl Worker {
             last_shed: Mutex::new(None),
             epoch: Instant::now(),
             first_request: self.config.header_read_timeout,
-            // hyper gives a kept-alive connection `header_read_timeout` for
-            // its next request; a parked one has waited PARK_AFTER of it.
-            parked_wait: self.config.header_read_timeout.saturating_sub(PARK_AFTER),
+            next_request: self.config.header_read_timeout,
             idle: self.config.idle_timeout,
             write: self.config.write_timeout,
             upstream_idle: self.config.upstream_idle_timeout,
@@ -388,8 +386,10 @@ struct Sweeper {
     epoch: Instant,
     /// A connection must have started its first request within this.
     first_request: Duration,
-    /// A parked connection must start its next request within this.
-    parked_wait: Duration,
+    /// An HTTP/1 connection between requests must have read its next
+    /// request's head within this (hyper's header read timeout, which is
+    /// off: a timer entry per request costs more than this look).
+    next_request: Duration,
     /// A connection that starts no request for this long is closed.
     idle: Duration,
     /// A connection whose write to the client is stuck this long is reset.
@@ -406,8 +406,9 @@ struct Watched {
     /// connection was accepted, until its first request).
     requests: u64,
     since: Stamp,
-    /// When the connection was first seen parked since its last request.
-    parked_at: Option<Stamp>,
+    /// When the connection was first seen between requests (HTTP/1) since
+    /// its last request started.
+    waiting_since: Option<Stamp>,
     writes: Arc<WriteProgress>,
     /// The write stall last seen, and when it was first seen.
     stall: Option<(NonZeroU64, Stamp)>,
@@ -445,7 +446,7 @@ impl Sweeper {
             conn: Arc::downgrade(conn),
             requests: 0,
             since: now,
-            parked_at: None,
+            waiting_since: None,
             writes,
             stall: None,
         });
@@ -477,9 +478,8 @@ impl Sweeper {
             let Some(conn) = w.conn.upgrade() else { return false };
             let requests = conn.requests();
             if requests == 0 && w.since.until(now) >= self.first_request {
-                // Nothing, or only part of a request head, arrived in time:
-                // hyper's own header timer is not running before the first
-                // request (it starts with the first request's first byte).
+                // Nothing, or only part of a request head, arrived in time
+                // (HTTP/2 and TLS included, which no header timer covers).
                 conn.close(Close::Now);
                 return false;
             }
@@ -499,13 +499,14 @@ impl Sweeper {
             if requests != w.requests {
                 w.requests = requests;
                 w.since = now;
-                w.parked_at = None;
+                w.waiting_since = None;
             } else {
-                if !conn.is_parked() {
-                    w.parked_at = None;
-                } else if w.parked_at.get_or_insert(now).until(now) >= self.parked_wait {
-                    // No next request in time: hyper's header read timeout,
-                    // which a parked connection has left behind with hyper.
+                if !conn.awaiting_request() {
+                    w.waiting_since = None;
+                } else if w.waiting_since.get_or_insert(now).until(now) >= self.next_request {
+                    // The next request's head, or the rest of it, did not
+                    // come in time (parked or not): a slowloris on a
+                    // kept-alive connection, or just a quiet client.
                     conn.close(Close::Now);
                     return false;
                 }

@@ -100,8 +100,12 @@ impl Activity {
         self.parked.swap(parked, Ordering::Relaxed) != parked
     }
 
-    pub(crate) fn is_parked(&self) -> bool {
-        self.parked.load(Ordering::Relaxed)
+    /// An HTTP/1 connection between requests: every response it started has
+    /// ended, and it is no tunnel. Its next request head is due within the
+    /// header read timeout, which the worker's sweeper enforces (not hyper,
+    /// whose timer would cost a timer entry per request).
+    pub(crate) fn awaiting_request(&self) -> bool {
+        self.requests() == self.responses() && !self.upgraded.load(Ordering::Relaxed)
     }
 }
 

@@ -75,10 +75,15 @@ pub(crate) struct Servers {
 impl Servers {
     pub(crate) fn new(config: &ProxyConfig) -> Arc<Servers> {
         let max_buf = config.max_header_bytes.max(8192);
+        // hyper's header read timer is off for HTTP/1 (its default is 30 s):
+        // the worker's sweeper applies `header_read_timeout` between requests
+        // instead (`Activity::awaiting_request`), without a timer entry made
+        // and dropped for every request. The auto builder, which serves the
+        // rare connection whose protocol it decides, keeps hyper's timer.
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(max_buf);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2

@@ -387,6 +387,38 @@ async fn slowloris_connections_are_closed_after_the_header_timeout() {
     proxy.shutdown();
 }
 
+/// Between requests the header timeout is the sweeper's, not hyper's: a
+/// kept-alive connection that dribbles its next request head is closed too.
+#[tokio::test]
+async fn a_next_request_head_that_dribbles_is_closed_after_the_header_timeout() {
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let (proxy, _) = start_v1(config).await;
+    let mut conn = TcpStream::connect(proxy.local_addrs()[0]).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    // 100 ms a byte: never quiet long enough to park, never a whole head,
+    // and 2.6 s in all, far past the timeout.
+    let mut dribble_cut = false;
+    for b in b"GET / HTTP/1.1\r\nHost: a\r\n".iter() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if conn.write_all(&[*b]).await.is_err() {
+            dribble_cut = true;
+            break;
+        }
+    }
+    let seen = closed_by_proxy(&mut conn).await;
+    assert!(
+        dribble_cut || seen.is_some(),
+        "a dribbled second request head was left open"
+    );
+    let seen = String::from_utf8_lossy(seen.as_deref().unwrap_or_default()).into_owned();
+    assert!(seen.starts_with("HTTP/1.1 200"), "first request not answered: {seen:?}");
+    assert_eq!(seen.matches("HTTP/1.1 ").count(), 1, "{seen:?}");
+    proxy.shutdown();
+}
+
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let config = ProxyConfig {
