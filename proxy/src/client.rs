@@ -25,10 +25,12 @@
 //! reused) and the answer is still read. A failed read fails the exchange.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -36,6 +38,7 @@ use http::{request, Method, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{BoxError, RequestBody};
 
@@ -91,6 +94,11 @@ pub(crate) struct Conn {
     read: BytesMut,
     /// The head of the request in flight.
     write: Vec<u8>,
+    /// The response timer, kept from request to request: moving a
+    /// registered timer's deadline later is one atomic store, where a timer
+    /// made for each request is registered and cancelled in the runtime's
+    /// wheel every time.
+    timer: Pin<Box<Sleep>>,
 }
 
 impl Conn {
@@ -100,6 +108,7 @@ impl Conn {
             addr,
             read: BytesMut::new(),
             write: Vec::new(),
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
         }
     }
 
@@ -253,6 +262,16 @@ impl Exchange {
                 Err(e) => return Poll::Ready(Err(Error::Io(e))),
             }
         }
+    }
+
+    /// Start the response timer: it runs out `timeout` from now.
+    pub(crate) fn start_timer(&mut self, timeout: Duration) {
+        self.conn.timer.as_mut().reset(Instant::now() + timeout);
+    }
+
+    /// Whether the timer [`Exchange::start_timer`] started has run out.
+    pub(crate) fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.conn.timer.as_mut().poll(cx)
     }
 
     /// The response body, once [`Exchange::poll_head`] gave the head.

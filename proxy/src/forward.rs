@@ -22,6 +22,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -454,17 +455,19 @@ impl Forwarder {
         exchange: &mut Exchange,
         upload: Option<&Upload>,
     ) -> Result<Result<Response<()>, client::Error>, Failure> {
-        let mut head = std::future::poll_fn(|cx| exchange.poll_head(cx));
         if let Some(upload) = upload {
             tokio::select! {
                 biased;
-                result = &mut head => return Ok(result),
+                result = std::future::poll_fn(|cx| exchange.poll_head(cx)) => return Ok(result),
                 _ = upload.finished() => {}
             }
         }
-        tokio::time::timeout(self.response_timeout, head)
-            .await
-            .map_err(|_| Failure::ResponseTimeout)
+        exchange.start_timer(self.response_timeout);
+        std::future::poll_fn(|cx| match exchange.poll_head(cx) {
+            Poll::Ready(result) => Poll::Ready(Ok(result)),
+            Poll::Pending => exchange.poll_timer(cx).map(|()| Err(Failure::ResponseTimeout)),
+        })
+        .await
     }
 }
 

@@ -310,6 +310,31 @@ async fn slow_upstream_is_504() {
     proxy.shutdown();
 }
 
+/// The response timer is kept with the pooled upstream connection from
+/// request to request: it neither runs out early on a reused connection
+/// nor stays wound down.
+#[tokio::test]
+async fn the_response_timeout_holds_for_every_request_on_a_reused_connection() {
+    let config = ProxyConfig {
+        workers: 1,
+        response_timeout: Duration::from_millis(200),
+        ..config()
+    };
+    let (proxy, base) = start_v1(config).await;
+    let client = client();
+    for _ in 0..3 {
+        assert_eq!(get(&client, &format!("{base}/"), None).await.0, StatusCode::OK);
+        // Past the deadline the last request set: it must not fire now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(get(&client, &format!("{base}/slow?ms=50"), None).await.0, StatusCode::OK);
+        assert_eq!(
+            get(&client, &format!("{base}/slow?ms=5000"), None).await.0,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+    proxy.shutdown();
+}
+
 #[tokio::test]
 async fn oversized_header_is_rejected_with_431() {
     let config = ProxyConfig {
