@@ -5,8 +5,9 @@
 //! replaying them to the HTTP/1 server, which then finds less than its 8 KiB
 //! free and doubles its read buffer to 16 KiB for the connection's life, and
 //! spends ~600 instructions per request on the replay. So the protocol is
-//! decided before hyper sees the connection: on TLS by ALPN; on a plain
-//! connection by peeking (not reading) its first bytes, where anything but
+//! decided before hyper sees the connection: on TLS by ALPN (a client that
+//! offers none speaks HTTP/1.1, as with nginx and HAProxy: HTTP/2 over TLS
+//! must be negotiated, RFC 9113 §3.3); on a plain connection by peeking (not reading) its first bytes, where anything but
 //! `PRI` (the start of the HTTP/2 preface, a method no HTTP/1 request has) is
 //! HTTP/1. Only when too few bytes have arrived to tell (`P`, `PR`) does the
 //! auto builder decide, as before. A connection that has sent nothing yet
@@ -54,13 +55,13 @@ impl Protocol {
         }
     }
 
-    /// The protocol a TLS handshake agreed on: `h2`, `http/1.1`, or none
-    /// (a client without ALPN; the auto builder decides).
+    /// The protocol a TLS handshake agreed on: `h2`, or `http/1.1`. A
+    /// client that offered no ALPN (wrk, old clients) speaks HTTP/1.1:
+    /// HTTP/2 over TLS is only ever negotiated (RFC 9113 §3.3).
     pub(crate) fn of_alpn(alpn: Option<&[u8]>) -> Protocol {
         match alpn {
             Some(b"h2") => Protocol::Http2,
-            Some(b"http/1.1") => Protocol::Http1,
-            _ => Protocol::Unsure,
+            _ => Protocol::Http1,
         }
     }
 }
@@ -275,6 +276,6 @@ mod tests {
     fn alpn_decides_on_tls() {
         assert_eq!(Protocol::of_alpn(Some(b"h2")), Protocol::Http2);
         assert_eq!(Protocol::of_alpn(Some(b"http/1.1")), Protocol::Http1);
-        assert_eq!(Protocol::of_alpn(None), Protocol::Unsure);
+        assert_eq!(Protocol::of_alpn(None), Protocol::Http1);
     }
 }

@@ -326,7 +326,10 @@ async fn the_response_timeout_holds_for_every_request_on_a_reused_connection() {
         assert_eq!(get(&client, &format!("{base}/"), None).await.0, StatusCode::OK);
         // Past the deadline the last request set: it must not fire now.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(get(&client, &format!("{base}/slow?ms=50"), None).await.0, StatusCode::OK);
+        assert_eq!(
+            get(&client, &format!("{base}/slow?ms=50"), None).await.0,
+            StatusCode::OK
+        );
         assert_eq!(
             get(&client, &format!("{base}/slow?ms=5000"), None).await.0,
             StatusCode::GATEWAY_TIMEOUT

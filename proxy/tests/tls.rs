@@ -749,9 +749,20 @@ async fn shutdown_closes_idle_tls_connections_and_stops() {
 
 #[tokio::test]
 async fn an_idle_tls_connection_parks_and_serves_its_next_request() {
-    let (ca, dir) = (Ca::new(), Dir::new("park"));
+    idle_tls_connection_parks("park-h1", &[b"http/1.1"]).await;
+}
+
+/// A client that offers no ALPN (wrk, old clients) speaks HTTP/1.1: it is
+/// served as one from the start, and so parks like one.
+#[tokio::test]
+async fn a_client_without_alpn_is_served_http1_and_parks() {
+    idle_tls_connection_parks("park-no-alpn", &[]).await;
+}
+
+async fn idle_tls_connection_parks(test: &str, alpn: &[&[u8]]) {
+    let (ca, dir) = (Ca::new(), Dir::new(test));
     let proxy = start(TlsConfig::new(store(&[dir.write("a", &ca.issue(&["a.test"]))]))).await;
-    let stream = connect(&proxy, ca.client(&[b"http/1.1"]), "a.test").await.unwrap();
+    let stream = connect(&proxy, ca.client(alpn), "a.test").await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
