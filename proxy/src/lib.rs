@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+mod affinity;
 mod body;
 mod cidr;
 mod client;
@@ -99,10 +100,11 @@ pub mod fuzzing {
 /// Limits and timeouts of the data plane.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Worker threads, each with its own runtime and listener (0: one per core).
+    /// Worker threads, each with its own runtime and listener (0: one per
+    /// core). With one per allowed CPU, each is pinned to its own.
     pub workers: usize,
-    /// Time a client has to send a request head. For HTTP/1.1 hyper also
-    /// applies it to the wait for the next request on a kept-alive connection.
+    /// Time a client has to send a request head. For HTTP/1.1 it also bounds
+    /// the wait for the next request on a kept-alive connection.
     pub header_read_timeout: Duration,
     /// A connection that starts no request for this long is closed gracefully.
     pub idle_timeout: Duration,
@@ -367,7 +369,9 @@ impl Proxy {
         let cut = Arc::new(drain::CutCounter::default());
         let mut per_worker = per_worker.into_iter();
         let mut tls_per_worker = tls_per_worker.into_iter();
+        let cpus = affinity::plan(workers, &affinity::allowed_cpus());
         for i in 0..workers {
+            let cpu = cpus.as_ref().map(|cpus| cpus[i]);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -388,6 +392,9 @@ impl Proxy {
             std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        affinity::pin_current_thread(cpu);
+                    }
                     stats::set_worker(i);
                     runtime.block_on(worker.run());
                     // Dropping the runtime closes whatever outlived the drain.
