@@ -95,9 +95,11 @@ pub(crate) struct Conn {
     /// The head of the request in flight.
     write: Vec<u8>,
     /// The response timer, kept from request to request: moving a
-    /// registered timer's deadline later is one atomic store, where a timer
-    /// made for each request is registered and cancelled in the runtime's
-    /// wheel every time.
+    /// registered timer's deadline later is one atomic compare-exchange,
+    /// where a timer made for each request is registered and cancelled in
+    /// the runtime's wheel every time. While the connection waits in the
+    /// pool, its last deadline may pass: that wakes the task of its last
+    /// request once, for nothing, and the next request registers it again.
     timer: Pin<Box<Sleep>>,
 }
 

@@ -10,8 +10,9 @@
 //! ([`PerIp`]); timeouts that are per connection (no first request in time,
 //! no next request head in time, idle, a stuck write) are enforced by one
 //! [`Sweeper`] per worker that looks at every connection a few times a
-//! second, so serving a request polls no timer of ours, nor hyper's. Near `max_connections` the sweeper also sheds connections that have
-//! started no request for a second, so idle ones, not new clients, give way.
+//! second, so serving a request polls no timer of ours, nor hyper's. Near
+//! `max_connections` the sweeper also sheds connections that have started
+//! no request for a second, so idle ones, not new clients, give way.
 //!
 //! Shutdown, in three steps: stop accepting; for [`DRAIN_QUIET`] answer every
 //! HTTP/1 request with `Connection: close`, so busy clients learn of the end
