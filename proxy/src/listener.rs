@@ -436,6 +436,21 @@ impl Stamp {
     }
 }
 
+impl Watched {
+    /// Note the connection's request count as seen `now`; true if a request
+    /// has started since the last look (the quiet and the wait for the next
+    /// request start over).
+    fn saw_requests(&mut self, requests: u64, now: Stamp) -> bool {
+        if requests == self.requests {
+            return false;
+        }
+        self.requests = requests;
+        self.since = now;
+        self.waiting_since = None;
+        true
+    }
+}
+
 impl Sweeper {
     fn watch(&self, conn: &Arc<ClientConn>, writes: Arc<WriteProgress>) {
         let now = Stamp::at(self.epoch, Instant::now());
@@ -497,11 +512,7 @@ impl Sweeper {
                 }
                 (Some(stall), _) => w.stall = Some((stall, now)),
             }
-            if requests != w.requests {
-                w.requests = requests;
-                w.since = now;
-                w.waiting_since = None;
-            } else {
+            if !w.saw_requests(requests, now) {
                 if !conn.awaiting_request() {
                     w.waiting_since = None;
                 } else if w.waiting_since.get_or_insert(now).until(now) >= self.next_request {
@@ -541,11 +552,7 @@ impl Sweeper {
         let mut quiet: Vec<(Duration, usize)> = Vec::new();
         for (i, w) in conns.0.iter_mut().enumerate() {
             let Some(conn) = w.conn.upgrade() else { continue };
-            let requests = conn.requests();
-            if requests != w.requests {
-                w.requests = requests;
-                w.since = now;
-            } else {
+            if !w.saw_requests(conn.requests(), now) {
                 let quiet_for = w.since.until(now);
                 if quiet_for >= SHED_MIN_IDLE {
                     quiet.push((quiet_for, i));
@@ -597,6 +604,27 @@ mod tests {
     #[test]
     fn a_watched_connection_takes_48_bytes() {
         assert_eq!(std::mem::size_of::<Watched>(), 48);
+    }
+
+    /// Shedding looks at request counts too: a request it sees must end the
+    /// wait for the next one as the sweep's own look does, or the sweep
+    /// would close the connection on a wait that is over.
+    #[test]
+    fn a_request_seen_starts_the_wait_for_the_next_one_over() {
+        let epoch = Instant::now();
+        let at = |ms| Stamp::at(epoch, epoch + Duration::from_millis(ms));
+        let mut w = Watched {
+            conn: Weak::new(),
+            requests: 1,
+            since: at(0),
+            waiting_since: Some(at(100)),
+            writes: Arc::default(),
+            stall: None,
+        };
+        assert!(!w.saw_requests(1, at(5_000)));
+        assert_eq!((w.since, w.waiting_since), (at(0), Some(at(100))));
+        assert!(w.saw_requests(2, at(9_000)));
+        assert_eq!((w.requests, w.since, w.waiting_since), (2, at(9_000), None));
     }
 
     #[test]
