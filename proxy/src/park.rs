@@ -180,11 +180,7 @@ impl<I: AsyncRead + AsyncWrite + ReadReady + Unpin> Parkable<I> {
     /// hyper is between requests: nothing in flight, unread or unwritten,
     /// and no tunnel.
     fn idle(&self) -> bool {
-        let responses = self.activity.responses();
-        !self.write_blocked
-            && self.read_at < responses
-            && self.activity.requests() == responses
-            && !self.activity.upgraded.load(Ordering::Relaxed)
+        !self.write_blocked && self.read_at < self.activity.responses() && self.activity.awaiting_request()
     }
 
     fn note_write<T>(&mut self, cx: &mut Context<'_>, poll: Poll<T>) -> Poll<T> {

@@ -7,9 +7,9 @@
 //! spends ~600 instructions per request on the replay. So the protocol is
 //! decided before hyper sees the connection: on TLS by ALPN (a client that
 //! offers none speaks HTTP/1.1, as with nginx and HAProxy: HTTP/2 over TLS
-//! must be negotiated, RFC 9113 §3.3); on a plain connection by peeking (not reading) its first bytes, where anything but
-//! `PRI` (the start of the HTTP/2 preface, a method no HTTP/1 request has) is
-//! HTTP/1. Only when too few bytes have arrived to tell (`P`, `PR`) does the
+//! must be negotiated, RFC 9113 §3.3); on a plain connection by peeking
+//! (not reading) its first bytes, where anything but `PRI` (the start of the
+//! HTTP/2 preface, a method no HTTP/1 request has) is HTTP/1. Only when too few bytes have arrived to tell (`P`, `PR`) does the
 //! auto builder decide, as before. A connection that has sent nothing yet
 //! holds no hyper buffer at all.
 
