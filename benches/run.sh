@@ -8,7 +8,8 @@
 # HAProxy's runtime API and nginx's reload), ready-to-flip of a deploy,
 # idle memory (TLS on) and memory per idle keep-alive connection, and the
 # latency of new TLS connections at fixed rates from an open-loop client
-# (proxy/examples/tlsrate.rs).
+# (proxy/examples/tlsrate.rs), and where a new TLS connection's time goes on
+# the wire (benches/tlsphases.py, with tcpdump when it is installed).
 # Everything listens on 127.0.0.1 only and is stopped at the end.
 # docs/benchmarks.md describes each measure.
 #
@@ -360,6 +361,26 @@ for round in $(seq 1 "$ROUNDS"); do
     done
     echo "round $round done" >&2
 done
+# Where a new TLS connection's time goes, read off the wire: one more
+# `Connection: close` run per TLS peer, a second of it captured with tcpdump
+# (benches/tlsphases.py). wrk counts from its request's write to its read of
+# the answer; the split shows how much of that the proxy took and how long
+# the answer waited for wrk's own event loop.
+PHASES=$WORK/phases.jsonl; : > "$PHASES"
+if command -v tcpdump >/dev/null; then
+    for tgt in nginx:$NGT haproxy:$HAT switchctl:$SCT_TLS; do
+        IFS=: read -r name port <<<"$tgt"
+        wrk -t1 -c"$CONNS" -d5s -H 'Connection: close' "https://127.0.0.1:$port/" >/dev/null 2>&1 & WRKP=$!
+        sleep 2
+        timeout 1 tcpdump -i lo -s 2000 -w "$WORK/tls-$name.pcap" "tcp port $port" 2>/dev/null || true
+        wait "$WRKP" || true
+        python3 benches/tlsphases.py "$WORK/tls-$name.pcap" "$port" "$name" >> "$PHASES"
+        rm -f "$WORK/tls-$name.pcap"
+    done
+    echo "TLS wire split done" >&2
+else
+    echo "tcpdump not found: the TLS wire split is left out (apt-get install tcpdump)" >&2
+fi
 # The open-loop TLS runs get a phase of their own, after the wrk rounds, with
 # a pause before each run: right after a saturating wrk run the machine is
 # still busy (sockets closing, the kernel catching up), and a fixed-rate
@@ -438,9 +459,9 @@ python3 benches/holdconns.py "$HAH" "$HA_HOLD" "$(cat "$WORK/haproxyh.pid")" >> 
 echo "idle connections done" >&2
 
 python3 - "$RESULTS" "$FLIP" "$idle_sc" "$idle_ng" "$idle_ha" "$ROUNDS" "$DURATION" "$CONNS" \
-    "$idle_sct" "$SWITCH" "$READY" "$HOLD" "$SPLIT" "$RATES" <<'PY'
+    "$idle_sct" "$SWITCH" "$READY" "$HOLD" "$SPLIT" "$RATES" "$PHASES" <<'PY'
 import sys, statistics, collections, subprocess, json
-res, flips, idle_sc, idle_ng, idle_ha, rounds, dur, conns, idle_sct, switch, ready, hold, split, rates = sys.argv[1:]
+res, flips, idle_sc, idle_ng, idle_ha, rounds, dur, conns, idle_sct, switch, ready, hold, split, rates, phases = sys.argv[1:]
 rows = collections.defaultdict(list)
 for line in open(res):
     label, t, rps, p50, p99, errs, proxy_cpu, wrk_cpu = line.split("\t")
@@ -493,6 +514,18 @@ for kind, what in (("tls", "keep-alive"), ("tlsnew", "new per request (Connectio
         print(f"| {p} | {what} | {mean(*k, 0):,.0f} | {mean(*k, 1):.3f} | {mean(*k, 2):.3f} | {sum(r[3] for r in rows[k])} | "
               f"{mean(*k, 0) / best_rps:.2f} | {mean(*k, 2) / best_p99:.2f} | {cpu_us(k):.1f} | {cpu_us(k) / best_cpu:.2f} | "
               f"{wrk_share(k):.0f} |")
+
+phase_rows = [json.loads(line) for line in open(phases)]
+if phase_rows:
+    print(f"\nA new TLS connection's time on the wire (wrk -t1 -c{conns} -H 'Connection: close', one second captured "
+          "with tcpdump, benches/tlsphases.py), ms p50 / p99; wrk's latency is about the proxy's answer + wrk's read:")
+    print("| target | connections | server's first flight | client's Finished | request written | "
+          "**proxy's answer** | **wrk's read of it** |")
+    print("|---|---|---|---|---|---|---|")
+    for r in phase_rows:
+        cell = lambda k: f"{r[k]['p50']:.2f} / {r[k]['p99']:.2f}" if k in r else "-"
+        print(f"| {r['target']} | {r['connections']:,} | {cell('server_hello')} | {cell('client_finish')} | "
+              f"{cell('client_request')} | {cell('server_response')} | {cell('client_read')} |")
 
 by_rate = collections.defaultdict(list)
 for line in open(rates):
