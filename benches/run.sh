@@ -52,7 +52,7 @@ else
     # The binary the .deb ships (packaging/build-deb.sh): static, so a CLI
     # start pays no dynamic loading; it is what an operator's `flip back`
     # runs.
-    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
         cargo build --release -q --locked --target x86_64-unknown-linux-gnu -p switchctl
     BIN=$PWD/target/x86_64-unknown-linux-gnu/release/switchctl
 fi

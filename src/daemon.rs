@@ -34,6 +34,9 @@ use crate::upgrade::{Handoff, Relaunch, StateLock, Upgrader};
 pub async fn run(config_path: PathBuf, config: Config, mut handoff: Option<Handoff>) -> anyhow::Result<()> {
     // First thing: SIGHUP's default action would end the process.
     let mut hup = signal(SignalKind::hangup())?;
+    if let Err(e) = crate::memory::purge_in_background() {
+        tracing::warn!("memory freed by closed connections will be handed back to the system late: jemalloc's background thread did not start: {e}");
+    }
     // Now, while the binary and the config are where they were started from.
     let relaunch = Relaunch::resolve(&config_path).map_err(|e| {
         tracing::warn!("`switchctl upgrade` will not work: {e:#}");

@@ -19,7 +19,7 @@ pub mod controller;
 pub mod daemon;
 pub mod demo_app;
 pub mod driver;
-mod memory;
+pub(crate) mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod probe;

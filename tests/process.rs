@@ -662,3 +662,52 @@ async fn a_chatty_upstreams_log_is_rotated_while_it_runs() {
     assert_eq!(d.get("/").await.0, 200);
     assert!(d.log().contains("web-blue.log.1"), "{}", d.log_tail(20));
 }
+
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_daemon_runs_the_allocators_background_thread() {
+    const PURGER: &str = "jemalloc_bg_thd";
+    // The daemon hands freed memory back through it.
+    let d = daemon();
+    let pid = d.status().await["daemon_pid"].as_u64().expect("status has daemon_pid") as u32;
+    let names = thread_names(pid);
+    assert!(names.iter().any(|n| n == PURGER), "daemon threads: {names:?}");
+
+    // A command waiting on its answer has started none: a socket that
+    // accepts and never answers holds the CLI there.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut cli = std::process::Command::new(common::switchctl())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["flip", "back"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut accepted = None;
+    let start = Instant::now();
+    while accepted.is_none() && start.elapsed() < Duration::from_secs(10) {
+        accepted = listener.accept().ok();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let names = thread_names(cli.id());
+    let _ = cli.kill();
+    let _ = cli.wait();
+    assert!(accepted.is_some(), "the CLI never connected to {}", socket.display());
+    assert!(!names.is_empty(), "the CLI's threads could not be read");
+    assert!(!names.iter().any(|n| n == PURGER), "CLI threads: {names:?}");
+}
