@@ -20,10 +20,11 @@ its TLS records, split into phases, each as p50/p90/p99 in ms:
   client_read.
 
 TLS 1.3 as wrk (OpenSSL 3) negotiates it with all three peers: the client's
-first application-data record is its Finished, the second its request, the
-third its close_notify; the
-server's last application-data record of 40 bytes or more (a close_notify
-is shorter) is the response.
+first application-data record is its Finished, the second its request, and
+its close_notify the first shorter than 40 bytes after them (against
+HAProxy, wrk sometimes writes its request a second time before the answer);
+the server's last application-data record of 40 bytes or more is the
+response.
 """
 import json
 import struct
@@ -85,9 +86,10 @@ def phases(events):
     client_data = [e for e in events if e[0] == 0x17 and e[1]]
     server_data = [e for e in events if e[0] == 0x17 and not e[1] and e[2] >= 40]
     server_fin = first(lambda e: e[0] == "fin" and not e[1])
-    if None in (hello, flight, server_fin) or len(client_data) < 3 or not server_data:
+    closing = next((e[3] for e in client_data[2:] if e[2] < 40), None)
+    if None in (hello, flight, server_fin, closing) or not server_data:
         return None
-    finished, request, closing = (e[3] for e in client_data[:3])
+    finished, request = client_data[0][3], client_data[1][3]
     response = server_data[-1][3]
     return {
         "server_hello": flight - hello,
