@@ -11,11 +11,12 @@
 //!
 //! jemalloc keeps objects of one size class together, so the pages of freed
 //! buffers empty out whole, and with the options below a background thread
-//! (the daemon's only) returns them within about a second (`dirty_decay_ms`), at once unmapped
-//! rather than kept "muzzy" (`muzzy_decay_ms: 0`). Measured: 2.2 KiB per
-//! parked connection then (1.1 KiB since the parked connection got a task
-//! of its own), and 4 % fewer instructions per proxied request than glibc's
-//! malloc (docs/benchmarks.md, "Session 7").
+//! (the daemon's; CLI commands start none) returns them within about a
+//! second (`dirty_decay_ms`), at once unmapped rather than kept "muzzy"
+//! (`muzzy_decay_ms: 0`). Measured: 2.2 KiB per parked connection then
+//! (1.1 KiB since the parked connection got a task of its own), and 4 %
+//! fewer instructions per proxied request than glibc's malloc
+//! (docs/benchmarks.md, "Session 7").
 //!
 //! jemalloc's bookkeeping for each slab it has ever made is never freed,
 //! and by default a size class of 8 KiB (hyper's read and write buffers)

@@ -702,7 +702,7 @@ async fn only_the_daemon_runs_the_allocators_background_thread() {
     let start = Instant::now();
     while accepted.is_none() && start.elapsed() < Duration::from_secs(10) {
         accepted = listener.accept().ok();
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let names = thread_names(cli.id());
     let _ = cli.kill();
