@@ -37,7 +37,7 @@ if (( $(ulimit -n) < HOLD_CONNS + 2000 )); then
 fi
 
 need=()
-for tool in wrk:wrk nginx:nginx-light haproxy:haproxy openssl:openssl python3:python3; do
+for tool in wrk:wrk nginx:nginx-light haproxy:haproxy openssl:openssl python3:python3 tcpdump:tcpdump; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then
