@@ -19,7 +19,7 @@ pub mod controller;
 pub mod daemon;
 pub mod demo_app;
 pub mod driver;
-pub(crate) mod memory;
+mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod probe;

@@ -32,9 +32,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read once as it starts (its `malloc_conf`; the
 /// `_RJEM_MALLOC_CONF` environment variable still overrides them). The
-/// background thread is not among them: every CLI command would start it
-/// too, a thread that a `flip back` under load waits to have scheduled for
-/// nothing. The daemon starts it ([`purge_in_background`]).
+/// background thread is not among them: every CLI command would create it
+/// too, for nothing. The daemon starts it ([`purge_in_background`]).
 #[export_name = "_rjem_malloc_conf"]
 #[used]
 static MALLOC_CONF: &[u8; 62] = b"dirty_decay_ms:1000,muzzy_decay_ms:0,slab_sizes:4097-16384:16\0";

@@ -690,24 +690,29 @@ async fn only_the_daemon_runs_the_allocators_background_thread() {
     let socket = dir.path().join("silent.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     listener.set_nonblocking(true).unwrap();
-    let mut cli = std::process::Command::new(common::switchctl())
+    // Killed on drop: also when an assertion below fails.
+    let cli = tokio::process::Command::new(common::switchctl())
         .arg("--socket")
         .arg(&socket)
         .args(["flip", "back"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut accepted = None;
-    let start = Instant::now();
-    while accepted.is_none() && start.elapsed() < Duration::from_secs(10) {
-        accepted = listener.accept().ok();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let names = thread_names(cli.id());
-    let _ = cli.kill();
-    let _ = cli.wait();
-    assert!(accepted.is_some(), "the CLI never connected to {}", socket.display());
+    let pid = cli.id().expect("the CLI is running");
+    // Held open, so that the CLI keeps waiting for its answer.
+    let accepted = std::cell::RefCell::new(None);
+    wait_for(
+        "the CLI to connect to the silent socket",
+        Duration::from_secs(10),
+        || async {
+            accepted.replace(listener.accept().ok());
+            accepted.borrow().is_some()
+        },
+    )
+    .await;
+    let names = thread_names(pid);
     assert!(!names.is_empty(), "the CLI's threads could not be read");
     assert!(!names.iter().any(|n| n == PURGER), "CLI threads: {names:?}");
 }
